@@ -1,0 +1,44 @@
+# CoLA — run `make help` for the targets. Everything installs into .venv from this repo's own files.
+PY_SYS ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo train test test-full lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with its test tools
+
+demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads, <=10 min on 2 CPU cores)
+	HF_HUB_OFFLINE=1 $(PY) train.py
+
+train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft=cola rank=8"
+	$(PY) train.py $(ARGS)
+
+test: install ## Fast test suite (no slow/gpu tests)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+test-full: install ## Every test, slow ones included
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not gpu"
+
+lint: install ## ruff lint + format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench: install ## Speed/memory benchmark of CoLA vs LoRA (tiny shapes; ARGS="--device cuda" etc.)
+	$(PY) scripts/benchmark.py --tiny $(ARGS)
+
+clean: ## Remove caches and run outputs (keeps .venv and data/)
+	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

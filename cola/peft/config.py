@@ -1,0 +1,182 @@
+"""Validated configuration dataclasses for the adapters of :mod:`cola.peft`.
+
+Every field name matches SPEC §2-3 and the ``peft.*`` keys of ``configs/peft/*.yaml``; errors name the
+field, the value and the accepted choices so a typo on the command line is fixed in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+SHARING_CHOICES = ("none", "shared_a", "shared_b", "full")
+CONDITION_CHOICES = ("pooled", "shuffled", "zero", "random_frozen")
+PROPAGATION_CHOICES = ("uniform", "module_wise", "progressive")
+POOLING_CHOICES = ("mean", "mean_with_padding", "cls")
+
+
+def _check_positive(name: str, value: Any, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _check_dropout(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+@dataclass
+class _AdapterConfig:
+    """Shared fields and helpers: ``from_dict`` rejects unknown keys by name."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> _AdapterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} got unknown field(s) {unknown}; valid fields are {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def method(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class LoRAConfig(_AdapterConfig):
+    """LoRA: ``h = W0 x + b + (alpha / rank) B A drop(x)``.
+
+    Attributes:
+        rank: r, the inner dimension of A (r, d_in) and B (d_out, r).
+        alpha: scaling numerator; the update is scaled by alpha / rank.
+        dropout: dropout on the adapter input (0 disables it and skips the work).
+        split_fused: give each output slice of a fused layer (timm ``attn.qkv``) its own A and B, as the
+            official code's ``MergedLinear``; ``False`` treats the fused layer as one linear (HF peft).
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    split_fused: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("rank", self.rank, integer=True)
+        _check_positive("alpha", self.alpha)
+        _check_dropout("dropout", self.dropout)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def method(self) -> str:
+        return "lora"
+
+
+@dataclass
+class CoLAConfig(_AdapterConfig):
+    """CoLA (SPEC §2): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``, ``s = alpha / rank``.
+
+    Attributes:
+        rank: r for both paths; Phi(c) is r x r.
+        alpha: intra-path scaling numerator.
+        dropout: input dropout, applied separately in each path (official).
+        reduction: hypernetwork hidden width is ``floor(d_c / reduction)``.
+        lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding).
+        sharing: ``none`` | ``shared_a`` (A_C = A_L) | ``shared_b`` (B_C = B_L) | ``full`` (both).
+        condition: ``pooled`` | ``shuffled`` (derangement of the batch) | ``zero`` | ``random_frozen``.
+        propagation: which hidden state of the other stream conditions each sub-step (SPEC §4).
+        condition_pooling: ``mean`` (real tokens, prefix tokens excluded) | ``mean_with_padding`` (official
+            grounding: every position) | ``cls``.
+        hypernet_dropout: dropout inside the hypernetwork (official: 0).
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    reduction: int = 16
+    lambda_init: float | None = None
+    sharing: str = "none"
+    condition: str = "pooled"
+    propagation: str = "progressive"
+    condition_pooling: str = "mean"
+    hypernet_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive("rank", self.rank, integer=True)
+        _check_positive("alpha", self.alpha)
+        _check_dropout("dropout", self.dropout)
+        _check_dropout("hypernet_dropout", self.hypernet_dropout)
+        _check_positive("reduction", self.reduction, integer=True)
+        if self.lambda_init is not None and (
+            isinstance(self.lambda_init, bool) or not isinstance(self.lambda_init, (int, float))
+        ):
+            raise ValueError(f"lambda_init must be a float or None (= alpha / rank), got {self.lambda_init!r}")
+        _check_choice("sharing", self.sharing, SHARING_CHOICES)
+        _check_choice("condition", self.condition, CONDITION_CHOICES)
+        _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
+        _check_choice("condition_pooling", self.condition_pooling, POOLING_CHOICES)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def lambda_value(self) -> float:
+        return float(self.scaling if self.lambda_init is None else self.lambda_init)
+
+    @property
+    def method(self) -> str:
+        return "cola"
+
+
+@dataclass
+class MoKAConfig(_AdapterConfig):
+    """MokA adapted to two streams (SPEC §3); see :class:`cola.peft.layers.MoKALinear` for the formula.
+
+    Attributes:
+        rank: r of the self and cross down-projections.
+        alpha: both projections are scaled by alpha / rank before the softmax (MokA's AVT release).
+        dropout: dropout on x and on the other stream's tokens.
+        lambda_cross: fixed weight of the cross-attention term (MokA default 1.0).
+        bidirectional: vision-language only: let text layers query vision tokens too.
+        condition_pooling: unused by MokA (it attends to tokens); kept so configs share one schema.
+    """
+
+    rank: int = 4
+    alpha: float = 16.0
+    dropout: float = 0.05
+    lambda_cross: float = 1.0
+    bidirectional: bool = False
+    propagation: str = "progressive"
+    condition_pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check_positive("rank", self.rank, integer=True)
+        _check_positive("alpha", self.alpha)
+        _check_dropout("dropout", self.dropout)
+        if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
+            raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
+        _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
+        _check_choice("condition_pooling", self.condition_pooling, POOLING_CHOICES)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def method(self) -> str:
+        return "moka"
+
+
+AdapterConfig = LoRAConfig | CoLAConfig | MoKAConfig

@@ -1,0 +1,72 @@
+"""The hypernetwork Phi of CoLA (SPEC §2): a per-sample r x r core from the other stream's condition.
+
+    Phi(c) = LN2( reshape_{r x r}( drop( fc2( LN1( drop( GELU( fc1(c) ) ) ) ) ) ) )
+
+with ``fc1: d_c -> floor(d_c / reduction)``, ``fc2: -> r * r`` (row-major: ``Phi[i, j] = out[i * r + j]``) and both
+LayerNorms at eps 1e-6, as the official ``Mlp`` (whose first norm is called ``norm``; ours is ``norm1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HyperNetwork(nn.Module):
+    """Maps a condition ``c`` (B, d_c) to ``Phi`` (B, r, r).
+
+    Args:
+        context_dim: d_c, the width of the other stream.
+        rank: r.
+        reduction: hidden width is ``context_dim // reduction`` (must be >= 1).
+        dropout: dropout after the activation and after fc2 (official: 0).
+    """
+
+    def __init__(self, context_dim: int, rank: int, *, reduction: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = context_dim // reduction
+        if hidden < 1:
+            raise ValueError(
+                f"reduction={reduction} leaves no hidden unit for context_dim={context_dim}; "
+                f"use reduction <= {context_dim}"
+            )
+        self.rank = rank
+        self.fc1 = nn.Linear(context_dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(hidden, eps=1e-6)
+        self.fc2 = nn.Linear(hidden, rank * rank)
+        self.drop2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm((rank, rank), eps=1e-6)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(self.drop1(self.act(self.fc1(c))))  # (B, h)
+        phi = self.drop2(self.fc2(h)).reshape(c.shape[0], self.rank, self.rank)  # (B, r, r)
+        return self.norm2(phi)
+
+
+def stacked_hypernet_forward(nets: nn.ModuleList, c: torch.Tensor) -> torch.Tensor:
+    """Runs S hypernetworks on the same condition as one batched MLP.
+
+    Equivalent to ``torch.stack([net(c) for net in nets])`` (tested) but one GEMM per layer instead of S:
+    the q/k/v hypernetworks of a fused layer share their input.
+
+    Returns:
+        Phi for every slice, (S, B, r, r).
+    """
+    first = nets[0]
+    r = first.rank
+    w1 = torch.stack([n.fc1.weight for n in nets])  # (S, h, d_c)
+    b1 = torch.stack([n.fc1.bias for n in nets])  # (S, h)
+    h = torch.einsum("bd,shd->sbh", c, w1) + b1[:, None]  # (S, B, h)
+    h = first.drop1(first.act(h))
+    h = F.layer_norm(h, h.shape[-1:], eps=first.norm1.eps)
+    h = h * torch.stack([n.norm1.weight for n in nets])[:, None] + torch.stack([n.norm1.bias for n in nets])[:, None]
+    w2 = torch.stack([n.fc2.weight for n in nets])  # (S, r*r, h)
+    b2 = torch.stack([n.fc2.bias for n in nets])  # (S, r*r)
+    out = first.drop2(torch.baddbmm(b2[:, None], h, w2.transpose(1, 2)))  # (S, B, r*r)
+    phi = F.layer_norm(out.reshape(len(nets), c.shape[0], r, r), (r, r), eps=first.norm2.eps)  # (S, B, r, r)
+    gamma = torch.stack([n.norm2.weight for n in nets])[:, None]  # (S, 1, r, r)
+    beta = torch.stack([n.norm2.bias for n in nets])[:, None]
+    return phi * gamma + beta

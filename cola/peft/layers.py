@@ -1,0 +1,375 @@
+"""Adapter layers that wrap a frozen ``nn.Linear`` and keep its ``forward(x)`` signature.
+
+CoLA — Cross-Modal Low-Rank Adaptation (arXiv 2604.03314, ICML 2026, §3, Eq. 3):
+
+    h = W0 x + b  +  (alpha / r) B_L A_L drop(x)  +  lambda B_C Phi(c) A_C drop(x)
+
+The first low-rank path is LoRA (intra-modal). The second (inter-modal) path has an r x r core Phi(c) that a
+small hypernetwork computes per sample from a condition c pooled from the *other* stream at the same depth.
+The condition reaches the layer through :meth:`CoLALinear.set_condition` (the dual encoder calls it), never
+through ``forward``, so timm/transformers blocks run unmodified.
+
+Layout of a fused layer (``out_splits = S``, e.g. timm ``attn.qkv`` with S = 3), as the official
+``CMMergedLinear``: ``lora_A``/``cola_A`` are (S r, d_in) with slice s in rows ``[s r, (s+1) r)``,
+``lora_B``/``cola_B`` are (d_out, r) with slice s in rows ``[s d_out/S, (s+1) d_out/S)``, ``cola_lambda`` is
+(S,) and ``cola_hypernet`` is a ``ModuleList`` of S hypernetworks. Slice s is exactly a CoLALinear on the
+rows of W0 of that slice (tested).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CoLAConfig, LoRAConfig, MoKAConfig
+from .hypernet import HyperNetwork, stacked_hypernet_forward
+
+ADAPTER_PREFIXES = ("lora_", "cola_", "moka_")
+
+
+def _flatten_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, ..., d) -> (B, L, d): windowed / 2-D token grids become one token axis."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _repeat_for_windows(t: torch.Tensor, batch: int, name: str, dim: int = 0) -> torch.Tensor:
+    """Repeats a per-sample tensor k times when the layer sees a windowed batch of k * B rows (SPEC §2)."""
+    n = t.shape[dim]
+    if batch == n:
+        return t
+    if batch % n:
+        raise ValueError(f"{name}: input batch {batch} is not a multiple of the condition batch {n}")
+    return t.repeat_interleave(batch // n, dim=dim)
+
+
+class AdapterLinear(nn.Module):
+    """Common wrapper: holds the frozen base layer and the slice layout."""
+
+    def __init__(self, base_layer: nn.Linear, *, out_splits: int = 1) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"adapters wrap nn.Linear, got {type(base_layer).__name__}")
+        if isinstance(out_splits, bool) or not isinstance(out_splits, int) or out_splits < 1:
+            raise ValueError(f"out_splits must be a positive integer, got {out_splits!r}")
+        if base_layer.out_features % out_splits:
+            raise ValueError(
+                f"out_splits={out_splits} does not divide out_features={base_layer.out_features} of the base layer"
+            )
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.out_splits = out_splits
+        self.adapter_name = type(self).__name__  # set to the qualified module name by inject_adapters
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    # Read-only views so code that inspects ``layer.weight`` (dtype/device checks) keeps working.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def _check_rank(self, rank: int) -> None:
+        if rank > min(self.in_features, self.out_features // self.out_splits):
+            raise ValueError(
+                f"rank={rank} exceeds the width of {self.adapter_name} "
+                f"(in={self.in_features}, out per slice={self.out_features // self.out_splits})"
+            )
+
+    def _slice_matmul_b(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Applies per-slice up-projections: z (..., S*k) with b (d_out, k) -> (..., d_out)."""
+        s = self.out_splits
+        if s == 1:
+            return z @ b.t()
+        k = b.shape[1]
+        zs = z.reshape(*z.shape[:-1], s, k)  # (..., S, k)
+        out = torch.einsum("...sk,sok->...so", zs, b.reshape(s, -1, k))  # (..., S, d_out/S)
+        return out.reshape(*z.shape[:-1], self.out_features)
+
+    def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal product B A for the S slices: (d_out, d_in)."""
+        s, r = self.out_splits, a.shape[0] // self.out_splits
+        return torch.einsum("sor,sri->soi", b.reshape(s, -1, r), a.reshape(s, r, -1)).reshape(self.out_features, -1)
+
+    def _fold(self, delta: torch.Tensor, sign: float) -> None:
+        w = self.base_layer.weight
+        new = w.data + sign * delta.to(w.dtype)
+        if not torch.isfinite(new).all():
+            raise FloatingPointError(f"{self.adapter_name}: merging the adapter gives non-finite weights; not merged")
+        w.data.copy_(new)
+
+
+class LoRALinear(AdapterLinear):
+    """LoRA: ``h = W0 x + b + (alpha / r) B A drop(x)``; equals HF peft's LoRA on the same weights (tested).
+
+    Args:
+        base_layer: the frozen linear layer.
+        config: rank, alpha, dropout.
+        out_splits: slices of a fused layer, each with its own A and B (official ``MergedLinear``); 1 for
+            a plain layer or when ``config.split_fused`` is False.
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: LoRAConfig, *, out_splits: int = 1) -> None:
+        super().__init__(base_layer, out_splits=out_splits if config.split_fused else 1)
+        self.config = config
+        r, s = config.rank, self.out_splits
+        self._check_rank(r)
+        self.scaling = config.scaling
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        w = base_layer.weight
+        self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scaling * self._delta_weight(self.lora_A, self.lora_B)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Folds s B A into W0 (idempotent)."""
+        if not self.merged:
+            self._fold(self.delta_weight(), 1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._fold(self.delta_weight(), -1.0)
+            self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.merged:
+            return out
+        z = self.lora_dropout(x) @ self.lora_A.t()  # (..., S r)
+        return out + self._slice_matmul_b(z * self.scaling, self.lora_B)
+
+
+class CoLALinear(AdapterLinear):
+    """CoLA layer (SPEC §2): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``.
+
+    Args:
+        base_layer: the frozen linear layer W0 (d_out, d_in).
+        config: rank, alpha, dropout, reduction, lambda_init, sharing, condition (see :class:`CoLAConfig`).
+        context_dim: d_c, width of the condition (the other stream's hidden size).
+        out_splits: number of independent output slices of a fused layer (3 for timm ``attn.qkv``).
+
+    Sharing (``config.sharing``): ``none`` keeps four matrices; ``shared_a`` uses A_L for both paths (no
+    ``cola_A``); ``shared_b`` uses B_L for both (no ``cola_B``); ``full`` shares both.
+
+    Condition controls (``config.condition``): ``pooled`` uses c as given; ``shuffled`` takes c from sample
+    ``(i + 1) mod B`` (a fixed derangement; needs B >= 2); ``zero`` uses c = 0; ``random_frozen`` keeps the
+    hypernetwork at its random init (its parameters never train).
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int, out_splits: int = 1) -> None:
+        super().__init__(base_layer, out_splits=out_splits)
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}")
+        self.config = config
+        self.context_dim = context_dim
+        r, s = config.rank, self.out_splits
+        self._check_rank(r)
+        self.scaling = config.scaling
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        w = base_layer.weight
+        kw = dict(dtype=w.dtype, device=w.device)
+        self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.share_a = config.sharing in ("shared_a", "full")
+        self.share_b = config.sharing in ("shared_b", "full")
+        if not self.share_a:
+            self.cola_A = nn.Parameter(torch.empty(s * r, self.in_features, **kw))
+            nn.init.kaiming_uniform_(self.cola_A, a=math.sqrt(5))
+        if not self.share_b:
+            self.cola_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
+        self.cola_lambda = nn.Parameter(torch.full((s,), config.lambda_value, **kw))
+        nets = [
+            HyperNetwork(context_dim, r, reduction=config.reduction, dropout=config.hypernet_dropout) for _ in range(s)
+        ]
+        self.cola_hypernet = nets[0] if s == 1 else nn.ModuleList(nets)
+        self.cola_hypernet.to(**kw)
+        if config.condition == "random_frozen":
+            self.cola_hypernet.requires_grad_(False)
+        self.merged = False
+        self._condition: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- condition
+    def set_condition(self, c: torch.Tensor | None) -> None:
+        """Stores the condition (B, d_c) used by the following forwards; ``None`` clears it."""
+        if c is not None and (c.ndim != 2 or c.shape[-1] != self.context_dim):
+            raise ValueError(
+                f"{self.adapter_name}: condition must have shape (B, {self.context_dim}), got {tuple(c.shape)}"
+            )
+        self._condition = c
+
+    def _effective_condition(self, c: torch.Tensor) -> torch.Tensor:
+        mode = self.config.condition
+        if mode == "zero":
+            return torch.zeros_like(c)
+        if mode == "shuffled":
+            if c.shape[0] < 2:
+                raise ValueError(f"{self.adapter_name}: condition='shuffled' needs a batch of >= 2 samples")
+            return torch.roll(c, shifts=-1, dims=0)  # sample i gets the condition of sample (i + 1) mod B
+        return c
+
+    def phi(self, c: torch.Tensor) -> torch.Tensor:
+        """Phi for every slice: (S, B, r, r)."""
+        if self.out_splits == 1:
+            return self.cola_hypernet(c).unsqueeze(0)
+        return stacked_hypernet_forward(self.cola_hypernet, c)
+
+    # ----------------------------------------------------------------- weights
+    @property
+    def A_C(self) -> torch.Tensor:  # noqa: N802 - the paper's name
+        return self.lora_A if self.share_a else self.cola_A
+
+    @property
+    def B_C(self) -> torch.Tensor:  # noqa: N802
+        return self.lora_B if self.share_b else self.cola_B
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scaling * self._delta_weight(self.lora_A, self.lora_B)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Folds only the intra path s B_L A_L into W0 (idempotent); the inter path always runs."""
+        if not self.merged:
+            self._fold(self.delta_weight(), 1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._fold(self.delta_weight(), -1.0)
+            self.merged = False
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._condition is None:
+            raise RuntimeError(
+                f"{self.adapter_name}: CoLALinear ran without a condition; run it inside DualEncoder or call "
+                "set_condition(c) first"
+            )
+        out = self.base_layer(x)
+        s, r = self.out_splits, self.config.rank
+        phi = self.phi(self._effective_condition(self._condition))  # (S, B, r, r)
+        xt = _flatten_tokens(x)  # (B', L, d_in)
+        phi = _repeat_for_windows(phi, xt.shape[0], self.adapter_name, dim=1)
+        dropout = self.config.dropout > 0
+        # Down-projections: one GEMM for [A_L; A_C] when both paths see the same (undropped) input.
+        if self.merged:
+            z_l = None
+            z_c = (self.lora_dropout(xt) if dropout else xt) @ self.A_C.t()
+        elif not dropout and not self.share_a:
+            z = xt @ torch.cat([self.lora_A, self.cola_A]).t()  # (B', L, 2 S r)
+            z_l, z_c = z.split(s * r, dim=-1)
+        else:
+            z_l = self.lora_dropout(xt) @ self.lora_A.t()
+            z_c = z_l if (self.share_a and not dropout) else self.lora_dropout(xt) @ self.A_C.t()
+        # Inter core: t = z_c Phi^T per slice and sample, as one batched matmul.
+        zc = z_c.reshape(xt.shape[0], xt.shape[1], s, r).transpose(1, 2)  # (B', S, L, r)
+        t = zc @ phi.permute(1, 0, 3, 2)  # (B', S, L, r)
+        t = (t * self.cola_lambda.reshape(1, s, 1, 1)).transpose(1, 2).reshape(xt.shape[0], xt.shape[1], s * r)
+        if z_l is None:
+            delta = self._slice_matmul_b(t, self.B_C)
+        elif self.share_b:  # one up-projection: B (s z_l + lambda t)
+            delta = self._slice_matmul_b(self.scaling * z_l + t, self.lora_B)
+        else:  # one up-projection of width 2r per slice: [B_L | B_C] [s z_l ; lambda t]
+            zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
+            b = torch.cat([self.lora_B, self.cola_B], dim=1)  # (d_out, 2r)
+            delta = self._slice_matmul_b(zz.reshape(*t.shape[:-1], 2 * s * r), b)
+        return out + delta.reshape(out.shape)
+
+
+class MoKALinear(AdapterLinear):
+    """MokA (Wei et al., 2025) adapted to two streams (SPEC §3).
+
+    For x (B, N, d_in) of stream S and the other stream's tokens y (B, M, d_o) with key mask m::
+
+        u = s A_S drop(x)        v = s A_O drop(y)        s = alpha / r
+        h = W0 x + b + B (u + lambda softmax(u v^T / sqrt(r), masked by m) v)
+
+    ``moka_A`` (r, d_in) and ``moka_A_other`` (r, d_o) are kaiming-uniform, ``moka_B`` (d_out, r) is zero,
+    so h = W0 x + b at init; lambda (``lambda_cross``) is a fixed float; single head, no q/k/v projections;
+    not mergeable (the cross term depends on y). With ``context_dim=None`` the layer has no cross term and
+    no ``moka_A_other`` (MokA's anchor-stream layers).
+
+    What differs from MokA's single-LLM setting: each stream keeps its own W0, so B is shared between the
+    self and the cross path of one layer, not across modalities; MokA's question-span key selection becomes
+    "all real tokens of the other stream" (special tokens included); keys come from another backbone, so
+    A_O bridges the two widths. Follows MokA's audio-visual-text release (u, v scaled by s before the
+    softmax, lambda = 1); its visual-text release uses unscaled u and lambda = 0.05.
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: MoKAConfig, *, context_dim: int | None) -> None:
+        super().__init__(base_layer)
+        if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)):
+            raise ValueError(f"context_dim must be a positive integer or None, got {context_dim!r}")
+        self.config = config
+        self.context_dim = context_dim
+        r = config.rank
+        self._check_rank(r)
+        self.scaling = config.scaling
+        self.moka_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        w = base_layer.weight
+        kw = dict(dtype=w.dtype, device=w.device)
+        self.moka_A = nn.Parameter(torch.empty(r, self.in_features, **kw))
+        nn.init.kaiming_uniform_(self.moka_A, a=math.sqrt(5))
+        if context_dim is not None:
+            self.moka_A_other = nn.Parameter(torch.empty(r, context_dim, **kw))
+            nn.init.kaiming_uniform_(self.moka_A_other, a=math.sqrt(5))
+        self.moka_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
+        self._context: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def set_context(self, y: torch.Tensor | None, key_mask: torch.Tensor | None = None) -> None:
+        """Stores the other stream's tokens y (B, M, d_o) and key mask (B, M) bool (True = real token)."""
+        if self.context_dim is None:
+            return
+        if y is None:
+            self._context = None
+            return
+        if y.ndim != 3 or y.shape[-1] != self.context_dim:
+            raise ValueError(f"{self.adapter_name}: context must be (B, M, {self.context_dim}), got {tuple(y.shape)}")
+        if key_mask is not None:
+            if key_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"{self.adapter_name}: key_mask must be bool (True = real token), got {key_mask.dtype}"
+                )
+            if key_mask.shape != y.shape[:2]:
+                raise ValueError(
+                    f"{self.adapter_name}: key_mask {tuple(key_mask.shape)} != tokens {tuple(y.shape[:2])}"
+                )
+        self._context = (y, key_mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        xt = _flatten_tokens(x)  # (B', N, d_in)
+        u = self.scaling * (self.moka_dropout(xt) @ self.moka_A.t())  # (B', N, r)
+        if self.context_dim is not None:
+            if self._context is None:
+                raise RuntimeError(
+                    f"{self.adapter_name}: MoKALinear with a cross term ran without context; call set_context first"
+                )
+            y, key_mask = self._context
+            v = self.scaling * (self.moka_dropout(y) @ self.moka_A_other.t())  # (B, M, r)
+            v = _repeat_for_windows(v, xt.shape[0], self.adapter_name)
+            scores = u @ v.transpose(1, 2) / math.sqrt(self.config.rank)  # (B', N, M)
+            if key_mask is not None:
+                if not bool(key_mask.any(dim=1).all()):
+                    raise ValueError(f"{self.adapter_name}: a sample has no real key token in its context")
+                km = _repeat_for_windows(key_mask, xt.shape[0], self.adapter_name)
+                scores = scores.masked_fill(~km[:, None, :], float("-inf"))
+            u = u + self.config.lambda_cross * (F.softmax(scores, dim=-1) @ v)
+        return out + (u @ self.moka_B.t()).reshape(out.shape)
+
+
+ADAPTER_LAYERS = (LoRALinear, CoLALinear, MoKALinear)

@@ -1,0 +1,134 @@
+"""Adapter-only state dicts and safetensors files (the frozen towers are never saved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inject import is_adapter_param
+
+CONFIG_KEY = "cola.peft_config"
+
+
+def adapter_state_dict(model: nn.Module, *, extra_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Adapter parameters of ``model`` (names with a ``lora_``/``cola_``/``moka_`` component).
+
+    Args:
+        model: a model with injected adapters.
+        extra_prefixes: also keep parameters whose qualified name starts with one of these (task heads).
+    """
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if is_adapter_param(n) or (extra_prefixes and n.startswith(extra_prefixes))
+    }
+
+
+def _diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: saved {saved.get(k)!r} != current {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
+    ]
+
+
+def load_adapter_state_dict(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    extra_prefixes: tuple[str, ...] = (),
+    saved_config: dict[str, Any] | None = None,
+    current_config: dict[str, Any] | None = None,
+) -> None:
+    """Loads adapter weights, strict on adapter keys and shapes.
+
+    Raises:
+        ValueError: the configs differ (each differing field is named), keys are missing or unexpected, or a
+            shape differs (typically another rank or sharing).
+    """
+    if saved_config is not None and current_config is not None:
+        diffs = _diff_configs(saved_config, current_config)
+        if diffs:
+            raise ValueError("adapter checkpoint was made with another peft config: " + "; ".join(diffs))
+    own = {
+        n: p
+        for n, p in model.named_parameters()
+        if is_adapter_param(n) or (extra_prefixes and n.startswith(extra_prefixes))
+    }
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter state does not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it saved with another peft method, "
+            "sharing or targets?"
+        )
+    for n, p in own.items():
+        if state[n].shape != p.shape:
+            raise ValueError(
+                f"adapter tensor {n!r} has shape {tuple(state[n].shape)} in the checkpoint but {tuple(p.shape)} in "
+                "the model; was it saved with another rank or sharing?"
+            )
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(state[n].to(device=p.device, dtype=p.dtype))
+
+
+def save_adapters(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    config: dict[str, Any] | None = None,
+    extra_prefixes: tuple[str, ...] = (),
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Writes adapter (and optionally head) weights to a safetensors file atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(metadata or {})
+    if config is not None:
+        meta[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, extra_prefixes=extra_prefixes).items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapters(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, str]]:
+    """Reads a file written by :func:`save_adapters`: (tensors, peft config or None, raw metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    config = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+    return load_file(str(path)), config, meta
+
+
+def load_adapters(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    config: dict[str, Any] | None = None,
+    extra_prefixes: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """Loads a safetensors adapter file into ``model``; with ``config`` given, checks it equals the saved one."""
+    state, saved, meta = read_adapters(path)
+    load_adapter_state_dict(model, state, extra_prefixes=extra_prefixes, saved_config=saved, current_config=config)
+    return meta
