@@ -1,0 +1,337 @@
+"""``run(cfg)``: what ``train.py`` and ``eval.py`` do, from a composed Hydra config to ``metrics.json``.
+
+Order of work (nothing long starts before the checks pass):
+1. validate the config (:mod:`cola.validation`) and the run folder;
+2. resolve the dataset (generate the task's synthetic set on first use when ``data.root`` is null) and let the
+   DataModule check its layout;
+3. seed, build the towers + adapters (:class:`cola.models.DualEncoder`) and the task module;
+4. fit (resuming from ``ckpt_path``), re-validate and test with the selected checkpoint;
+5. write ``adapter.safetensors`` (adapters + heads) and ``metrics.json`` atomically, print the metrics table;
+6. close the loggers (``wandb.finish()``) whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import cola.resolvers  # noqa: F401  (registers ${cola.minilm:})
+from cola.io import atomic_write_text
+from cola.peft import load_adapters, save_adapters
+from cola.validation import SetupError, validate_config, validate_run_dir
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEAD_PREFIXES = ("head.", "heads.")
+
+
+# ---------------------------------------------------------------------------------------------- building
+def peft_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved ``peft`` node as a plain dict (what the DualEncoder and checkpoints see)."""
+    return OmegaConf.to_container(cfg.peft, resolve=True)  # type: ignore[return-value]
+
+
+def _run_commands(commands, what: str, **fmt: Any) -> None:
+    """Runs repo scripts (``[script, *args]`` with ``{root}``/``{path}`` filled) with this Python."""
+    for command in commands:
+        args = [sys.executable, str(REPO_ROOT / command[0]), *[str(a).format(**fmt) for a in command[1:]]]
+        log.info("building %s: %s", what, " ".join(args))
+        res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if res.returncode != 0:
+            raise SetupError(f"building {what} failed: {' '.join(args)}\n{res.stderr[-2000:]}")
+
+
+def ensure_assets(cfg: DictConfig) -> None:
+    """Builds the model's missing cached files (e.g. the tiny vision tower's pretrained weights)."""
+    for asset in cfg.model.get("assets") or []:
+        if not Path(asset.path).is_file():
+            _run_commands([asset.command], f"model asset {asset.path}", path=asset.path)
+
+
+def resolve_data_root(cfg: DictConfig) -> None:
+    """``data.root: null`` means the task's synthetic set: generate it once (deterministic) and point at it."""
+    if cfg.data.get("root") is not None:
+        return
+    synth = cfg.task.get("synthetic")
+    if synth is None:
+        raise SetupError(f"task {cfg.task.name} needs data.root=PATH (no synthetic set is defined for it)")
+    root = Path(synth.root)
+    if not (root / synth.marker).exists():
+        _run_commands(synth.commands, f"the synthetic {cfg.task.name} set in {root}", root=root)
+    OmegaConf.update(cfg, "data.root", str(root), force_add=True)
+
+
+def build_encoder(cfg: DictConfig):
+    """Builds both towers from ``model.*`` and wraps them in a :class:`cola.models.DualEncoder`."""
+    from cola.models import DualEncoder
+
+    second = cfg.task.modality
+    tower_a = instantiate(cfg.model.vision)
+    tower_b = instantiate(cfg.model[second])
+    return DualEncoder(
+        tower_a,
+        tower_b,
+        peft=peft_dict(cfg),
+        targets_a=list(cfg.model.targets[tower_a.family]),
+        targets_b=list(cfg.model.targets[tower_b.family]),
+        out_splits_a=dict(cfg.model.out_splits.get(tower_a.family) or {}),
+        out_splits_b=dict(cfg.model.out_splits.get(tower_b.family) or {}),
+        layers=cfg.peft.get("layers"),
+        layer_map=cfg.peft.get("layer_map"),
+        anchor="b" if second == "text" else None,
+    )
+
+
+def build_module(cfg: DictConfig, encoder, datamodule):
+    optim = OmegaConf.to_container(cfg.optim, resolve=True) if cfg.get("optim") else {}
+    return instantiate(
+        cfg.task.module,
+        encoder=encoder,
+        val_split=getattr(datamodule, "val_split", "val"),
+        test_splits=list(datamodule.test_splits),
+        peft_config=peft_dict(cfg),
+        **optim,
+        _convert_="all",
+    )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers: list = []
+    if cfg.logger.get("csv"):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    wb = cfg.logger.get("wandb")
+    if wb:
+        tags = [
+            f"peft:{cfg.peft.method}",
+            f"rank:{cfg.peft.rank}",
+            f"sharing:{cfg.peft.get('sharing', 'na')}",
+            f"propagation:{cfg.peft.get('propagation', 'na')}",
+            f"seed:{cfg.seed}",
+            *wb.get("tags", []),
+            *cfg.get("tags", []),
+        ]
+        loggers.append(
+            WandbLogger(
+                project=wb.project,
+                entity=wb.get("entity"),
+                group=wb.get("group"),
+                job_type=wb.get("job_type"),
+                name=wb.get("name"),
+                offline=bool(wb.offline),
+                save_dir=str(run_dir),
+                log_model=bool(wb.get("log_model", False)),
+                tags=tags,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichModelSummary
+
+    cb = cfg.callbacks
+    mc = cb.model_checkpoint
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best",
+            monitor=mc.monitor,
+            mode=mc.mode,
+            save_top_k=mc.save_top_k,
+            save_last=mc.save_last,
+            every_n_train_steps=mc.get("every_n_train_steps"),
+            auto_insert_metric_name=False,
+        )
+    ]
+    if cb.early_stopping.get("patience"):
+        callbacks.append(EarlyStopping(monitor=mc.monitor, mode=mc.mode, patience=cb.early_stopping.patience))
+    if cb.get("lr_monitor") and (cfg.logger.get("csv") or cfg.logger.get("wandb")):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cb.get("rich_summary"):
+        callbacks.append(RichModelSummary())
+    from cola.analysis import InterferenceProbe, LambdaLogger
+
+    if cfg.peft.method == "cola":
+        callbacks.append(LambdaLogger(run_dir))
+    if cfg.get("analysis", {}).get("probes"):
+        callbacks.append(InterferenceProbe(every_n_steps=int(cfg.analysis.get("every_n_steps", 10))))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+    from cola.io import AtomicCheckpointIO
+
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.pop("_target_", None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return L.Trainer(
+        **kwargs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise SetupError(
+                f"ckpt_path=last but {last} does not exist; resume with hydra.run.dir=<the run folder to continue>"
+            )
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise SetupError(f"ckpt_path={ckpt_path!r} is not a file")
+    return ckpt_path
+
+
+def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for res in results:
+        for k, v in res.items():
+            if "/" in k and not k.startswith(("train/", "model/")):
+                out[k] = float(v)
+    return out
+
+
+def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    splits = list(
+        dict.fromkeys(k.split("/")[0] for k in metrics if "/" in k and k.split("/")[0] not in ("params", "time"))
+    )
+    names = list(dict.fromkeys(k.split("/", 1)[1] for k in metrics if k.split("/")[0] in splits))
+    table = Table(title=title)
+    table.add_column("split")
+    for n in names:
+        table.add_column(n, justify="right")
+    for s in splits:
+        table.add_row(s, *[f"{metrics[f'{s}/{n}']:.4f}" if f"{s}/{n}" in metrics else "-" for n in names])
+    console = Console()
+    console.print(table)
+    console.print(f"trainable parameters: {metrics.get('params/trainable', 0):,} of {metrics.get('params/total', 0):,}")
+
+
+def _finish_wandb() -> None:
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
+    """Everything before training; any bad input surfaces here as a :class:`SetupError`."""
+    try:
+        validate_config(cfg)
+        validate_run_dir(run_dir, resuming=resuming)
+        resolve_data_root(cfg)
+        ensure_assets(cfg)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        if hasattr(datamodule, "validate"):
+            datamodule.validate()
+        L.seed_everything(cfg.seed, workers=True)
+        encoder = build_encoder(cfg)
+        module = build_module(cfg, encoder, datamodule)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+        raise SetupError(str(e)) from e
+    return datamodule, module
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Trains and tests one configuration; returns the flat metrics written to ``metrics.json``."""
+    t0 = time.time()
+    try:
+        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+        datamodule, module = setup(cfg, run_dir, resuming=ckpt is not None)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        loggers = build_loggers(cfg, run_dir)
+        callbacks = build_callbacks(cfg, run_dir)
+        trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+        if ckpt is not None:
+            log.info("resuming from %s", ckpt)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        t_train = time.time() - t0
+        if getattr(module, "skipped_batches", 0):
+            log.warning("%d training batches were skipped for non-finite losses", module.skipped_batches)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best if best and Path(best).is_file() and not trainer.fast_dev_run else None
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        results += trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics = _flat_metrics(results)
+        counts = module.parameter_counts()
+        metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
+        metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})
+        if trainer.is_global_zero:
+            save_adapters(
+                run_dir / "adapter.safetensors",
+                module,
+                config=peft_dict(cfg),
+                extra_prefixes=module.head_prefixes(),
+                metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
+            )
+            atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+            print_metrics_table(metrics, f"{cfg.task.name} | {cfg.peft.method} | {run_dir}")
+        return metrics
+    finally:
+        _finish_wandb()
+
+
+def find_run_config(ckpt_path: Path) -> Path:
+    """The run's ``config.yaml`` for a run folder, its adapter file or one of its checkpoints."""
+    for parent in [ckpt_path, *ckpt_path.parents][:3]:
+        if (parent / "config.yaml").is_file():
+            return parent / "config.yaml"
+    raise SetupError(f"no config.yaml found in or above {ckpt_path}; is it inside a run folder of train.py?")
+
+
+def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """Evaluates a saved run on its val and test splits (``eval.py``)."""
+    try:
+        ckpt = Path(str(cfg.ckpt_path))
+        if not ckpt.exists():
+            raise SetupError(f"ckpt_path={str(ckpt)!r} does not exist")
+        run_cfg = OmegaConf.load(find_run_config(ckpt))
+        keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.", "task=", "model=", "peft="))]
+        merged = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(keep))
+        OmegaConf.update(merged, "logger", OmegaConf.create({"csv": False, "wandb": None}), force_add=True)
+        datamodule, module = setup(merged, run_dir, resuming=True)
+        adapter = ckpt / "adapter.safetensors" if ckpt.is_dir() else ckpt
+        trainer = build_trainer(merged, run_dir, [], [])
+        if adapter.suffix == ".safetensors":
+            load_adapters(adapter, module, config=peft_dict(merged), extra_prefixes=module.head_prefixes())
+            ckpt_arg = None
+        else:
+            ckpt_arg = str(adapter)
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_arg, verbose=False)
+        results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_arg, verbose=False)
+        metrics = _flat_metrics(results)
+        counts = module.parameter_counts()
+        metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        print_metrics_table(metrics, f"eval of {ckpt}")
+        return metrics
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SetupError(str(e)) from e
+    finally:
+        _finish_wandb()

@@ -1,0 +1,259 @@
+"""Shared LightningModule for every task: optimiser groups, schedules, per-split metrics, lean checkpoints.
+
+A task subclass provides the heads and four hooks: ``forward(batch)``, ``compute_loss(out, batch)``,
+``make_metrics()`` and ``update_metrics(metrics, out, batch)``. This base class handles the rest:
+
+- AdamW with two learning rates: ``lr_adapters`` for adapter parameters (or, with ``peft=full``, the towers)
+  and ``lr_heads`` for everything else that trains (fusion, heads);
+- linear warm-up then ``cosine``, ``poly`` or ``constant`` decay, stepped per optimiser step;
+- metrics per split, logged as ``<split>/<name>`` (``val/acc@0.5``, ``testA/oiou``);
+- checkpoints without the frozen towers (rebuilt identically from their source and the seed), with the
+  peft config stored inside so a checkpoint of another config fails with a clear message;
+- non-finite losses stop the run naming the step and the loss terms (``on_nonfinite: raise``) or skip
+  the batch (``skip``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from cola.peft import is_adapter_param
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss or gradient is NaN/inf and ``on_nonfinite='raise'``."""
+
+
+class DualStreamTask(L.LightningModule):
+    """Base class of the task modules.
+
+    Args:
+        encoder: the :class:`cola.models.DualEncoder` (towers + adapters).
+        lr_adapters: learning rate of the adapter parameters (towers too under ``peft=full``).
+        lr_heads: learning rate of the task heads and fusion layers.
+        weight_decay: AdamW weight decay (not applied to biases, norms and lambda).
+        betas: AdamW betas.
+        schedule: ``cosine`` | ``poly`` | ``constant`` after the warm-up.
+        warmup_ratio: fraction of the total optimiser steps used for linear warm-up.
+        poly_power: exponent of the ``poly`` schedule.
+        min_lr_ratio: final learning rate as a fraction of the peak (cosine).
+        eval_splits: the split names evaluated (val first, then the test splits in loader order).
+        test_splits: the split names of the test loaders, in order.
+        on_nonfinite: ``raise`` (default) or ``skip`` the batch when the loss is not finite.
+        peft_config: the peft config (plain dict) stored in checkpoints and checked on load.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        lr_adapters: float = 1e-4,
+        lr_heads: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        schedule: str = "cosine",
+        warmup_ratio: float = 0.05,
+        poly_power: float = 0.9,
+        min_lr_ratio: float = 0.0,
+        val_split: str = "val",
+        test_splits: list[str] | tuple[str, ...] = ("test",),
+        on_nonfinite: str = "raise",
+        peft_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be one of ['raise', 'skip'], got {on_nonfinite!r}")
+        self.encoder = encoder
+        self.lr_adapters, self.lr_heads = lr_adapters, lr_heads
+        self.weight_decay, self.betas = weight_decay, tuple(betas)
+        self.schedule, self.warmup_ratio = schedule, warmup_ratio
+        self.poly_power, self.min_lr_ratio = poly_power, min_lr_ratio
+        self.val_split = val_split
+        self.test_splits = list(test_splits)
+        self.on_nonfinite = on_nonfinite
+        self.peft_config = dict(peft_config or {})
+        self.strict_loading = False  # checkpoints omit the frozen towers; on_load_checkpoint checks the rest
+        self.skipped_batches = 0
+        self._metric_splits: nn.ModuleDict | None = None
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def make_metrics(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def compute_loss(self, out: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: nn.ModuleDict, out: Any, batch: dict) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ metrics per split
+    @property
+    def split_metrics(self) -> nn.ModuleDict:
+        if self._metric_splits is None:
+            splits = list(dict.fromkeys([self.val_split, *self.test_splits]))
+            # ModuleDict keys may not contain "."; split names never do (val, testA, test)
+            self._metric_splits = nn.ModuleDict({s: nn.ModuleDict(self.make_metrics()) for s in splits}).to(self.device)
+        return self._metric_splits
+
+    def _log_and_reset(self, split: str) -> dict[str, float]:
+        values = {}
+        for name, metric in self.split_metrics[split].items():
+            if getattr(metric, "update_count", 1) == 0:
+                continue
+            values[f"{split}/{name}"] = float(metric.compute())
+            metric.reset()
+        if values:
+            self.log_dict(values, prog_bar=split == self.val_split, sync_dist=False, add_dataloader_idx=False)
+        return values
+
+    # ------------------------------------------------------------------ steps
+    def on_fit_start(self) -> None:
+        counts = self.parameter_counts()
+        log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
+        if self.logger is not None:
+            for lg in self.loggers:
+                lg.log_metrics(
+                    {"model/params_trainable": counts["trainable"], "model/params_total": counts["total"]}, 0
+                )
+
+    def parameter_counts(self) -> dict[str, int]:
+        params = {id(p): p for p in self.parameters()}.values()
+        return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        out = self(batch)
+        loss, terms = self.compute_loss(out, batch)
+        if not torch.isfinite(loss):
+            return self._non_finite(loss, terms)
+        bs = self._batch_size(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    def _non_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        if self.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning("step %d: non-finite loss %s (%s); batch skipped", self.global_step, float(loss), detail)
+            return None
+        ckpt = getattr(getattr(self.trainer, "checkpoint_callback", None), "last_model_path", "") or "none yet"
+        raise NonFiniteLossError(
+            f"non-finite loss {float(loss)} at step {self.global_step} ({detail}); last good checkpoint: {ckpt}. "
+            "Lower the learning rate, or set task.module.on_nonfinite=skip to skip such batches."
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch)
+        self.update_metrics(self.split_metrics[self.val_split], out, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_and_reset(self.val_split)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self(batch)
+        self.update_metrics(self.split_metrics[self.test_splits[dataloader_idx]], out, batch)
+
+    def on_test_epoch_end(self) -> None:
+        for split in self.test_splits:
+            self._log_and_reset(split)
+
+    @staticmethod
+    def _batch_size(batch: dict) -> int:
+        for v in batch.values():
+            if isinstance(v, torch.Tensor):
+                return v.shape[0]
+        return 1
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(self) -> list[dict[str, Any]]:
+        groups: dict[str, list[nn.Parameter]] = {"adapters": [], "adapters_no_wd": [], "heads": [], "heads_no_wd": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            in_encoder = name.startswith("encoder.")
+            key = (
+                "adapters"
+                if in_encoder and (is_adapter_param(name) or self.peft_config.get("method") == "full")
+                else "heads"
+            )
+            no_wd = p.ndim <= 1 or name.endswith("cola_lambda")
+            groups[key + ("_no_wd" if no_wd else "")].append(p)
+        lrs = {"adapters": self.lr_adapters, "heads": self.lr_heads}
+        return [
+            {
+                "params": ps,
+                "lr": lrs[k.split("_no_wd")[0]],
+                "weight_decay": 0.0 if k.endswith("_no_wd") else self.weight_decay,
+                "name": k,
+            }
+            for k, ps in groups.items()
+            if ps
+        ]
+
+    def lr_factor(self, step: int, total: int) -> float:
+        warmup = max(1, int(self.warmup_ratio * total)) if self.warmup_ratio > 0 else 0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if self.schedule == "cosine":
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.schedule == "poly":
+            return (1 - progress) ** self.poly_power
+        return 1.0
+
+    def configure_optimizers(self):
+        groups = self.param_groups()
+        if not groups:
+            raise ValueError("nothing to train: no parameter requires grad (check peft.method and the task heads)")
+        opt = torch.optim.AdamW(groups, betas=self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def head_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of what ``adapter.safetensors`` holds besides adapters: the heads (and, under
+        ``peft=full``, the towers themselves)."""
+        prefixes = tuple(f"{n}." for n, _ in self.named_children() if n != "encoder")
+        return prefixes + (("encoder.",) if self.peft_config.get("method") == "full" else ())
+
+    def trainable_state_keys(self) -> set[str]:
+        keys = {n for n, p in self.named_parameters() if p.requires_grad}
+        # buffers of the heads (e.g. norms' running stats) are kept; tower buffers are rebuilt with the towers
+        keys |= {n for n, _ in self.named_buffers() if not n.startswith("encoder.")}
+        # CoLA's random_frozen hypernetworks are frozen but random: keep them so a reload is exact
+        keys |= {n for n, _ in self.named_parameters() if n.startswith("encoder.") and ".cola_hypernet." in n}
+        return keys
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["cola_peft_config"] = self.peft_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("cola_peft_config")
+        if saved is not None and self.peft_config and saved != self.peft_config:
+            diffs = [
+                f"{k}: checkpoint {saved.get(k)!r} != run {self.peft_config.get(k)!r}"
+                for k in sorted(set(saved) | set(self.peft_config))
+                if saved.get(k) != self.peft_config.get(k)
+            ]
+            raise ValueError("checkpoint was made with another peft config: " + "; ".join(diffs))
+        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]}); "
+                "was it made with another task, model or peft config?"
+            )

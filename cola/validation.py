@@ -1,0 +1,81 @@
+"""Checks that run before any data loading or model building; each failure is one readable paragraph."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cola.peft import config_from_dict
+
+PEFT_METHODS = ("cola", "lora", "lora_param_matched", "moka", "frozen", "full")
+# Fields each method's layer config accepts; the rest of the peft node is read by the DualEncoder.
+ENCODER_KEYS = {"method", "layers", "layer_map", "propagation", "condition_pooling", "bidirectional"}
+
+
+class SetupError(RuntimeError):
+    """A bad configuration, dataset or run folder, found before training; train.py prints it without a traceback."""
+
+
+def _peft_layer_fields(peft: dict) -> dict:
+    method = peft["method"]
+    if method in ("frozen", "full"):
+        return {}
+    if method == "lora_param_matched":
+        method = "cola"  # the fields describe the CoLA run to match
+    from cola.peft import CoLAConfig, LoRAConfig, MoKAConfig
+
+    cls = {"cola": CoLAConfig, "lora": LoRAConfig, "moka": MoKAConfig}[method]
+    known = set(cls.__dataclass_fields__)
+    return {"method": method, **{k: v for k, v in peft.items() if k in known}}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Validates the composed config: peft fields, task/model pairing, logger credentials."""
+    from omegaconf import OmegaConf
+
+    peft = OmegaConf.to_container(cfg.peft, resolve=True)
+    method = peft.get("method")
+    if method not in PEFT_METHODS:
+        raise SetupError(f"peft.method must be one of {list(PEFT_METHODS)}, got {method!r}")
+    if method not in ("frozen", "full"):
+        try:
+            config_from_dict(_peft_layer_fields(peft))
+        except ValueError as e:
+            raise SetupError(f"peft: {e}") from e
+    modality = cfg.task.get("modality")
+    if modality not in cfg.model or cfg.model.get(modality) is None:
+        towers = [k for k in ("text", "audio") if cfg.model.get(k) is not None]
+        raise SetupError(
+            f"task {cfg.task.name} pairs vision with a {modality} tower, but model {cfg.model.get('name')} has "
+            f"towers {['vision', *towers]}; pick a model with a {modality} tower (e.g. model=tiny or "
+            f"model={'dinov2_bert' if modality == 'text' else 'dinov2_ast'})"
+        )
+    wb = cfg.logger.get("wandb")
+    if wb and not wb.get("offline", True) and not _wandb_has_credentials():
+        raise SetupError(
+            "logger.wandb.offline=false but no W&B credentials were found (WANDB_API_KEY, ~/.netrc); run "
+            "`wandb login`, or keep the default offline mode and `wandb sync` the run later"
+        )
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1])
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    return auth is not None
+
+
+def validate_run_dir(run_dir: Path, *, resuming: bool) -> None:
+    """A run never writes into another run's folder: refuse a used folder unless resuming from it."""
+    used = [p.name for p in (run_dir / "checkpoints", run_dir / "metrics.json") if p.exists()]
+    if used and not resuming:
+        raise SetupError(
+            f"run folder {run_dir} already holds {used} from another run; pass ckpt_path=last to resume it, or "
+            "choose a new hydra.run.dir"
+        )

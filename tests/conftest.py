@@ -1,0 +1,81 @@
+"""Shared fixtures: compose the Hydra configs as train.py does, with tiny CPU overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from cola.resolvers import quote_numeric_group_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "configs")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Small random towers for fast tests: no pretraining step, a 2-block ViT and a 2-layer BERT / AST that keep
+# the MiniLM tokenizer's vocabulary. Equal depths, so no layer_map is needed.
+TINY_TEST_OVERRIDES = [
+    "model.assets=[]",
+    "model.image_size=56",
+    "model.vision.checkpoint_path=null",
+    "model.vision.embed_dim=64",
+    "model.vision.depth=2",
+    "model.vision.num_heads=2",
+    "~model.text.name_or_path",
+    "+model.text.tiny={hidden_size:64,num_hidden_layers:2,num_attention_heads:2,intermediate_size:128,vocab_size:30522}",
+    "model.audio.tiny={hidden_size:64,num_hidden_layers:2,num_attention_heads:2,intermediate_size:128}",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+]
+
+
+def compose_cfg(
+    overrides: list[str], *, config_name: str = "train", tiny: bool = True, run_dir: Path | None = None
+) -> DictConfig:
+    """Composes ``configs/<config_name>.yaml`` like the entry point, optionally with the tiny test towers."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=quote_numeric_group_overrides((TINY_TEST_OVERRIDES if tiny else []) + overrides),
+            return_hydra_config=True,
+        )
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_refcoco(tmp_path_factory) -> Path:
+    """A small synthetic grounding set in the refer layout, generated once per session."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_refcoco", REPO / "scripts" / "make_synthetic_refcoco.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = tmp_path_factory.mktemp("synthetic_refcoco")
+    mod.make_synthetic_refcoco(root, num_images=40, seed=0)
+    return root
+
+
+def resolve_all(cfg: DictConfig) -> dict:
+    """Resolves every interpolation of the job config (the ``hydra`` node needs a running job, so it is left out)."""
+    from omegaconf import OmegaConf
+
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }

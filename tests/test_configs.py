@@ -1,0 +1,111 @@
+"""Every option of every config group composes; shorthands write into peft; experiments are complete sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from cola.validation import SetupError, validate_config
+from tests.conftest import CONFIG_DIR, compose_cfg, resolve_all
+
+GROUPS = ["task", "model", "peft", "rank", "sharing", "propagation", "targets", "trainer", "logger", "debug"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_groups_have_the_spec_options():
+    assert set(_options("peft")) == {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
+    assert set(_options("rank")) == {"4", "8", "16", "32", "64"}
+    assert set(_options("sharing")) == {"none", "shared_a", "shared_b", "full"}
+    assert set(_options("propagation")) == {"uniform", "module_wise", "progressive"}
+    assert set(_options("trainer")) == {"cpu", "gpu", "ddp"}
+    assert set(_options("logger")) == {"csv", "wandb", "none"}
+    assert {"refcoco", "refcoco+", "refcocog", "ave", "avs_s4", "avs_ms3"} <= set(_options("task"))
+    assert {"tiny", "dinov2_bert", "dinov2_ast"} <= set(_options("model"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_cfg([f"{group}={option}"], tiny=False)
+    container = resolve_all(cfg)
+    assert container["peft"]["method"] in {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
+    if group == "rank":
+        assert cfg.peft.rank == int(option) and cfg.peft.alpha == int(option) // 2
+    if group in ("sharing", "propagation"):
+        assert cfg.peft[group] == option
+    if cfg.model.get(cfg.task.modality) is not None:  # the paper's towers pair with their own tasks only
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "submitit_slurm"])
+def test_launchers_compose(launcher):
+    cfg = compose_cfg([f"hydra/launcher={launcher}"], tiny=False)
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_is_a_sweep_that_composes(experiment):
+    cfg = compose_cfg([f"experiment={experiment}"], tiny=False)
+    params = cfg.hydra.sweeper.params
+    assert "seed" in params and params.seed == "0,1,2"
+    # every sweep point composes too
+    sweep = {k: str(v).split(",") for k, v in params.items()}
+    first = [f"{k}={v[0]}" for k, v in sweep.items()]
+    last = [f"{k}={v[-1]}" for k, v in sweep.items()]
+    for point in (first, last):
+        resolve_all(compose_cfg([f"experiment={experiment}", *point], tiny=False))
+    header = (Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml").read_text().splitlines()[1:4]
+    assert any("GPU-hours" in line for line in header), "each experiment says its expected compute"
+
+
+def test_debug_fast_switches_experiments_to_tiny_cpu():
+    cfg = compose_cfg(["experiment=main_refcoco", "debug=fast"], tiny=False)
+    assert cfg.model.name == "tiny" and cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps == 4
+    assert (
+        compose_cfg(["experiment=main_refcoco", "debug=fast", "model=dinov2_bert"], tiny=False).model.name
+        == "dinov2_bert"
+    )
+
+
+@pytest.mark.parametrize("task", ["refcoco", "refcoco+", "refcocog", "ave", "avs_s4", "avs_ms3"])
+def test_task_datamodules_instantiate(task, tmp_path):
+    cfg = compose_cfg([f"task={task}", f"data.root={tmp_path}"])
+    dm = instantiate(cfg.data, _convert_="all")
+    assert dm is not None
+
+
+def test_tiny_model_instantiates_towers():
+    cfg = compose_cfg([])
+    vision = instantiate(cfg.model.vision)
+    text = instantiate(cfg.model.text)
+    audio = instantiate(cfg.model.audio)
+    assert vision.depth == text.depth == audio.depth == 2
+
+
+def test_default_run_is_the_demo():
+    cfg = compose_cfg([], tiny=False)
+    assert cfg.task.name == "refcoco" and cfg.model.name == "tiny" and cfg.peft.method == "cola"
+    assert cfg.data.root is None and cfg.hydra.job.chdir is False
+    assert "outputs/refcoco/runs/" in cfg.hydra.run.dir and "outputs/refcoco/multiruns/" in cfg.hydra.sweep.dir
+
+
+def test_validation_errors_are_one_paragraph():
+    with pytest.raises(SetupError, match="pairs vision with a audio tower, but model dinov2_bert"):
+        validate_config(compose_cfg(["task=ave", "model=dinov2_bert"], tiny=False))
+    with pytest.raises(SetupError, match="peft: rank must be a positive integer, got 0"):
+        validate_config(compose_cfg(["peft.rank=0"], tiny=False))
+    with pytest.raises(SetupError, match=r"peft: sharing must be one of \['full', 'none', 'shared_a', 'shared_b'\]"):
+        validate_config(compose_cfg(["peft.sharing=shard"], tiny=False))
+    with pytest.raises(SetupError, match="no W&B credentials"):
+        import os
+
+        env = os.environ.pop("WANDB_API_KEY", None)
+        try:
+            validate_config(compose_cfg(["logger=wandb", "logger.wandb.offline=false"], tiny=False))
+        finally:
+            if env is not None:
+                os.environ["WANDB_API_KEY"] = env
