@@ -305,33 +305,48 @@ def find_run_config(ckpt_path: Path) -> Path:
     raise SetupError(f"no config.yaml found in or above {ckpt_path}; is it inside a run folder of train.py?")
 
 
+def load_run(path: str | Path, run_dir: Path, overrides: list[str] = ()) -> tuple[DictConfig, Any, Any, str | None]:
+    """Rebuilds a saved run: its config (with dotted ``overrides`` on top), DataModule and task module.
+
+    Args:
+        path: a run folder, its ``adapter.safetensors`` or one of its ``checkpoints/*.ckpt``.
+        run_dir: the folder of the new job (evaluation outputs).
+        overrides: ``key=value`` overrides applied to the run's config (e.g. ``data.root=...``).
+
+    Returns:
+        (config, datamodule, module, ckpt) — the adapter file is already loaded into the module; ``ckpt`` is
+        the Lightning checkpoint to hand to ``trainer.validate/test`` when ``path`` is one, else ``None``.
+    """
+    ckpt = Path(str(path))
+    if not ckpt.exists():
+        raise SetupError(f"ckpt_path={str(ckpt)!r} does not exist")
+    run_cfg = OmegaConf.load(find_run_config(ckpt))
+    merged = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(overrides)))
+    OmegaConf.update(merged, "logger", OmegaConf.create({"csv": False, "wandb": None}), force_add=True)
+    datamodule, module = setup(merged, run_dir, resuming=True)
+    adapter = ckpt / "adapter.safetensors" if ckpt.is_dir() else ckpt
+    if adapter.suffix == ".safetensors":
+        try:
+            load_adapters(adapter, module, config=peft_dict(merged), extra_prefixes=module.head_prefixes())
+        except (ValueError, FileNotFoundError) as e:
+            raise SetupError(str(e)) from e
+        return merged, datamodule, module, None
+    return merged, datamodule, module, str(adapter)
+
+
 def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """Evaluates a saved run on its val and test splits (``eval.py``)."""
     try:
-        ckpt = Path(str(cfg.ckpt_path))
-        if not ckpt.exists():
-            raise SetupError(f"ckpt_path={str(ckpt)!r} does not exist")
-        run_cfg = OmegaConf.load(find_run_config(ckpt))
         keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.", "task=", "model=", "peft="))]
-        merged = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(keep))
-        OmegaConf.update(merged, "logger", OmegaConf.create({"csv": False, "wandb": None}), force_add=True)
-        datamodule, module = setup(merged, run_dir, resuming=True)
-        adapter = ckpt / "adapter.safetensors" if ckpt.is_dir() else ckpt
+        merged, datamodule, module, ckpt = load_run(cfg.ckpt_path, run_dir, keep)
         trainer = build_trainer(merged, run_dir, [], [])
-        if adapter.suffix == ".safetensors":
-            load_adapters(adapter, module, config=peft_dict(merged), extra_prefixes=module.head_prefixes())
-            ckpt_arg = None
-        else:
-            ckpt_arg = str(adapter)
-        results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_arg, verbose=False)
-        results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_arg, verbose=False)
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = _flat_metrics(results)
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-        print_metrics_table(metrics, f"eval of {ckpt}")
+        print_metrics_table(metrics, f"eval of {cfg.ckpt_path}")
         return metrics
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise SetupError(str(e)) from e
     finally:
         _finish_wandb()

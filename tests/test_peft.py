@@ -517,3 +517,14 @@ def test_peft_imports_torch_only():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_overlapping_targets_count_under_the_most_specific():
+    model = nn.Module()
+    model.attention = nn.Module()
+    model.attention.output = nn.Module()
+    model.attention.output.dense = nn.Linear(4, 4)
+    model.output = nn.Module()
+    model.output.dense = nn.Linear(4, 4)
+    report = inject_adapters(model, LoRAConfig(rank=2), ["attention.output.dense", "output.dense"])
+    assert report.per_target == {"attention.output.dense": 1, "output.dense": 1}

@@ -62,7 +62,9 @@ def find_targets(
                 f"{_suggest(target, list(linears))}"
             )
         for n in hits:
-            if include is None or include(n):
+            # a layer matched by two targets (BERT "output.dense" also ends "attention.output.dense") belongs
+            # to the most specific one
+            if (include is None or include(n)) and (n not in found or len(target) > len(found[n][0])):
                 found[n] = (target, linears[n])
     return found
 

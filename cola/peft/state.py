@@ -17,15 +17,16 @@ CONFIG_KEY = "cola.peft_config"
 
 
 def adapter_state_dict(model: nn.Module, *, extra_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Adapter parameters of ``model`` (names with a ``lora_``/``cola_``/``moka_`` component).
+    """Adapter tensors of ``model`` (names with a ``lora_``/``cola_``/``moka_`` component).
 
     Args:
         model: a model with injected adapters.
-        extra_prefixes: also keep parameters whose qualified name starts with one of these (task heads).
+        extra_prefixes: also keep every state entry (parameters and persistent buffers, e.g. norm statistics)
+            whose qualified name starts with one of these (task heads).
     """
     return {
-        n: p.detach().clone()
-        for n, p in model.named_parameters()
+        n: t.detach().clone()
+        for n, t in model.state_dict().items()
         if is_adapter_param(n) or (extra_prefixes and n.startswith(extra_prefixes))
     }
 

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "poly", "constant")
 
 
+def _safe(name: str) -> str:
+    return name.replace(".", "_")
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss or gradient is NaN/inf and ``on_nonfinite='raise'``."""
 
@@ -92,10 +96,14 @@ class DualStreamTask(L.LightningModule):
     def make_metrics(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
+    def encoder_inputs(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The two streams' encoder inputs for a batch, as ``forward`` builds them (used by analysis scripts)."""
+        raise NotImplementedError
+
     def compute_loss(self, out: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def update_metrics(self, metrics: nn.ModuleDict, out: Any, batch: dict) -> None:
+    def update_metrics(self, metrics: dict[str, nn.Module], out: Any, batch: dict) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ metrics per split
@@ -103,13 +111,21 @@ class DualStreamTask(L.LightningModule):
     def split_metrics(self) -> nn.ModuleDict:
         if self._metric_splits is None:
             splits = list(dict.fromkeys([self.val_split, *self.test_splits]))
-            # ModuleDict keys may not contain "."; split names never do (val, testA, test)
-            self._metric_splits = nn.ModuleDict({s: nn.ModuleDict(self.make_metrics()) for s in splits}).to(self.device)
+            # ModuleDict keys may not contain "." (acc@0.5): store under a safe key, log under the real name
+            self._metric_names = {_safe(n): n for n in self.make_metrics()}
+            self._metric_splits = nn.ModuleDict(
+                {_safe(s): nn.ModuleDict({_safe(n): m for n, m in self.make_metrics().items()}) for s in splits}
+            ).to(self.device)
         return self._metric_splits
+
+    def metrics_of(self, split: str) -> dict[str, nn.Module]:
+        """The metric objects of ``split`` under their real names (``acc@0.5``, ``miou``)."""
+        group = self.split_metrics[_safe(split)]
+        return {self._metric_names[k]: m for k, m in group.items()}
 
     def _log_and_reset(self, split: str) -> dict[str, float]:
         values = {}
-        for name, metric in self.split_metrics[split].items():
+        for name, metric in self.metrics_of(split).items():
             if getattr(metric, "update_count", 1) == 0:
                 continue
             values[f"{split}/{name}"] = float(metric.compute())
@@ -156,14 +172,14 @@ class DualStreamTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self(batch)
-        self.update_metrics(self.split_metrics[self.val_split], out, batch)
+        self.update_metrics(self.metrics_of(self.val_split), out, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_and_reset(self.val_split)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self(batch)
-        self.update_metrics(self.split_metrics[self.test_splits[dataloader_idx]], out, batch)
+        self.update_metrics(self.metrics_of(self.test_splits[dataloader_idx]), out, batch)
 
     def on_test_epoch_end(self) -> None:
         for split in self.test_splits:

@@ -1,0 +1,149 @@
+"""Vision-language fusion with a box head (REC) and a mask head (RES) for visual grounding (SPEC §6).
+
+The visual patch tokens (prefix tokens such as CLS/registers dropped) and the text tokens are projected to
+``d_fusion`` and concatenated after a learnable [REG] token; a few pre-norm transformer encoder layers fuse
+``[REG; visual; text]`` with the text padding masked out of the attention keys. The box head reads [REG]
+(an MLP and a sigmoid: normalised cx, cy, w, h); the mask head reshapes the fused visual tokens to the
+patch grid and upsamples them with a light conv decoder to mask logits at the input resolution S x S.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GroundingHead", "MaskDecoder"]
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # GroupNorm rather than BatchNorm: grounding batches are small and eval must not depend on batch stats
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class MaskDecoder(nn.Module):
+    """Conv + x2 upsampling stages from the patch grid, a 1x1 conv to one logit, bilinear to ``image_size``.
+
+    Args:
+        in_dim: channels of the fused visual tokens.
+        image_size: side S of the output logits.
+        stages: number of conv + upsample stages (each halves the channels, floor 16).
+    """
+
+    def __init__(self, in_dim: int, image_size: int, *, stages: int = 2) -> None:
+        super().__init__()
+        self.image_size = image_size
+        layers: list[nn.Module] = []
+        channels = in_dim
+        for _ in range(stages):
+            out = max(16, channels // 2)
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                _group_norm(out),
+                nn.ReLU(inplace=True),
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            ]
+            channels = out
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), _group_norm(channels), nn.ReLU(True)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) fused visual features -> (B, S, S) mask logits."""
+        x = self.out(self.body(grid))  # (B, 1, h * 2^stages, w * 2^stages)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x[:, 0]  # (B, S, S)
+
+
+class GroundingHead(nn.Module):
+    """Fusion transformer over ``[REG; visual; text]`` with box and mask heads.
+
+    Args:
+        vision_dim: hidden size of the vision tower's tokens.
+        text_dim: hidden size of the text tower's tokens.
+        num_prefix_tokens: leading non-patch tokens of the vision sequence (CLS, registers), dropped here.
+        grid_size: side of the square patch grid (image_size // patch_size).
+        image_size: side S of the square input image; mask logits are produced at S x S.
+        d_fusion: width of the fusion layers.
+        fusion_layers: number of transformer encoder layers.
+        d_ff: feed-forward width of the fusion layers.
+        heads: attention heads of the fusion layers.
+        dropout: dropout inside the fusion layers.
+    """
+
+    def __init__(
+        self,
+        vision_dim: int,
+        text_dim: int,
+        num_prefix_tokens: int,
+        grid_size: int,
+        image_size: int,
+        d_fusion: int = 256,
+        fusion_layers: int = 3,
+        d_ff: int = 1024,
+        heads: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if d_fusion % heads != 0:
+            raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
+        if grid_size <= 0 or image_size <= 0:
+            raise ValueError(f"grid_size and image_size must be positive, got {grid_size} and {image_size}")
+        self.num_prefix_tokens = num_prefix_tokens
+        self.grid_size = grid_size
+        self.image_size = image_size
+        self.vision_proj = nn.Linear(vision_dim, d_fusion)
+        self.text_proj = nn.Linear(text_dim, d_fusion)
+        self.reg_token = nn.Parameter(torch.zeros(1, 1, d_fusion))
+        # The towers' own positions are already in their tokens; these tell the fusion where a visual token sits
+        # in the grid and which modality a token comes from (0 = [REG], 1 = visual, 2 = text).
+        self.visual_pos = nn.Parameter(torch.zeros(1, grid_size * grid_size, d_fusion))
+        self.type_embed = nn.Parameter(torch.zeros(3, d_fusion))
+        layer = nn.TransformerEncoderLayer(
+            d_fusion, heads, dim_feedforward=d_ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.fusion = nn.TransformerEncoder(
+            layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False
+        )
+        self.box_head = nn.Sequential(
+            nn.Linear(d_fusion, d_fusion), nn.ReLU(), nn.Linear(d_fusion, d_fusion), nn.ReLU(), nn.Linear(d_fusion, 4)
+        )
+        self.mask_head = MaskDecoder(d_fusion, image_size)
+        for p in (self.reg_token, self.visual_pos, self.type_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def forward(
+        self, vision_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Fuses the two streams and predicts a box and a mask per sample.
+
+        Args:
+            vision_tokens: (B, P + h*w, vision_dim) with P = ``num_prefix_tokens``.
+            text_tokens: (B, L, text_dim).
+            text_mask: (B, L), True (or 1) for real tokens, False (0) for padding.
+
+        Returns:
+            ``box`` (B, 4) normalised (cx, cy, w, h) in [0, 1]; ``mask_logits`` (B, S, S).
+        """
+        n_grid = self.grid_size * self.grid_size
+        if vision_tokens.shape[1] != self.num_prefix_tokens + n_grid:
+            raise ValueError(
+                f"vision_tokens has {vision_tokens.shape[1]} tokens, expected num_prefix_tokens "
+                f"({self.num_prefix_tokens}) + grid_size^2 ({self.grid_size}^2 = {n_grid}); "
+                "check that image_size matches the data's input size"
+            )
+        if text_mask.shape != text_tokens.shape[:2]:
+            raise ValueError(f"text_mask shape {tuple(text_mask.shape)} != text tokens {tuple(text_tokens.shape[:2])}")
+        B = vision_tokens.shape[0]
+        visual = self.vision_proj(vision_tokens[:, self.num_prefix_tokens :])  # (B, h*w, d)
+        visual = visual + self.visual_pos + self.type_embed[1]
+        text = self.text_proj(text_tokens) + self.type_embed[2]  # (B, L, d)
+        reg = (self.reg_token + self.type_embed[0]).expand(B, -1, -1)  # (B, 1, d)
+        x = torch.cat([reg, visual, text], dim=1)  # (B, 1 + h*w + L, d)
+        pad = torch.cat([text_mask.new_zeros(B, 1 + n_grid, dtype=torch.bool), ~text_mask.bool()], dim=1)
+        x = self.fusion(x, src_key_padding_mask=pad)  # (B, 1 + h*w + L, d)
+        box = self.box_head(x[:, 0]).sigmoid()  # (B, 4)
+        grid = x[:, 1 : 1 + n_grid].transpose(1, 2).reshape(B, -1, self.grid_size, self.grid_size)  # (B, d, h, w)
+        return {"box": box, "mask_logits": self.mask_head(grid)}

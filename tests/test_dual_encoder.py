@@ -1,0 +1,516 @@
+"""cola.models.DualEncoder: identity at init for every method, the SPEC §4 propagation table, masked pooling,
+gradients across streams, layer maps for towers of unequal depth. Tiny random towers, no network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cola.models import DualEncoder, Tower, build_tower, pool_tokens, pooling_weights, resolve_layer_pairs
+from cola.peft import CoLALinear, LoRALinear, MoKALinear, is_adapter_param
+
+TARGETS = {
+    "vit": ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
+    "bert": [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ],
+    "ast": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"],
+}
+SPLITS = {"vit": {"attn.qkv": 3}, "bert": {}, "ast": {}}
+SHARINGS = ["none", "shared_a", "shared_b", "full"]
+PROPAGATIONS = ["uniform", "module_wise", "progressive"]
+# SPEC §4: which state of the other stream each stage receives.
+TABLE = {
+    "uniform": {"qkv": "x", "proj": "x", "mlp": "x"},
+    "module_wise": {"qkv": "x", "proj": "x", "mlp": "x_attn"},
+    "progressive": {"qkv": "x", "proj": "ctx", "mlp": "x_attn"},
+}
+TOL = 1e-6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine (30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tower(family: str, depth: int = 2, seed: int = 0) -> Tower:
+    torch.manual_seed(seed)
+    if family == "vit":
+        kw = dict(name="vit_small_patch14_dinov2", img_size=28, embed_dim=64, depth=depth, num_heads=2)
+        tower = build_tower(family="vit", **kw)
+    elif family == "bert":
+        tiny = dict(
+            hidden_size=32, num_hidden_layers=depth, num_attention_heads=2, intermediate_size=64, vocab_size=100
+        )
+        tower = build_tower(family="bert", tiny=tiny)
+    else:
+        tiny = dict(hidden_size=32, num_hidden_layers=depth, num_attention_heads=2, intermediate_size=64)
+        tower = build_tower(family="ast", tiny=tiny)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # non-trivial weights (layer scale 1e-5 and zero AST positions would hide bugs)
+        for p in tower.model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return tower.eval()
+
+
+def _inputs(family: str, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if family == "vit":
+        return {"pixel_values": torch.randn(batch, 3, 28, 28, generator=g)}
+    if family == "bert":
+        ids = torch.randint(1, 100, (batch, 7), generator=g)
+        mask = torch.ones(batch, 7, dtype=torch.long)
+        mask[0, 3:] = 0
+        mask[1, 5:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+    return {"input_values": torch.randn(batch, 100, 128, generator=g)}
+
+
+def _reference(tower: Tower, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if tower.family == "vit":
+        return tower.model.forward_features(inputs["pixel_values"])
+    return tower.model(**inputs).last_hidden_state
+
+
+def _cola(**kw) -> dict:
+    return {"method": "cola", "rank": 4, "alpha": 2, "reduction": 4, "condition_pooling": "mean", **kw}
+
+
+def _encoder(peft, a="vit", b="bert", depth_a=2, depth_b=2, **kw) -> DualEncoder:
+    return DualEncoder(
+        _tower(a, depth_a, seed=0),
+        _tower(b, depth_b, seed=1),
+        peft=peft,
+        targets_a=TARGETS[a],
+        targets_b=TARGETS[b],
+        out_splits_a=SPLITS[a],
+        out_splits_b=SPLITS[b],
+        **kw,
+    ).eval()
+
+
+def _perturb_adapters(model: nn.Module, seed: int = 3) -> None:
+    """Non-zero B matrices (zero at init) so the adapter paths are live."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if is_adapter_param(n):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def _record_conditions(tower: Tower) -> tuple[dict, list]:
+    """(block, module name) -> (stage, condition the layer ran with)."""
+    seen: dict[tuple[int, str], tuple[str, torch.Tensor]] = {}
+    handles = []
+    for i, block in enumerate(tower.blocks):
+        for rel, m in block.named_modules():
+            if isinstance(m, CoLALinear):
+                stage = tower.stage_of(rel)
+
+                def hook(mod, args, i=i, rel=rel, stage=stage):
+                    seen[(i, rel)] = (stage, mod._condition.detach().clone())
+
+                handles.append(m.register_forward_pre_hook(hook))
+    return seen, handles
+
+
+# Modules whose input is the block input x, the attention context ctx and the post-attention state x_attn.
+STATE_MODULES = {
+    "vit": {"x": "norm1", "ctx": "attn.proj", "x_attn": "norm2"},
+    "bert": {"x": "attention.self.query", "ctx": "attention.output.dense", "x_attn": "intermediate.dense"},
+    "ast": {"x": "layernorm_before", "ctx": "attention.o_proj", "x_attn": "layernorm_after"},
+}
+
+
+def _record_states(tower: Tower) -> tuple[dict, list]:
+    """(block, "x" | "ctx" | "x_attn") -> tensor."""
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for i, block in enumerate(tower.blocks):
+        for kind, name in STATE_MODULES[tower.family].items():
+
+            def hook(mod, args, i=i, kind=kind):
+                seen[(i, kind)] = args[0].detach().clone()
+
+            handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
+    return seen, handles
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Independent reference of ``mean`` pooling: real tokens only, prefix tokens excluded."""
+    m = mask.clone().float()
+    m[:, :prefix] = 0
+    return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------- identity at init
+CASES = (
+    [("cola", s, p) for s in SHARINGS for p in PROPAGATIONS]
+    + [(m, "none", p) for m in ("lora", "moka") for p in PROPAGATIONS]
+    + [("lora_param_matched", "none", "progressive"), ("frozen", "none", "progressive"), ("full", "none", "uniform")]
+)
+
+
+def _peft(method: str, sharing: str, propagation: str) -> dict:
+    if method in ("cola", "lora_param_matched"):
+        return _cola(method=method, sharing=sharing, propagation=propagation)
+    if method == "lora":
+        return {"method": "lora", "rank": 4, "alpha": 2, "propagation": propagation, "condition_pooling": "mean"}
+    if method == "moka":
+        return {"method": "moka", "rank": 4, "alpha": 2, "propagation": propagation}
+    return {"method": method, "rank": 4, "alpha": 2, "propagation": propagation}
+
+
+@pytest.mark.parametrize(("method", "sharing", "propagation"), CASES)
+def test_output_equals_frozen_towers_at_init(method, sharing, propagation):
+    a, b = _tower("vit", seed=0), _tower("bert", seed=1)
+    ia, ib = _inputs("vit"), _inputs("bert")
+    ref_a, ref_b = _reference(a, ia), _reference(b, ib)
+    enc = DualEncoder(
+        a,
+        b,
+        peft=_peft(method, sharing, propagation),
+        targets_a=TARGETS["vit"],
+        targets_b=TARGETS["bert"],
+        out_splits_a=SPLITS["vit"],
+    ).eval()
+    out = enc(ia, ib)
+    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+    assert out.mask_b.tolist()[0] == [True] * 3 + [False] * 4 and bool(out.mask_a.all())
+    assert (out.num_prefix_a, out.num_prefix_b) == (1, 1)
+    n_adapted = sum(isinstance(m, (CoLALinear, LoRALinear, MoKALinear)) for m in enc.modules())
+    assert n_adapted == (0 if method in ("frozen", "full") else 2 * (4 + 6))
+    if method not in ("frozen", "full"):  # and the adapters matter once B is non-zero
+        _perturb_adapters(enc)
+        assert not torch.allclose(enc(ia, ib).tokens_a, ref_a, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["cola", "moka", "lora"])
+def test_audio_visual_identity_at_init(method):
+    a, b = _tower("vit", seed=0), _tower("ast", seed=1)
+    ia, ib = _inputs("vit"), _inputs("ast")
+    ref_a, ref_b = _reference(a, ia), _reference(b, ib)
+    peft = _peft(method, "none", "progressive") | ({"condition_pooling": "cls"} if method == "cola" else {})
+    enc = DualEncoder(a, b, peft=peft, targets_a=TARGETS["vit"], targets_b=TARGETS["ast"], out_splits_a=SPLITS["vit"])
+    out = enc.eval()(ia, ib)
+    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+    assert out.num_prefix_b == 2
+
+
+# --------------------------------------------------------------------------------------------- propagation
+@pytest.mark.parametrize("propagation", PROPAGATIONS)
+def test_conditions_follow_the_propagation_table(propagation):
+    """Each adapted layer of stream m gets exactly pool(state of m′) named by SPEC §4's table, both ways."""
+    enc = _encoder(_cola(propagation=propagation))
+    _perturb_adapters(enc)
+    ia, ib = _inputs("vit"), _inputs("bert")
+    cond_a, h1 = _record_conditions(enc.tower_a)
+    cond_b, h2 = _record_conditions(enc.tower_b)
+    states_a, h3 = _record_states(enc.tower_a)
+    states_b, h4 = _record_states(enc.tower_b)
+    out = enc(ia, ib)
+    for h in h1 + h2 + h3 + h4:
+        h.remove()
+    assert len(cond_a) == 2 * 4 and len(cond_b) == 2 * 6
+    for conds, states, other_mask, prefix in ((cond_a, states_b, out.mask_b, 1), (cond_b, states_a, out.mask_a, 1)):
+        for (i, name), (stage, c) in conds.items():
+            kind = TABLE[propagation][stage]
+            expected = _masked_mean(states[(i, kind)], other_mask, prefix)
+            torch.testing.assert_close(c, expected, rtol=0, atol=1e-5, msg=f"block {i} {name} ({stage})")
+            for other_kind in {"x", "ctx", "x_attn"} - {kind}:  # the states differ, so the check is sharp
+                assert not torch.allclose(c, _masked_mean(states[(i, other_kind)], other_mask, prefix), atol=1e-4)
+
+
+# Stages of stream a's block 0 whose condition changes when stream b's attention context is perturbed.
+CHANGED_BY_CTX = {"uniform": set(), "module_wise": {"mlp"}, "progressive": {"proj", "mlp"}}
+
+
+@pytest.mark.parametrize("propagation", PROPAGATIONS)
+@pytest.mark.parametrize("where", ["ctx", "mlp"])
+def test_perturbing_the_other_stream_changes_exactly_the_table_conditions(propagation, where):
+    enc = _encoder(_cola(propagation=propagation))
+    _perturb_adapters(enc)
+    ia, ib = _inputs("vit"), _inputs("bert")
+    cond, handles = _record_conditions(enc.tower_a)
+    enc(ia, ib)
+    base = dict(cond)
+    # ctx: add a delta to b's value projection in block 0 (changes ctx′ and x′_attn, not x′);
+    # mlp: add a delta inside b's feed-forward of block 0 (changes only its output x′_out).
+    block_b = enc.tower_b.blocks[0]
+    module = block_b.attention.self.value if where == "ctx" else block_b.intermediate.dense
+    handles.append(module.register_forward_hook(lambda mod, args, out: out + 0.5))
+    enc(ia, ib)
+    for h in handles:
+        h.remove()
+    changed = {(i, stage) for (i, name), (stage, c) in cond.items() if not torch.allclose(c, base[(i, name)][1])}
+    expected_block0 = CHANGED_BY_CTX[propagation] if where == "ctx" else set()
+    assert {s for i, s in changed if i == 0} == expected_block0
+    assert {s for i, s in changed if i == 1} == {"qkv", "proj", "mlp"}  # the next block sees a changed x′
+
+
+def test_masked_pooling_ignores_padding_tokens():
+    ia, ib = _inputs("vit"), _inputs("bert")
+    ib2 = dict(ib, input_ids=ib["input_ids"].clone())
+    pad = ib["attention_mask"] == 0
+    ib2["input_ids"][pad] = (ib["input_ids"][pad] % 97) + 2  # different tokens at padded positions only
+    for pooling, should_change in (("mean", False), ("mean_with_padding", True)):
+        enc = _encoder(_cola(condition_pooling=pooling))
+        _perturb_adapters(enc)
+        cond, handles = _record_conditions(enc.tower_a)
+        out1 = enc(ia, ib)
+        first = dict(cond)
+        out2 = enc(ia, ib2)
+        for h in handles:
+            h.remove()
+        same = all(torch.allclose(c, first[k][1], atol=1e-6) for k, (_, c) in cond.items())
+        assert same != should_change, pooling
+        assert torch.allclose(out1.tokens_a, out2.tokens_a, atol=1e-6) != should_change
+
+
+def test_pooling_functions():
+    h = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    w = pooling_weights(mask, 1, "mean")
+    torch.testing.assert_close(w, torch.tensor([[0, 0.5, 0.5, 0], [0, 1 / 3, 1 / 3, 1 / 3]]))
+    torch.testing.assert_close(pool_tokens(h, w), torch.stack([h[0, 1:3].mean(0), h[1, 1:].mean(0)]))
+    torch.testing.assert_close(pool_tokens(h, pooling_weights(mask, 1, "mean_with_padding")), h.mean(1))
+    assert pooling_weights(mask, 1, "cls") is None and torch.equal(pool_tokens(h, None), h[:, 0])
+    with pytest.raises(ValueError, match="condition_pooling must be one of"):
+        pooling_weights(mask, 1, "max")
+
+
+def test_conditions_are_cleared_after_forward_and_on_error():
+    enc = _encoder(_cola())
+    enc(_inputs("vit"), _inputs("bert"))
+    layers = [m for m in enc.modules() if isinstance(m, CoLALinear)]
+    assert layers and all(m._condition is None for m in layers)
+
+    set_mid_forward = []
+
+    def boom(mod, args):
+        set_mid_forward.append(sum(m._condition is not None for m in layers))
+        raise RuntimeError("boom")
+
+    handle = enc.tower_b.blocks[1].intermediate.dense.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        enc(_inputs("vit"), _inputs("bert"))
+    handle.remove()
+    assert set_mid_forward[0] > 0
+    assert all(m._condition is None for m in layers)
+
+
+# --------------------------------------------------------------------------------------------- MokA
+def _record_contexts(tower: Tower) -> tuple[dict, list]:
+    seen, handles = {}, []
+    for i, block in enumerate(tower.blocks):
+        for rel, m in block.named_modules():
+            if isinstance(m, MoKALinear) and m.context_dim is not None:
+                stage = tower.stage_of(rel)
+
+                def hook(mod, args, i=i, rel=rel, stage=stage):
+                    seen[(i, rel)] = (stage, *mod._context)
+
+                handles.append(m.register_forward_pre_hook(hook))
+    return seen, handles
+
+
+@pytest.mark.parametrize("propagation", PROPAGATIONS)
+def test_moka_vision_queries_text_tokens(propagation):
+    enc = _encoder({"method": "moka", "rank": 4, "alpha": 2, "propagation": propagation})
+    assert enc.anchor == "b"
+    a_layers = [m for m in enc.tower_a.modules() if isinstance(m, MoKALinear)]
+    b_layers = [m for m in enc.tower_b.modules() if isinstance(m, MoKALinear)]
+    assert all(m.context_dim == 32 for m in a_layers) and all(m.context_dim is None for m in b_layers)
+    _perturb_adapters(enc)
+    ctx, h1 = _record_contexts(enc.tower_a)
+    states_b, h2 = _record_states(enc.tower_b)
+    out = enc(_inputs("vit"), _inputs("bert"))
+    for h in h1 + h2:
+        h.remove()
+    assert len(ctx) == 2 * 4
+    for (i, _), (stage, y, key_mask) in ctx.items():
+        torch.testing.assert_close(y, states_b[(i, TABLE[propagation][stage])], rtol=0, atol=1e-6)
+        assert key_mask.dtype == torch.bool and torch.equal(key_mask, out.mask_b)
+
+
+def test_moka_directions():
+    bi = _encoder({"method": "moka", "rank": 4, "alpha": 2, "bidirectional": True})
+    assert all(m.context_dim is not None for m in bi.modules() if isinstance(m, MoKALinear))
+    ctx, handles = _record_contexts(bi.tower_b)
+    bi(_inputs("vit"), _inputs("bert"))
+    assert len(ctx) == 2 * 6 and all(km is None for _, _, km in ctx.values())  # vision keys: no padding
+    av = _encoder({"method": "moka", "rank": 4, "alpha": 2}, b="ast")
+    assert av.anchor is None
+    assert all(m.context_dim == (32 if i < 8 else 64) for i, m in enumerate(_moka_layers(av)))
+    anchored_a = _encoder({"method": "moka", "rank": 4, "alpha": 2}, anchor="a")
+    assert all(m.context_dim is None for m in anchored_a.tower_a.modules() if isinstance(m, MoKALinear))
+    with pytest.raises(ValueError, match="anchor must be one of"):
+        _encoder({"method": "moka"}, anchor="text")
+
+
+def _moka_layers(enc: DualEncoder) -> list[MoKALinear]:
+    return [m for t in (enc.tower_a, enc.tower_b) for m in t.modules() if isinstance(m, MoKALinear)]
+
+
+# --------------------------------------------------------------------------------------------- gradients
+def test_backward_reaches_exactly_the_trainable_parameters():
+    enc = _encoder(_cola()).train()
+    _perturb_adapters(enc)
+    out = enc(_inputs("vit"), _inputs("bert"))
+    (out.tokens_a.square().mean() + out.tokens_b.square().mean()).backward()
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in enc.named_parameters() if p.grad is not None}
+    assert trainable == with_grad
+    assert trainable == {n for n, _ in enc.named_parameters() if is_adapter_param(n)}
+    assert any(".cola_hypernet." in n for n in trainable) and any("cola_lambda" in n for n in trainable)
+    zero = [n for n in trainable if not bool(enc.get_parameter(n).grad.abs().sum() > 0)]
+    assert not zero
+
+
+def test_conditions_are_not_detached():
+    """A loss on stream a alone reaches stream b's adapters through the conditions b's states produce."""
+    enc = _encoder(_cola()).train()
+    _perturb_adapters(enc)
+    out = enc(_inputs("vit"), _inputs("bert"))
+    out.tokens_a.square().mean().backward()
+    grad = enc.tower_b.blocks[0].attention.self.query.lora_A.grad
+    assert grad is not None and bool(grad.abs().sum() > 0)
+
+
+def test_frozen_and_full_trainability():
+    frozen = _encoder({"method": "frozen"})
+    assert not any(p.requires_grad for p in frozen.parameters())
+    full = _encoder({"method": "full"})
+    assert all(p.requires_grad for p in full.parameters())
+    assert str(frozen.report).startswith("peft method frozen: 0 adapter parameters")
+
+
+def test_lora_param_matched_rank_and_counts():
+    matched = _encoder(_cola(method="lora_param_matched", split_fused=True))
+    cola = _encoder(_cola())
+    rep = matched.report
+    assert rep.params_cola == cola.report.params_added  # the CoLA count, computed without building CoLA
+    assert rep.params_lora == rep.params_added and rep.lora_rank > 4
+    lora_layers = [m for m in matched.modules() if isinstance(m, LoRALinear)]
+    assert len(lora_layers) == 20 and all(m.config.rank == rep.lora_rank for m in lora_layers)
+    assert all(m.scaling == pytest.approx(2 / 4) for m in lora_layers)  # alpha / r kept from the CoLA run
+    below = _encoder({"method": "lora", "rank": rep.lora_rank - 1, "alpha": 1}).report.params_added
+    above = _encoder({"method": "lora", "rank": rep.lora_rank + 1, "alpha": 1}).report.params_added
+    assert abs(rep.params_lora - rep.params_cola) <= min(abs(below - rep.params_cola), abs(above - rep.params_cola))
+    assert f"param-matched LoRA rank {rep.lora_rank}" in str(rep)
+
+
+# --------------------------------------------------------------------------------------------- layer maps
+def test_every_other_layer_map_vision_4_audio_2():
+    a, b = _tower("vit", 4, seed=0), _tower("ast", 2, seed=1)
+    ia, ib = _inputs("vit"), _inputs("ast")
+    ref_a, ref_b = _reference(a, ia), _reference(b, ib)
+    enc = DualEncoder(
+        a,
+        b,
+        peft=_cola(condition_pooling="cls", layer_map="every_other"),
+        targets_a=TARGETS["vit"],
+        targets_b=TARGETS["ast"],
+        out_splits_a=SPLITS["vit"],
+    ).eval()
+    assert enc.layer_pairs == [(1, 0), (3, 1)]
+    adapted = [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_a.blocks]
+    assert adapted == [False, True, False, True]
+    assert all(any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_b.blocks)
+    out = enc(ia, ib)
+    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+    # Wiring: vision block 2k+1 and audio block k exchange their block inputs at the qkv stage.
+    _perturb_adapters(enc)
+    cond_a, h1 = _record_conditions(enc.tower_a)
+    cond_b, h2 = _record_conditions(enc.tower_b)
+    out = enc(ia, ib, return_layers=[0, 2], return_layers_b=[0])
+    for h in h1 + h2:
+        h.remove()
+    audio_in = enc.tower_b.embed(ib)[0]
+    torch.testing.assert_close(cond_a[(1, "attn.qkv")][1], audio_in[:, 0])  # cls pooling
+    torch.testing.assert_close(cond_a[(3, "attn.qkv")][1], out.layers_b[0][:, 0])
+    torch.testing.assert_close(cond_b[(0, "attention.q_proj")][1], out.layers_a[0][:, 0])
+    torch.testing.assert_close(cond_b[(1, "attention.q_proj")][1], out.layers_a[1][:, 0])
+    assert {i for i, _ in cond_a} == {1, 3}
+
+
+def test_layer_map_resolution_and_errors():
+    assert resolve_layer_pairs("every_other", 2, 4) == [(0, 1), (1, 3)]
+    assert resolve_layer_pairs(None, 3, 3) == [(0, 0), (1, 1), (2, 2)]
+    assert resolve_layer_pairs([[1, 0], [3, 1]], 4, 2) == [(1, 0), (3, 1)]
+    with pytest.raises(ValueError, match="exactly twice as deep"):
+        resolve_layer_pairs("every_other", 3, 2)
+    with pytest.raises(ValueError, match="increase strictly"):
+        resolve_layer_pairs([[1, 1], [1, 0]], 4, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layer_pairs([[4, 0]], 4, 2)
+    with pytest.raises(ValueError, match="every_other"):
+        resolve_layer_pairs("alternate", 4, 2)
+
+
+def test_explicit_layer_map_runs_unpaired_blocks_in_order():
+    a, b = _tower("vit", 4, seed=0), _tower("bert", 2, seed=1)
+    ia, ib = _inputs("vit"), _inputs("bert")
+    ref_a, ref_b = _reference(a, ia), _reference(b, ib)
+    enc = DualEncoder(
+        a, b, peft=_cola(), targets_a=TARGETS["vit"], targets_b=TARGETS["bert"], layer_map=[[0, 0], [2, 1]]
+    ).eval()
+    out = enc(ia, ib)
+    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+
+
+def test_depth_mismatch_without_layer_map_names_both_depths():
+    with pytest.raises(ValueError, match=r"a: 4 blocks, b: 2 blocks"):
+        _encoder(_cola(), depth_a=4, depth_b=2)
+
+
+def test_layers_selects_adapted_pairs():
+    enc = _encoder(_cola(layers=[1]))
+    ia, ib = _inputs("vit"), _inputs("bert")
+    assert enc.adapted_pairs == [1]
+    for tower in (enc.tower_a, enc.tower_b):
+        assert [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in tower.blocks] == [False, True]
+    _perturb_adapters(enc)
+    cond, handles = _record_conditions(enc.tower_a)
+    enc(ia, ib)
+    assert {i for i, _ in cond} == {1}
+    assert _encoder(_cola(), layers=[-1]).adapted_pairs == [1]  # the argument wins over peft["layers"]
+    with pytest.raises(ValueError, match="peft.layers entries"):
+        _encoder(_cola(layers=[2]))
+
+
+def test_return_layers_shapes():
+    enc = _encoder(_cola())
+    out = enc(_inputs("vit", batch=2), _inputs("bert", batch=2), return_layers=[0, -1])
+    assert [t.shape for t in out.layers_a] == [(2, 5, 64), (2, 5, 64)]
+    assert [t.shape for t in out.layers_b] == [(2, 7, 32), (2, 7, 32)]
+    torch.testing.assert_close(enc.tower_a.finalize(out.layers_a[-1]), out.tokens_a)  # raw block outputs
+    torch.testing.assert_close(out.layers_b[-1], out.tokens_b)  # BERT has no final norm
+    assert enc(_inputs("vit"), _inputs("bert")).layers_a is None
+    with pytest.raises(ValueError, match="return_layers entries"):
+        enc(_inputs("vit"), _inputs("bert"), return_layers=[2])
+
+
+def test_peft_dict_errors():
+    with pytest.raises(ValueError, match="peft.method must be one of"):
+        _encoder({"method": "adapter"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['rnak'\]"):
+        _encoder(_cola(rnak=4))
+    with pytest.raises(ValueError, match="propagation must be one of"):
+        _encoder(_cola(propagation="progresive"))
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
+        DualEncoder(_tower("vit"), _tower("bert"), peft=_cola(), targets_a=["attn.qkvv"], targets_b=TARGETS["bert"])
