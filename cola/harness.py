@@ -47,9 +47,10 @@ def _run_commands(commands, what: str, **fmt: Any) -> None:
     for command in commands:
         args = [sys.executable, str(REPO_ROOT / command[0]), *[str(a).format(**fmt) for a in command[1:]]]
         log.info("building %s: %s", what, " ".join(args))
-        res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        # output streams through, so a long build (the tiny tower's pretraining) shows its progress
+        res = subprocess.run(args, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if res.returncode != 0:
-            raise SetupError(f"building {what} failed: {' '.join(args)}\n{res.stderr[-2000:]}")
+            raise SetupError(f"building {what} failed (exit code {res.returncode}, output above): {' '.join(args)}")
 
 
 def ensure_assets(cfg: DictConfig) -> None:

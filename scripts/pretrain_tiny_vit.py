@@ -6,7 +6,7 @@ dense objective — every patch predicts the colour and the shape of the object 
 which teaches it what real pretrained towers know about images: colour, shape, where things are. Its
 weights are cached as a timm state dict in safetensors and rebuilt by ``train.py`` when missing.
 
-    python scripts/pretrain_tiny_vit.py data/checkpoints/tiny_vit.safetensors [--steps 300] [--seed 0]
+    python scripts/pretrain_tiny_vit.py data/checkpoints/tiny_vit.safetensors [--steps 150] [--seed 0]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def make_batch(rng: np.random.Generator, n: int, size: int, patch: int) -> tuple
     return x, lab[:, c::patch, c::patch].reshape(n, -1)
 
 
-def pretrain(out: Path, *, steps: int = 300, batch: int = 32, seed: int = 0, lr: float = 1e-3) -> Path:
+def pretrain(out: Path, *, steps: int = 150, batch: int = 32, seed: int = 0, lr: float = 1e-3) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = timm.create_model(**TINY_VIT)
@@ -127,7 +127,7 @@ def pretrain(out: Path, *, steps: int = 300, batch: int = 32, seed: int = 0, lr:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output .safetensors file")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,11 +1,21 @@
-"""Metrics torchmetrics lacks, as ``torchmetrics.Metric`` subclasses (SPEC §8).
+"""Metrics of SPEC §8 as ``torchmetrics.Metric`` subclasses (logged as ``<split>/<name>``).
 
-Grounding: :class:`BoxAccuracy` (``acc@0.5``), :class:`MaskMIoU` (``miou``), :class:`MaskOIoU` (``oiou``).
-AVS: :class:`AVSMIoU` (``miou``), :class:`AVSFScore` (``fscore``). AVE ``acc`` is torchmetrics'
-``MulticlassAccuracy(num_classes=29, average="micro")`` over all seconds.
+| task | key | class | ``update`` inputs |
+|---|---|---|---|
+| grounding | ``acc@0.5`` | :class:`BoxAccuracy` | (B, 4) xyxy predicted / target boxes (predictions clipped) |
+| grounding | ``miou`` | :class:`MaskMIoU` | (B, H, W) probabilities + 0/1 target, or lists of (H_i, W_i) |
+| grounding | ``oiou`` | :class:`MaskOIoU` | same as ``miou`` |
+| AVE | ``acc`` | :class:`SegmentAccuracy` | (B, T, C) logits + (B, T) class indices |
+| AVS | ``miou`` | :class:`AVSMIoU` | (V, F, H, W) logits + 0/1 masks, optional (V, F) frame mask |
+| AVS | ``fscore`` | :class:`AVSFScore` | same as AVS ``miou`` |
+
+AVE ``acc`` is torchmetrics' ``MulticlassAccuracy(num_classes=29, average="micro")`` on (B * T, C) logits and
+(B * T,) targets; :class:`SegmentAccuracy` is that metric taking the (B, T, C) layout directly. All results are
+independent of batching and reduce under DDP (sum states).
 """
 
 from .avs import AVSFScore, AVSMIoU
+from .classification import SegmentAccuracy
 from .grounding import (
     BoxAccuracy,
     MaskMIoU,
@@ -13,6 +23,7 @@ from .grounding import (
     box_cxcywh_to_xyxy,
     box_iou_xyxy,
     box_xyxy_to_cxcywh,
+    clip_boxes_xyxy,
     generalized_box_iou_xyxy,
 )
 
@@ -22,8 +33,10 @@ __all__ = [
     "BoxAccuracy",
     "MaskMIoU",
     "MaskOIoU",
+    "SegmentAccuracy",
     "box_cxcywh_to_xyxy",
     "box_iou_xyxy",
     "box_xyxy_to_cxcywh",
+    "clip_boxes_xyxy",
     "generalized_box_iou_xyxy",
 ]

@@ -1,7 +1,16 @@
 """Grounding metrics (SPEC §8): box accuracy at an IoU threshold, mask mIoU and oIoU, plus box helpers.
 
-All three are ``torchmetrics.Metric`` subclasses with sum states, so results do not depend on how samples are
-batched and they reduce correctly under DDP.
+- ``acc@0.5`` (:class:`BoxAccuracy`): fraction of samples whose predicted box has IoU >= 0.5 with the target.
+- ``miou`` (:class:`MaskMIoU`): mean over samples of IoU(prob >= 0.5, target); empty prediction and empty
+  target score 1.
+- ``oiou`` (:class:`MaskOIoU`): sum of intersections / sum of unions over the split.
+
+The metrics keep sum states only (``dist_reduce_fx="sum"``), so the result does not depend on how samples are
+split into batches or processes. Masks may change size from one sample to the next (the official protocol
+evaluates at each image's original resolution): pass lists of ``(H_i, W_i)`` tensors.
+
+The box helpers (:func:`box_iou_xyxy`, :func:`generalized_box_iou_xyxy`, :func:`box_cxcywh_to_xyxy`,
+:func:`box_xyxy_to_cxcywh`) are element-wise (box ``i`` against box ``i``, not all pairs) and differentiable.
 """
 
 from __future__ import annotations
@@ -11,64 +20,118 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
+# Divisions by an area use max(area, EPS): a degenerate box never produces NaN or inf.
 EPS = 1e-9
+# Probabilities may leave [0, 1] by a rounding error after bilinear resizing; anything beyond this is a logit.
+_PROB_TOL = 1e-3
+
+MaskInput = torch.Tensor | Sequence[torch.Tensor]
 
 
-def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = b.unbind(-1)
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) centre x, centre y, width, height -> (..., 4) x0, y0, x1, y1 (same units)."""
+    cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def box_xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
-    x0, y0, x1, y1 = b.unbind(-1)
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) x0, y0, x1, y1 -> (..., 4) centre x, centre y, width, height (same units)."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
-def _inter_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter, area_a + area_b - inter, area_a, area_b
+def _check_boxes(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.shape[-1:] != (4,):
+        raise ValueError(
+            f"{name} expects two (..., 4) xyxy box tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) xyxy -> (...,) area; an inverted box (x1 < x0 or y1 < y0) has area 0."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def _intersection_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lt = torch.maximum(a[..., :2], b[..., :2])  # (..., 2)
+    rb = torch.minimum(a[..., 2:], b[..., 2:])  # (..., 2)
+    wh = (rb - lt).clamp(min=0)  # (..., 2)
+    inter = wh[..., 0] * wh[..., 1]  # (...)
+    return inter, _area(a) + _area(b) - inter
 
 
 def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise IoU of (..., 4) xyxy boxes; 0 where the union is empty (never NaN)."""
-    inter, union, _, _ = _inter_union(a, b)
+    """Element-wise IoU of two sets of boxes.
+
+    Args:
+        a: (..., 4) x0, y0, x1, y1.
+        b: (..., 4) x0, y0, x1, y1, same shape as ``a``.
+
+    Returns:
+        (...) IoU in [0, 1]; 0 where the union is empty (two zero-area boxes), never NaN.
+
+    Raises:
+        ValueError: if the shapes differ or the last dimension is not 4.
+    """
+    _check_boxes("box_iou_xyxy", a, b)
+    inter, union = _intersection_union(a, b)
     return torch.where(union > 0, inter / union.clamp(min=EPS), torch.zeros_like(union))
 
 
 def generalized_box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise generalised IoU (Rezatofighi et al., 2019) of (..., 4) xyxy boxes, in [-1, 1]."""
-    inter, union, _, _ = _inter_union(a, b)
+    """Element-wise generalised IoU (Rezatofighi et al., CVPR 2019): IoU - (hull - union) / hull.
+
+    Args:
+        a: (..., 4) x0, y0, x1, y1.
+        b: (..., 4) x0, y0, x1, y1, same shape as ``a``.
+
+    Returns:
+        (...) GIoU in [-1, 1]; 0 for two identical zero-area boxes, never NaN. ``1 - giou`` is the GIoU loss.
+
+    Raises:
+        ValueError: if the shapes differ or the last dimension is not 4.
+    """
+    _check_boxes("generalized_box_iou_xyxy", a, b)
+    inter, union = _intersection_union(a, b)
     iou = inter / union.clamp(min=EPS)
-    lt = torch.minimum(a[..., :2], b[..., :2])
-    rb = torch.maximum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    hull = wh[..., 0] * wh[..., 1]
+    hull_wh = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0)  # (..., 2)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]  # (...)
     return iou - (hull - union) / hull.clamp(min=EPS)
 
 
-def _check_same_shape(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name}: prediction shape {tuple(a.shape)} != target shape {tuple(b.shape)}")
+def clip_boxes_xyxy(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Clips (B, 4) xyxy boxes to [0, w] x [0, h] of each image; ``image_sizes`` is (B, 2) as (h, w)."""
+    if image_sizes.shape != (boxes.shape[0], 2):
+        raise ValueError(
+            f"image_sizes must be (B, 2) as (h, w) with B = {boxes.shape[0]}, got {tuple(image_sizes.shape)}"
+        )
+    h, w = image_sizes.to(boxes).unbind(-1)  # (B,), (B,)
+    limit = torch.stack([w, h, w, h], dim=-1)  # (B, 4)
+    return torch.minimum(boxes.clamp(min=0), limit)
 
 
 class BoxAccuracy(Metric):
     """Fraction of samples whose predicted box has IoU >= ``iou_threshold`` with the target (``acc@0.5``).
 
-    ``update(pred_boxes, target_boxes, image_sizes=None)``: (B, 4) xyxy in one coordinate frame. The caller
-    clips predictions to the image (as official); passing ``image_sizes`` (B, 2) as (h, w) clips here too.
-    A zero-area target scores IoU 0, a miss.
+    ``update(pred_boxes, target_boxes, image_sizes=None)`` takes (B, 4) x0, y0, x1, y1 boxes in one coordinate
+    frame (the grounding task uses original-image pixels). As in the official evaluation, predictions are clipped
+    to the image first; that is the caller's job (``cola.data.transforms.boxes_to_original`` does it), or pass
+    ``image_sizes`` (B, 2) as (h, w) to clip to [0, w] x [0, h] here. The threshold is inclusive (IoU exactly 0.5
+    is a hit) and IoU is computed in float64 so that the comparison is not decided by float32 rounding. A
+    zero-area target counts, as a miss (IoU 0). ``compute()`` returns 0 before any sample was seen.
+
+    Args:
+        iou_threshold: IoU at or above which a prediction is correct, in [0, 1].
     """
 
     full_state_update = False
     higher_is_better = True
+    is_differentiable = False
 
     def __init__(self, iou_threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         self.iou_threshold = iou_threshold
         self.add_state("correct", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -76,89 +139,150 @@ class BoxAccuracy(Metric):
     def update(
         self, pred_boxes: torch.Tensor, target_boxes: torch.Tensor, image_sizes: torch.Tensor | None = None
     ) -> None:
-        _check_same_shape("BoxAccuracy", pred_boxes, target_boxes)
-        if pred_boxes.ndim != 2 or pred_boxes.shape[-1] != 4:
-            raise ValueError(f"BoxAccuracy expects (B, 4) xyxy boxes, got {tuple(pred_boxes.shape)}")
-        pred = pred_boxes.float()
+        """Adds a batch: ``pred_boxes`` and ``target_boxes`` (B, 4) xyxy, optional ``image_sizes`` (B, 2) (h, w)."""
+        if pred_boxes.shape != target_boxes.shape or pred_boxes.ndim != 2 or pred_boxes.shape[-1] != 4:
+            raise ValueError(
+                "BoxAccuracy expects pred_boxes and target_boxes of shape (B, 4) xyxy, got "
+                f"pred_boxes {tuple(pred_boxes.shape)} and target_boxes {tuple(target_boxes.shape)}"
+            )
+        pred = pred_boxes.detach().double()  # (B, 4)
         if image_sizes is not None:
-            h, w = image_sizes[:, 0:1].float(), image_sizes[:, 1:2].float()
-            pred = torch.cat([pred[:, 0::2].clamp(min=0).minimum(w), pred[:, 1::2].clamp(min=0).minimum(h)], 1)[
-                :, [0, 2, 1, 3]
-            ]
-        iou = box_iou_xyxy(pred, target_boxes.float())
-        self.correct += (iou >= self.iou_threshold).sum().double()
+            pred = clip_boxes_xyxy(pred, image_sizes)
+        iou = box_iou_xyxy(pred, target_boxes.detach().to(pred))  # (B,)
+        self.correct += (iou >= self.iou_threshold).sum()
         self.total += iou.numel()
 
     def compute(self) -> torch.Tensor:
         return (self.correct / self.total.clamp(min=1)).float()
 
 
-def _as_list(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _as_list(name: str, x: MaskInput) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         if x.ndim != 3:
-            raise ValueError(f"masks must be (B, H, W) or a list of (H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be a (B, H, W) tensor or a list of (H, W) tensors, got shape {tuple(x.shape)}"
+            )
         return list(x.unbind(0))
-    return list(x)
+    items = list(x)
+    for i, t in enumerate(items):
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}[{i}] must be an (H, W) tensor, got {shape}")
+    return items
 
 
-def _mask_inter_union(probs, target, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    probs, target = _as_list(probs), _as_list(target)
-    if len(probs) != len(target):
-        raise ValueError(f"got {len(probs)} predicted masks for {len(target)} targets")
+def _check_probs(name: str, probs: torch.Tensor) -> None:
+    if probs.numel() and (probs.min() < -_PROB_TOL or probs.max() > 1 + _PROB_TOL):
+        raise ValueError(
+            f"{name} expects probabilities in [0, 1], got values in [{probs.min().item():.4g}, "
+            f"{probs.max().item():.4g}]; apply sigmoid to logits first"
+        )
+
+
+def _binary_target(name: str, target: torch.Tensor) -> torch.Tensor:
+    if target.dtype == torch.bool:
+        return target
+    if target.numel() and not ((target == 0) | (target == 1)).all():
+        raise ValueError(f"{name} expects a bool or 0/1 target, got other values (dtype {target.dtype})")
+    return target != 0
+
+
+def _mask_intersection_union(
+    name: str, probs: MaskInput, target: MaskInput, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample intersection and union (B,) float64 of ``probs >= threshold`` and the target."""
+    if isinstance(probs, torch.Tensor) and isinstance(target, torch.Tensor):
+        if probs.shape != target.shape or probs.ndim != 3:
+            raise ValueError(
+                f"{name} expects probs and target of the same shape (B, H, W), got probs {tuple(probs.shape)} "
+                f"and target {tuple(target.shape)}"
+            )
+        _check_probs(name, probs)
+        pred, gt = probs >= threshold, _binary_target(name, target).to(probs.device)  # (B, H, W) bool
+        return (pred & gt).flatten(1).sum(-1).double(), (pred | gt).flatten(1).sum(-1).double()
+    probs_list, target_list = _as_list(f"{name} probs", probs), _as_list(f"{name} target", target)
+    if len(probs_list) != len(target_list):
+        raise ValueError(f"{name} got {len(probs_list)} predicted masks for {len(target_list)} target masks")
     inters, unions = [], []
-    for p, t in zip(probs, target):
-        _check_same_shape("mask metric", p, t)
-        pred = p >= threshold
-        gt = t.bool()
+    for i, (p, t) in enumerate(zip(probs_list, target_list)):
+        if p.shape != t.shape:
+            raise ValueError(f"{name} sample {i}: probs shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+        _check_probs(name, p)
+        pred, gt = p >= threshold, _binary_target(name, t).to(p.device)  # (H, W) bool
         inters.append((pred & gt).sum())
         unions.append((pred | gt).sum())
+    if not inters:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     return torch.stack(inters).double(), torch.stack(unions).double()
 
 
-class MaskMIoU(Metric):
-    """Mean over samples of IoU(prob >= threshold, target); empty prediction and empty target score 1.
-
-    ``update(probs, target)``: (B, H, W) probabilities and 0/1 or bool targets, or lists of (H_i, W_i) tensors
-    (grounding masks are evaluated at each image's original size).
-    """
-
+class _MaskMetric(Metric):
     full_state_update = False
     higher_is_better = True
+    is_differentiable = False
 
     def __init__(self, threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = threshold
+
+    def _intersection_union(self, probs: MaskInput, target: MaskInput) -> tuple[torch.Tensor, torch.Tensor]:
+        inter, union = _mask_intersection_union(type(self).__name__, probs, target, self.threshold)
+        return inter.to(self.device), union.to(self.device)
+
+
+class MaskMIoU(_MaskMetric):
+    """Mean over samples of IoU(prob >= ``threshold``, target) (``miou``).
+
+    ``update(probs, target)``: ``probs`` (B, H, W) probabilities, ``target`` (B, H, W) bool or 0/1, or two
+    lists of (H_i, W_i) tensors (sizes may differ between samples). A sample whose prediction and target are
+    both empty scores 1. ``compute()`` returns 0 before any sample was seen.
+
+    Args:
+        threshold: a pixel is foreground where ``prob >= threshold``.
+    """
+
+    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(threshold, **kwargs)
         self.add_state("iou_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, probs, target) -> None:
-        inter, union = _mask_inter_union(probs, target, self.threshold)
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        self.iou_sum += iou.sum().to(self.iou_sum.device)
+    def update(self, probs: MaskInput, target: MaskInput) -> None:
+        """Adds a batch of (B, H, W) probabilities and targets, or lists of (H_i, W_i) tensors."""
+        inter, union = self._intersection_union(probs, target)  # (B,), (B,)
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))  # (B,)
+        self.iou_sum += iou.sum()
         self.count += iou.numel()
 
     def compute(self) -> torch.Tensor:
         return (self.iou_sum / self.count.clamp(min=1)).float()
 
 
-class MaskOIoU(Metric):
-    """Overall IoU: sum of intersections / sum of unions over the split (1.0 when every mask is empty)."""
+class MaskOIoU(_MaskMetric):
+    """Overall IoU over the split: sum of intersections / sum of unions (``oiou``).
 
-    full_state_update = False
-    higher_is_better = True
+    Same inputs as :class:`MaskMIoU`. Large objects weigh more than in mIoU. When every prediction and every
+    target seen is empty (0 / 0) the result is 1, as an empty pair scores 1 in :class:`MaskMIoU`;
+    ``compute()`` returns 0 before any sample was seen.
+
+    Args:
+        threshold: a pixel is foreground where ``prob >= threshold``.
+    """
 
     def __init__(self, threshold: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.threshold = threshold
-        self.add_state("inter", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        super().__init__(threshold, **kwargs)
+        self.add_state("intersection", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("union", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, probs, target) -> None:
-        inter, union = _mask_inter_union(probs, target, self.threshold)
-        self.inter += inter.sum().to(self.inter.device)
-        self.union += union.sum().to(self.union.device)
+    def update(self, probs: MaskInput, target: MaskInput) -> None:
+        """Adds a batch of (B, H, W) probabilities and targets, or lists of (H_i, W_i) tensors."""
+        inter, union = self._intersection_union(probs, target)  # (B,), (B,)
+        self.intersection += inter.sum()
+        self.union += union.sum()
+        self.count += inter.numel()
 
     def compute(self) -> torch.Tensor:
-        if self.union == 0:
-            return torch.tensor(1.0)
-        return (self.inter / self.union).float()
+        oiou = torch.where(self.union > 0, self.intersection / self.union.clamp(min=1), torch.ones_like(self.union))
+        return torch.where(self.count > 0, oiou, torch.zeros_like(oiou)).float()

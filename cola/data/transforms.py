@@ -1,0 +1,308 @@
+"""Grounding transforms: resize image + box + mask together, augment, normalise, and map predictions back.
+
+The forward transform (:class:`GroundingTransform`) turns one original sample (PIL image, xyxy box in pixels,
+(H, W) mask, expression) into the model's square input frame and records in ``meta`` everything needed to
+undo it, so that evaluation runs at each image's ORIGINAL resolution (SPEC §6, §8):
+:func:`boxes_to_original` and :func:`masks_to_original` are the exact inverses of the geometry.
+
+Resize modes (``data.resize``):
+
+- ``letterbox`` (default): scale so the longer side equals the input size S, keep the aspect ratio, and pad the
+  bottom and right to S x S. The image keeps its top-left corner at the origin, so the input frame is the
+  original frame times one scale factor (plus the padding, which maps back to nothing).
+- ``stretch``: resize anisotropically to S x S, the official (TransVG-style) resize. Box IoU is invariant to it,
+  mask IoU is not (SPEC, Appendix).
+
+Pixels are normalised with the ImageNet mean/std and the padding is 0 *after* normalisation (the mean colour).
+
+Training augmentation (``data.augment``, all optional):
+
+- ``scale: [lo, hi]``: resize jitter; the resized image is ``u`` times the evaluation size, u ~ U(lo, hi) (the
+  rest is padding);
+- ``color_jitter: j``: brightness, contrast and saturation factors each ~ U(1 - j, 1 + j);
+- ``hflip: p``: with probability p mirror image, box and mask and swap the whole WORDS left <-> right
+  (and leftmost <-> rightmost) in the expression. The official code swaps substrings, which turns "bright"
+  into "bleft"; here "bright" stays "bright" (SPEC, Appendix).
+
+Randomness comes from torch's global generator, which Lightning seeds per process and per data worker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESIZE_MODES",
+    "AugmentConfig",
+    "GroundingTransform",
+    "boxes_to_original",
+    "box_cxcywh_to_xyxy",
+    "box_xyxy_to_cxcywh",
+    "masks_to_original",
+    "swap_left_right",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("letterbox", "stretch")
+# whole words swapped by the horizontal flip (keys are lower case; the match is case-insensitive)
+LEFT_RIGHT_WORDS = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_LEFT_RIGHT = re.compile(r"\b(" + "|".join(LEFT_RIGHT_WORDS) + r")\b", re.IGNORECASE)
+AUGMENT_KEYS = ("color_jitter", "hflip", "scale")
+
+
+def swap_left_right(text: str) -> str:
+    """Swaps the whole words left <-> right and leftmost <-> rightmost, keeping an initial capital.
+
+    Substrings are left alone: "bright", "leftover" and "copyright" are unchanged; "left-hand" becomes
+    "right-hand" (the hyphen is a word boundary).
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        word = m.group(1)
+        new = LEFT_RIGHT_WORDS[word.lower()]
+        if word.isupper() and len(word) > 1:
+            return new.upper()
+        return new.capitalize() if word[0].isupper() else new
+
+    return _LEFT_RIGHT.sub(repl, text)
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) cx, cy, w, h -> (..., 4) x0, y0, x1, y1."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) x0, y0, x1, y1 -> (..., 4) cx, cy, w, h."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation settings (``data.augment``); the defaults change nothing.
+
+    Attributes:
+        scale: (lo, hi) range of the resize jitter factor, 0 < lo <= hi <= 1.
+        color_jitter: strength j of the brightness/contrast/saturation jitter, 0 <= j < 1.
+        hflip: probability of the horizontal flip (with the left/right word swap).
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    color_jitter: float = 0.0
+    hflip: float = 0.0
+
+    @classmethod
+    def from_dict(cls, augment: Mapping[str, Any] | None) -> AugmentConfig:
+        """Validates ``data.augment`` (a dict or None) and builds the config."""
+        if augment is None:
+            return cls()
+        if not isinstance(augment, Mapping):
+            raise ValueError(f"data.augment must be a dict with keys {list(AUGMENT_KEYS)} or null, got {augment!r}")
+        unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ValueError(f"data.augment has unknown key(s) {unknown}; valid keys: {list(AUGMENT_KEYS)}")
+        scale = augment.get("scale") or (1.0, 1.0)
+        if isinstance(scale, (int, float)):
+            scale = (float(scale), float(scale))
+        scale = tuple(float(s) for s in scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"data.augment.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(scale)}")
+        jitter = float(augment.get("color_jitter") or 0.0)
+        if not 0 <= jitter < 1:
+            raise ValueError(f"data.augment.color_jitter must be in [0, 1), got {jitter}")
+        hflip = float(augment.get("hflip") or 0.0)
+        if not 0 <= hflip <= 1:
+            raise ValueError(f"data.augment.hflip must be a probability in [0, 1], got {hflip}")
+        return cls(scale=scale, color_jitter=jitter, hflip=hflip)
+
+    @property
+    def active(self) -> bool:
+        return self.scale != (1.0, 1.0) or self.color_jitter > 0 or self.hflip > 0
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo if lo == hi else lo + (hi - lo) * float(torch.rand(()))
+
+
+class GroundingTransform:
+    """Resize (+ augmentation) of one grounding sample into the square input frame.
+
+    Args:
+        image_size: side S of the square model input.
+        resize: ``letterbox`` (keep aspect, pad bottom/right) or ``stretch`` (anisotropic to S x S).
+        augment: training augmentation; ``None`` or an inactive config gives the deterministic eval transform.
+        mean: per-channel mean used for normalisation (RGB, 0-1 scale).
+        std: per-channel std used for normalisation.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        resize: str = "letterbox",
+        augment: AugmentConfig | Mapping[str, Any] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"data.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
+        if int(image_size) < 1:
+            raise ValueError(f"data.image_size must be a positive integer, got {image_size!r}")
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"data.mean and data.std need 3 values (RGB, std > 0), got {list(mean)} and {list(std)}")
+        self.image_size = int(image_size)
+        self.resize = resize
+        self.augment = augment if isinstance(augment, AugmentConfig) else AugmentConfig.from_dict(augment)
+        self.mean = torch.tensor([float(m) for m in mean]).view(3, 1, 1)
+        self.std = torch.tensor([float(s) for s in std]).view(3, 1, 1)
+
+    def geometry(self, height: int, width: int, scale: float = 1.0) -> dict[str, Any]:
+        """Size of the resized image inside the S x S input for an original (height, width) image."""
+        size = self.image_size
+        if self.resize == "letterbox":
+            factor = size * scale / max(height, width)
+            new_h, new_w = round(height * factor), round(width * factor)
+        else:
+            new_h = new_w = round(size * scale)
+        new_h, new_w = min(size, max(1, new_h)), min(size, max(1, new_w))
+        return {"orig_size": (int(height), int(width)), "input_size": size, "resized_size": (new_h, new_w)}
+
+    def __call__(
+        self, image: Image.Image | torch.Tensor, box_xyxy: torch.Tensor, mask: torch.Tensor, text: str
+    ) -> dict[str, Any]:
+        """Transforms one sample.
+
+        Args:
+            image: PIL image or (3, H, W) uint8 tensor at original resolution.
+            box_xyxy: (4,) box in original pixels (x0, y0, x1, y1).
+            mask: (H, W) bool/0-1 mask at original resolution.
+            text: the expression (already lower-cased by the dataset).
+
+        Returns:
+            ``pixel_values`` (3, S, S) float normalised, ``box`` (4,) normalised cx, cy, w, h in the input
+            frame, ``mask`` (S, S) float 0/1, ``text`` (left/right swapped when flipped) and ``meta``
+            (``orig_size`` (H, W), ``input_size`` S, ``resized_size`` (h, w), ``flipped``), what
+            :func:`boxes_to_original` / :func:`masks_to_original` need.
+        """
+        img = TF.pil_to_tensor(image.convert("RGB")) if isinstance(image, Image.Image) else image  # (3, H, W) uint8
+        if img.ndim != 3 or img.shape[0] != 3:
+            raise ValueError(f"image must be RGB (3, H, W), got shape {tuple(img.shape)}")
+        height, width = img.shape[-2:]
+        if tuple(mask.shape) != (height, width):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the image size {(height, width)}")
+        aug = self.augment
+        meta = self.geometry(height, width, _uniform(*aug.scale))
+        new_h, new_w = meta["resized_size"]
+        sx, sy = new_w / width, new_h / height
+
+        img = TF.resize(img, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        # bilinear + threshold keeps the resized mask's extent where the resized box puts it (nearest shifts it)
+        m = mask.to(torch.float32)[None]  # (1, H, W)
+        m = TF.resize(m, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)[0] >= 0.5
+        box = torch.as_tensor(box_xyxy, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])  # resized frame
+
+        flipped = aug.hflip > 0 and float(torch.rand(())) < aug.hflip
+        if flipped:
+            img, m = img.flip(-1), m.flip(-1)
+            box = torch.stack([new_w - box[2], box[1], new_w - box[0], box[3]])
+            text = swap_left_right(text)
+        img = img.to(torch.float32) / 255.0  # (3, h, w) in [0, 1]
+        if aug.color_jitter > 0:
+            j = aug.color_jitter
+            img = TF.adjust_brightness(img, _uniform(1 - j, 1 + j))
+            img = TF.adjust_contrast(img, _uniform(1 - j, 1 + j))
+            img = TF.adjust_saturation(img, _uniform(1 - j, 1 + j))
+        meta["flipped"] = bool(flipped)
+
+        size = self.image_size
+        pixels = (img - self.mean) / self.std  # (3, h, w)
+        pixel_values = torch.zeros(3, size, size)
+        pixel_values[:, :new_h, :new_w] = pixels  # letterbox: pad bottom/right with 0 (= the mean colour)
+        mask_out = torch.zeros(size, size)
+        mask_out[:new_h, :new_w] = m.to(torch.float32)
+        box = torch.minimum(box.clamp(min=0), torch.tensor([new_w, new_h, new_w, new_h], dtype=torch.float32))
+        return {
+            "pixel_values": pixel_values,
+            "box": box_xyxy_to_cxcywh(box) / size,  # (4,) normalised in the input frame
+            "mask": mask_out,
+            "text": text,
+            "meta": meta,
+        }
+
+
+def _geometry_tensors(meta: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
+    def col(fn) -> torch.Tensor:
+        return torch.tensor([fn(m) for m in meta], dtype=torch.float32, device=device)
+
+    return {
+        "size": col(lambda m: m["input_size"]),
+        "orig_h": col(lambda m: m["orig_size"][0]),
+        "orig_w": col(lambda m: m["orig_size"][1]),
+        "new_h": col(lambda m: m["resized_size"][0]),
+        "new_w": col(lambda m: m["resized_size"][1]),
+        "flipped": torch.tensor([bool(m.get("flipped", False)) for m in meta], device=device),
+    }
+
+
+def boxes_to_original(boxes_cxcywh_norm: torch.Tensor, meta: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Maps boxes from the input frame back to each original image.
+
+    Args:
+        boxes_cxcywh_norm: (B, 4) normalised cx, cy, w, h in the S x S input frame (the model's output).
+        meta: the batch's per-sample ``meta`` dicts (from :class:`GroundingTransform`).
+
+    Returns:
+        (B, 4) x0, y0, x1, y1 in pixels of the original images, clipped to each image (a flip is undone).
+    """
+    if boxes_cxcywh_norm.ndim != 2 or boxes_cxcywh_norm.shape[-1] != 4:
+        raise ValueError(f"boxes must be (B, 4) cx, cy, w, h, got shape {tuple(boxes_cxcywh_norm.shape)}")
+    if len(meta) != boxes_cxcywh_norm.shape[0]:
+        raise ValueError(f"got {boxes_cxcywh_norm.shape[0]} boxes but {len(meta)} meta entries")
+    g = _geometry_tensors(meta, boxes_cxcywh_norm.device)
+    xyxy = box_cxcywh_to_xyxy(boxes_cxcywh_norm.float()) * g["size"][:, None]  # (B, 4) input-frame pixels
+    x0, y0, x1, y1 = xyxy.unbind(-1)
+    fx0 = torch.where(g["flipped"], g["new_w"] - x1, x0)
+    fx1 = torch.where(g["flipped"], g["new_w"] - x0, x1)
+    sx, sy = g["new_w"] / g["orig_w"], g["new_h"] / g["orig_h"]
+    out = torch.stack([fx0 / sx, y0 / sy, fx1 / sx, y1 / sy], dim=-1)  # (B, 4)
+    limit = torch.stack([g["orig_w"], g["orig_h"], g["orig_w"], g["orig_h"]], dim=-1)  # (B, 4)
+    return torch.minimum(out.clamp(min=0), limit)
+
+
+def masks_to_original(probs: torch.Tensor, meta: Sequence[Mapping[str, Any]]) -> list[torch.Tensor]:
+    """Maps mask probabilities from the input frame back to each original image.
+
+    Args:
+        probs: (B, S, S) probabilities (or logits; the map is linear) in the input frame.
+        meta: the batch's per-sample ``meta`` dicts.
+
+    Returns:
+        A list of B float tensors (H_i, W_i): the padding removed, the flip undone, resized bilinearly.
+    """
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (B, S, S), got shape {tuple(probs.shape)}")
+    if len(meta) != probs.shape[0]:
+        raise ValueError(f"got {probs.shape[0]} masks but {len(meta)} meta entries")
+    out = []
+    for p, m in zip(probs.float(), meta, strict=True):
+        new_h, new_w = m["resized_size"]
+        height, width = m["orig_size"]
+        crop = p[:new_h, :new_w]  # (h, w) without the padding
+        if m.get("flipped", False):
+            crop = crop.flip(-1)
+        full = F.interpolate(crop[None, None], size=(int(height), int(width)), mode="bilinear", align_corners=False)
+        out.append(full[0, 0])  # (H, W)
+    return out

@@ -1,0 +1,175 @@
+"""Visual grounding (REC + RES, multi-task) on the dual encoder: vision stream "a", text stream "b" (SPEC §6).
+
+Loss (official weighting, every weight configurable):
+``loss = loss_alpha * (w_l1 * l1 + w_giou * giou) + w_focal * focal + w_dice * dice`` with ``loss_alpha = 0.1``;
+the terms are defined in :mod:`cola.models.losses` (the focal loss takes logits once; SPEC, Appendix).
+
+Metrics (SPEC §8) are computed at ORIGINAL image resolution: predicted boxes and mask probabilities are mapped
+back through the data's resize (letterbox or stretch) with :func:`cola.data.transforms.boxes_to_original` and
+:func:`cola.data.transforms.masks_to_original`, then compared with ``orig_box`` / ``orig_mask``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from cola.data.transforms import boxes_to_original, masks_to_original
+from cola.metrics import BoxAccuracy, MaskMIoU, MaskOIoU
+from cola.models.heads.grounding import GroundingHead
+from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
+
+from .base import DualStreamTask
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GroundingTask"]
+
+
+def vision_grid_size(encoder: nn.Module, image_size: int) -> int:
+    """Side of the vision tower's patch grid for square inputs of side ``image_size``.
+
+    Reads the patch size of a timm ViT (``tower_a.model.patch_embed.patch_size``); for other towers, embeds one
+    blank image and takes the square root of the number of non-prefix tokens.
+    """
+    tower = encoder.tower_a
+    patch = getattr(getattr(getattr(tower, "model", None), "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        p = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        return image_size // p
+    param = next(tower.parameters())
+    with torch.no_grad():
+        tokens, _ = tower.embed({"pixel_values": param.new_zeros(1, 3, image_size, image_size)})  # (1, N, C)
+    n = tokens.shape[1] - int(tower.num_prefix_tokens)
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(
+            f"the vision tower gives {n} patch tokens for image_size={image_size}, not a square grid; "
+            "grounding needs a square patch grid"
+        )
+    return side
+
+
+class GroundingTask(DualStreamTask):
+    """REC + RES grounding: fusion layers, a box head on [REG] and a mask head on the fused visual tokens.
+
+    Args:
+        encoder: a :class:`cola.models.DualEncoder` with the vision tower as stream "a", the text tower as "b".
+        image_size: side S of the square input images (``data.image_size``).
+        d_fusion: width of the fusion layers.
+        fusion_layers: number of fusion transformer layers (official 3).
+        d_ff: feed-forward width of the fusion layers (official 1024).
+        fusion_heads: attention heads of the fusion layers.
+        dropout: dropout in the fusion layers.
+        loss_alpha: weight of both box losses (official 0.1).
+        w_l1: weight of the box L1 loss inside ``loss_alpha``.
+        w_giou: weight of the box GIoU loss inside ``loss_alpha``.
+        w_focal: weight of the mask sigmoid focal loss.
+        w_dice: weight of the mask Dice loss.
+        focal_alpha: focal-loss alpha (positive-class weight).
+        focal_gamma: focal-loss gamma.
+        **base_kwargs: optimisation, schedule, splits and checkpoint options of :class:`DualStreamTask`.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        image_size: int,
+        d_fusion: int = 256,
+        fusion_layers: int = 3,
+        d_ff: int = 1024,
+        fusion_heads: int = 8,
+        dropout: float = 0.1,
+        loss_alpha: float = 0.1,
+        w_l1: float = 1.0,
+        w_giou: float = 1.0,
+        w_focal: float = 1.0,
+        w_dice: float = 1.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(encoder, **base_kwargs)
+        self.image_size = int(image_size)
+        self.loss_alpha = loss_alpha
+        self.w_l1, self.w_giou, self.w_focal, self.w_dice = w_l1, w_giou, w_focal, w_dice
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.head = GroundingHead(
+            vision_dim=encoder.hidden_size_a,
+            text_dim=encoder.hidden_size_b,
+            num_prefix_tokens=int(encoder.tower_a.num_prefix_tokens),
+            grid_size=vision_grid_size(encoder, self.image_size),
+            image_size=self.image_size,
+            d_fusion=d_fusion,
+            fusion_layers=fusion_layers,
+            d_ff=d_ff,
+            heads=fusion_heads,
+            dropout=dropout,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Runs the dual encoder and the heads.
+
+        Args:
+            batch: the RefCOCO batch dict (``pixel_values`` (B, 3, S, S), ``input_ids`` and ``attention_mask``
+                (B, L), ...).
+
+        Returns:
+            ``box`` (B, 4) normalised (cx, cy, w, h) in the input frame; ``mask_logits`` (B, S, S).
+        """
+        pixels = batch["pixel_values"]
+        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
+            raise ValueError(
+                f"pixel_values are {tuple(pixels.shape[-2:])}, but the task was built for image_size="
+                f"{self.image_size}; set task.module.image_size to the data's image_size"
+            )
+        enc = self.encoder(*self.encoder_inputs(batch))
+        if enc.num_prefix_a != self.head.num_prefix_tokens:
+            raise ValueError(
+                f"the encoder returned {enc.num_prefix_a} vision prefix tokens, the head expects "
+                f"{self.head.num_prefix_tokens}"
+            )
+        return self.head(enc.tokens_a, enc.tokens_b, enc.mask_b)  # box (B, 4), mask_logits (B, S, S)
+
+    def encoder_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Vision inputs (stream a) and text inputs (stream b) of a batch."""
+        return (
+            {"pixel_values": batch["pixel_values"]},
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+        )
+
+    def compute_loss(
+        self, out: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted sum of the box and mask losses; returns (loss, unweighted terms)."""
+        terms = box_losses(out["box"], batch["box"])
+        terms["focal"] = sigmoid_focal_loss(
+            out["mask_logits"], batch["mask"], alpha=self.focal_alpha, gamma=self.focal_gamma
+        )
+        terms["dice"] = dice_loss(out["mask_logits"], batch["mask"])
+        loss = (
+            self.loss_alpha * (self.w_l1 * terms["l1"] + self.w_giou * terms["giou"])
+            + self.w_focal * terms["focal"]
+            + self.w_dice * terms["dice"]
+        )
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+    def make_metrics(self) -> dict[str, nn.Module]:
+        return {"acc@0.5": BoxAccuracy(), "miou": MaskMIoU(), "oiou": MaskOIoU()}
+
+    def update_metrics(
+        self, metrics: dict[str, nn.Module], out: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> None:
+        """Maps predictions back to each image's original resolution and updates the metrics there."""
+        pred_boxes = boxes_to_original(out["box"].detach().float(), batch["meta"])  # (B, 4) xyxy pixels, clipped
+        metrics["acc@0.5"].update(pred_boxes, batch["orig_box"].to(pred_boxes))
+        probs = masks_to_original(out["mask_logits"].detach().float().sigmoid(), batch["meta"])  # [(H_i, W_i)]
+        targets = [t.to(p.device) for p, t in zip(probs, batch["orig_mask"], strict=True)]
+        # original sizes differ between samples: the mask metrics take lists of (H_i, W_i) masks
+        metrics["miou"].update(probs, targets)
+        metrics["oiou"].update(probs, targets)

@@ -1,0 +1,696 @@
+"""Speed and memory of CoLA against LoRA, HF peft's LoRA and MokA on the real dual-tower shapes.
+
+    python scripts/benchmark.py                      # vision-language: DINOv2-B/14 @ 448 + BERT-B, 40 tokens
+    python scripts/benchmark.py --pair av            # audio-visual: DINOv2-B/14 @ 224 + AST on 1-s clips
+    python scripts/benchmark.py --tiny --json out.json   # tiny shapes, seconds on 2 CPU cores
+    python scripts/benchmark.py --device cuda --dtype bf16 --batch 8 --compile
+
+Every method gets the same random-init towers (same seed), the same adapted layers (SPEC §5) and rank, and a
+small trainable head (a linear layer on the mean-pooled tokens of both streams, MSE to a fixed random target)
+so there is a loss. All adapter methods except ``peft_lora`` run through :class:`cola.models.DualEncoder`
+(block by block in lockstep); ``peft_lora`` is HF peft's ``LoraConfig`` injected into the same towers, run in
+the same lockstep loop (a ``frozen`` DualEncoder, so no condition is exchanged, exactly as our ``lora``), so
+the two LoRA rows differ only in the layer implementation. Our ``lora`` uses ``split_fused: false`` by default
+so that both LoRAs have the same parameters on timm's fused ``attn.qkv`` (``--lora-split-fused`` gives the
+official per-slice layout).
+
+What is measured, in one process, interleaved (round-robin over the methods, the starting method rotating
+each round) after ``--warmup`` steps of every method:
+
+- ``train_step_ms``: median of ``--steps`` training steps (forward, backward, AdamW step);
+- ``eval_ms``: median of ``--steps`` forwards under ``torch.no_grad`` in eval mode with the intra paths
+  merged (:func:`cola.peft.merge_adapters`; HF peft layers ``merge()``; MokA is not mergeable);
+- ``peak_mem_mb``: peak memory of training above the built model, i.e. what a training step adds to the
+  resident weights: activations, gradients, AdamW state and temporaries. Each method is measured in its
+  own forked child of a fresh helper interpreter (that interpreter only imports; forking a process that has
+  run OpenMP work hangs the child): CPU — resident-set high-water mark (``VmHWM`` after resetting it through
+  ``/proc/self/clear_refs``) minus the resident set after building the model, over two training steps
+  (``ru_maxrss`` delta where ``/proc`` is unavailable); CUDA — ``torch.cuda.max_memory_allocated()`` minus
+  ``memory_allocated()`` after building the model. The resident size of each built model is in
+  ``config.model_mb``;
+- ``params_trainable``: trainable parameters (adapters + head; ``frozen`` trains the head only).
+
+The JSON follows SPEC §10: ``{"config", "results", "ratios"}`` with ratios ``<cola variant>/lora``,
+``moka/lora`` and ``lora/peft_lora`` (see ``docs/benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python scripts/benchmark.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from cola.models import DualEncoder, Tower, build_ast, build_bert, build_vit  # noqa: E402
+from cola.peft import merge_adapters  # noqa: E402
+
+log = logging.getLogger("benchmark")
+
+METHODS = ("frozen", "lora", "peft_lora", "cola", "cola_shared_a", "cola_shared_b", "cola_full", "moka")
+COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
+PAIRS = ("vl", "av")
+HEAD_DIM = 16  # outputs of the benchmark head
+TEXT_LEN = 40  # max query length of the grounding task (SPEC appendix)
+MEMORY_STEPS = 2  # training steps of a memory probe: the second one runs with the AdamW state allocated
+RESULT_TAG = "BENCHMARK_MEMORY "  # prefix of the memory helper's result lines
+
+VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+BERT_TARGETS = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
+AST_TARGETS = [
+    "attention.q_proj",
+    "attention.k_proj",
+    "attention.v_proj",
+    "attention.o_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+]
+TINY_VIT = dict(name="vit_small_patch14_dinov2", img_size=112, embed_dim=192, depth=4, num_heads=3)
+TINY_TRANSFORMER = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768)
+
+
+# ----------------------------------------------------------------------------------------------------- towers
+@dataclass
+class PairSpec:
+    """How to build one tower pair and its inputs.
+
+    Attributes:
+        name: ``vl`` or ``av``.
+        family_b: the second tower's family (``bert`` | ``ast``).
+        build_a: builds the vision model (timm).
+        build_b: builds the text / audio model (transformers).
+        targets_a: adapted layers of tower a (suffixes).
+        targets_b: adapted layers of tower b.
+        image_size: input resolution of the vision tower.
+        pooling: CoLA condition pooling, as the task configs (grounding ``mean``, audio-visual ``cls``).
+        describe: human-readable tower shapes for the JSON config.
+    """
+
+    name: str
+    family_b: str
+    build_a: Callable[[], nn.Module]
+    build_b: Callable[[], nn.Module]
+    targets_a: list[str]
+    targets_b: list[str]
+    image_size: int
+    pooling: str
+    describe: dict[str, str] = field(default_factory=dict)
+
+
+def pair_spec(pair: str, *, tiny: bool) -> PairSpec:
+    """Random-init towers at the paper's shapes (or tiny ones) for ``pair`` in ``vl | av``."""
+    if pair not in PAIRS:
+        raise ValueError(f"--pair must be one of {list(PAIRS)}, got {pair!r}")
+    if tiny:
+        size = TINY_VIT["img_size"]
+
+        def build_a() -> nn.Module:
+            return build_vit(pretrained=False, **TINY_VIT)
+
+        vision = f"tiny DINOv2-shaped ViT (192 wide, 4 blocks, patch 14) @ {size} px, random init"
+    else:
+        size = 448 if pair == "vl" else 224
+
+        def build_a() -> nn.Module:
+            return build_vit(name="vit_base_patch14_dinov2", img_size=size, pretrained=False)
+
+        vision = f"vit_base_patch14_dinov2 @ {size} px, random init"
+    if pair == "vl":
+        bert_cfg = dict(TINY_TRANSFORMER) if tiny else {}  # {} = BertConfig defaults: BERT-base
+        return PairSpec(
+            name="vl",
+            family_b="bert",
+            build_a=build_a,
+            build_b=lambda: build_bert(tiny=bert_cfg),
+            targets_a=VIT_TARGETS,
+            targets_b=BERT_TARGETS,
+            image_size=size,
+            pooling="mean",
+            describe={
+                "a": vision,
+                "b": ("tiny BERT (192 wide, 4 layers)" if tiny else "BERT-base (BertConfig defaults)")
+                + f", {TEXT_LEN} tokens, random init",
+            },
+        )
+    ast_cfg = dict(TINY_TRANSFORMER) if tiny else {}  # {} = ASTConfig defaults: AST-base
+    return PairSpec(
+        name="av",
+        family_b="ast",
+        build_a=build_a,
+        build_b=lambda: build_ast(tiny=ast_cfg, max_length=100, num_mel_bins=128),
+        targets_a=VIT_TARGETS,
+        targets_b=AST_TARGETS,
+        image_size=size,
+        pooling="cls",
+        describe={
+            "a": vision,
+            "b": ("tiny AST (192 wide, 4 layers)" if tiny else "AST-base (ASTConfig defaults)")
+            + ", 1-s clips: 100 frames x 128 mel bins, random init",
+        },
+    )
+
+
+def make_inputs(spec: PairSpec, batch: int, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
+    """Deterministic random inputs of both towers and the head's regression target (B, HEAD_DIM)."""
+    g = torch.Generator().manual_seed(1234)
+    inputs_a = {"pixel_values": torch.randn(batch, 3, spec.image_size, spec.image_size, generator=g)}
+    if spec.family_b == "bert":
+        ids = torch.randint(1000, 30000, (batch, TEXT_LEN), generator=g)  # (B, L)
+        lengths = [TEXT_LEN - (7 * i) % (TEXT_LEN // 2) for i in range(batch)]  # real queries vary in length
+        mask = (torch.arange(TEXT_LEN)[None] < torch.tensor(lengths)[:, None]).long()  # (B, L)
+        ids[:, 0] = 101  # [CLS]
+        inputs_b = {"input_ids": ids * mask, "attention_mask": mask}
+    else:
+        inputs_b = {"input_values": torch.randn(batch, 100, 128, generator=g)}  # (B, T, mel)
+    target = torch.randn(batch, HEAD_DIM, generator=g)
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return move(inputs_a), move(inputs_b), target.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------- models
+class BenchModel(nn.Module):
+    """The dual encoder plus a small trainable head: a linear layer on both streams' mean-pooled tokens."""
+
+    def __init__(self, encoder: DualEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.hidden_size_a + encoder.hidden_size_b, HEAD_DIM)
+
+    def forward(self, inputs_a: dict[str, torch.Tensor], inputs_b: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.encoder(inputs_a, inputs_b)
+        pooled = []
+        for tokens, mask in ((out.tokens_a, out.mask_a), (out.tokens_b, out.mask_b)):
+            w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+            pooled.append((tokens * w).sum(1) / w.sum(1).clamp_min(1.0))  # (B, C)
+        return self.head(torch.cat(pooled, dim=-1))  # (B, HEAD_DIM)
+
+
+def peft_node(method: str, args: argparse.Namespace, pooling: str) -> dict[str, Any]:
+    """The ``peft`` config node DualEncoder receives for ``method`` (``peft_lora``: frozen towers)."""
+    if method in ("frozen", "peft_lora"):
+        return {"method": "frozen"}
+    common = {"rank": args.rank, "alpha": args.alpha, "dropout": 0.0}
+    if method == "lora":
+        return {"method": "lora", **common, "split_fused": args.lora_split_fused}
+    if method == "moka":
+        return {"method": "moka", **common, "condition_pooling": pooling}
+    return {"method": "cola", **common, "sharing": COLA_SHARING[method], "condition_pooling": pooling}
+
+
+def inject_hf_peft(model: nn.Module, targets: list[str], args: argparse.Namespace) -> None:
+    """HF peft's LoRA on the same target layers (fused qkv stays one layer, as peft treats it)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
+    inject_adapter_in_model(config, model)
+
+
+def build_model(method: str, spec: PairSpec, args: argparse.Namespace, device: torch.device) -> BenchModel:
+    """One method's model on ``device``; every method starts from the same tower weights (seed 0)."""
+    torch.manual_seed(0)
+    tower_a, tower_b = Tower(spec.build_a(), "vit"), Tower(spec.build_b(), spec.family_b)
+    encoder = DualEncoder(
+        tower_a,
+        tower_b,
+        peft=peft_node(method, args, spec.pooling),
+        targets_a=spec.targets_a,
+        targets_b=spec.targets_b,
+        out_splits_a={"attn.qkv": 3},
+    )
+    if method == "peft_lora":
+        inject_hf_peft(tower_a.model, spec.targets_a, args)
+        inject_hf_peft(tower_b.model, spec.targets_b, args)
+    torch.manual_seed(1)
+    return BenchModel(encoder).to(device)
+
+
+def merge_for_eval(model: nn.Module) -> None:
+    """Folds every mergeable LoRA path into its base weight (ours and HF peft's)."""
+    merge_adapters(model)
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dev dependency
+        return
+    for m in model.modules():
+        if isinstance(m, LoraLayer) and not m.merged:
+            m.merge()
+
+
+def trainable_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_mb(model: nn.Module) -> float:
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One method: its model, AdamW on the trainable parameters, inputs, and timed train / eval steps."""
+
+    def __init__(self, method: str, spec: PairSpec, args: argparse.Namespace, device: torch.device) -> None:
+        self.method = method
+        self.device = device
+        self.model = build_model(method, spec, args, device)
+        self.params_trainable = trainable_params(self.model)
+        self.model_mb = model_mb(self.model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # "default" is what cola.tasks builds: torch picks a per-tensor loop on CPU, multi-tensor on CUDA.
+        kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.optimizer]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, **kw)
+        self.inputs_a, self.inputs_b, self.target = make_inputs(spec, args.batch, device)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
+        self.autocast = (
+            (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype is not None else nullcontext
+        )
+        self.merged = False
+
+    def train_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            pred = self.forward(self.inputs_a, self.inputs_b)  # (B, HEAD_DIM)
+        loss = F.mse_loss(pred.float(), self.target)
+        loss.backward()
+        self.optimizer.step()
+
+    def prepare_eval(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        if not self.merged:
+            merge_for_eval(self.model)
+            self.merged = True
+
+    def eval_step(self) -> None:
+        with torch.no_grad(), self.autocast():
+            self.forward(self.inputs_a, self.inputs_b)
+
+    def timed(self, step: Callable[[], None]) -> float:
+        """Milliseconds of one step, the device synchronised on both sides."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        step()
+        _sync(self.device)
+        return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(runners: list[Runner], kind: str, *, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Per-method step times (ms) of ``kind`` (``train`` | ``eval``), round-robin over the methods.
+
+    Each round runs every method once; the starting method rotates so that no method always follows the
+    same one (caches, allocator state, frequency scaling spread evenly).
+    """
+    step = {r.method: (r.train_step if kind == "train" else r.eval_step) for r in runners}
+    for i in range(warmup):
+        for r in runners:
+            step[r.method]()
+        log.info("%s warm-up %d/%d done", kind, i + 1, warmup)
+    times: dict[str, list[float]] = {r.method: [] for r in runners}
+    n = len(runners)
+    for i in range(steps):
+        for r in runners[i % n :] + runners[: i % n]:
+            times[r.method].append(r.timed(step[r.method]))
+        log.info("%s round %d/%d done", kind, i + 1, steps)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+def _rss_kb(field_name: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (VmRSS, VmHWM), or None where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Resets the resident-set high-water mark to the current resident set (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _rss_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _maxrss_kb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform == "darwin" else float(r)  # macOS reports bytes, Linux kB
+
+
+def probe_memory(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak training memory above the built model for one method; run in a fresh (forked) process."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    spec = pair_spec(args.pair, tiny=args.tiny)
+    runner = Runner(method, spec, args, device)
+    gc.collect()
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(MEMORY_STEPS):
+            runner.train_step()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        how = "cuda max_memory_allocated - memory_allocated after build"
+    elif _reset_hwm():
+        base = _rss_kb("VmRSS") * 1024
+        for _ in range(MEMORY_STEPS):
+            runner.train_step()
+        peak = _rss_kb("VmHWM") * 1024 - base
+        how = "VmHWM (reset via /proc/self/clear_refs after build) - VmRSS after build"
+    else:
+        base = _maxrss_kb() * 1024
+        for _ in range(MEMORY_STEPS):
+            runner.train_step()
+        peak = _maxrss_kb() * 1024 - base
+        how = "ru_maxrss delta from after build"
+    return {"peak_mem_mb": max(peak, 0) / 2**20, "model_mb": runner.model_mb, "how": how}
+
+
+def _fork_probe(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs :func:`probe_memory` in a forked child and returns its result (or raises with its traceback)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            payload = {"ok": True, **probe_memory(method, args)}
+        except BaseException:  # noqa: BLE001 - everything goes back to the parent
+            payload = {"ok": False, "error": traceback.format_exc()}
+        with os.fdopen(write_fd, "w") as f:
+            f.write(json.dumps(payload))
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"memory probe of {method!r} died without a result (wait status {status})")
+    payload = json.loads(data)
+    if not payload.pop("ok"):
+        raise RuntimeError(f"memory probe of {method!r} failed:\n{payload['error']}")
+    return payload
+
+
+def memory_host(args: argparse.Namespace) -> None:
+    """Entry of the helper interpreter: one forked child per method, results printed as tagged JSON lines.
+
+    This interpreter only imports (no torch computation, no CUDA initialisation) before it forks, so each
+    child starts clean; without ``os.fork`` each method gets its own fresh interpreter instead.
+    """
+    for method in args.methods:
+        if hasattr(os, "fork"):
+            res = _fork_probe(method, args)
+        else:  # pragma: no cover - non-POSIX
+            res = probe_memory(method, args)
+        print(RESULT_TAG + json.dumps({"method": method, **res}), flush=True)
+
+
+def measure_memory(argv: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Runs :func:`memory_host` in a fresh interpreter (per method where ``os.fork`` is missing)."""
+    groups = [methods] if hasattr(os, "fork") else [[m] for m in methods]
+    out: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-host", "--methods", *group]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory helper failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        for line in proc.stdout.splitlines():
+            if line.startswith(RESULT_TAG):
+                res = json.loads(line[len(RESULT_TAG) :])
+                out[res.pop("method")] = res
+    missing = [m for m in methods if m not in out]
+    if missing:
+        raise RuntimeError(f"memory helper returned no result for {missing}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def _ratio(num: float | None, den: float | None) -> float | None:
+    """num / den rounded, ``None`` when a value was not measured or the denominator is zero."""
+    if num is None or den is None or den <= 0:
+        return None
+    return round(num / den, 4)
+
+
+def compute_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``<cola variant>/lora``, ``moka/lora`` and ``lora/peft_lora`` for the methods that were run."""
+    by = {r["method"]: r for r in results}
+    pairs = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora")]
+    ratios = {}
+    for num, den in pairs:
+        if num in by and den in by:
+            ratios[f"{num}/{den}"] = {
+                key: _ratio(by[num][field_], by[den][field_])
+                for key, field_ in (("train_step", "train_step_ms"), ("eval", "eval_ms"), ("peak_mem", "peak_mem_mb"))
+            }
+    return ratios
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU / GPU and library versions for the JSON config."""
+    import timm
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "transformers": transformers.__version__,
+    }
+    try:
+        import peft
+
+        info["peft"] = peft.__version__
+    except ImportError:  # pragma: no cover
+        info["peft"] = None
+    info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return info
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The results as a rich table (times are medians; ratios against ``lora``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = report["config"]
+    title = (
+        f"{cfg['pair']} {'tiny' if cfg['tiny'] else 'full'} | {cfg['device']} {cfg['dtype']}"
+        f"{' compiled' if cfg['compile'] else ''} | batch {cfg['batch']} rank {cfg['rank']} | "
+        f"median of {cfg['steps']} steps"
+    )
+    table = Table(title=title)
+    for col in ("method", "train step ms", "eval ms", "peak mem MB", "trainable params", "train/lora", "eval/lora"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    by = {r["method"]: r for r in report["results"]}
+    lora = by.get("lora")
+    for r in report["results"]:
+        rel = ("-", "-")
+        if lora is not None:
+            rel = tuple(f"{r[k] / lora[k]:.3f}" for k in ("train_step_ms", "eval_ms"))
+        table.add_row(
+            r["method"],
+            f"{r['train_step_ms']:.1f}",
+            f"{r['eval_ms']:.1f}",
+            "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}",
+            f"{r['params_trainable']:,}",
+            *rel,
+        )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    if report["ratios"]:
+        rt = Table(title="ratios (numerator / denominator)")
+        for col in ("pair", "train_step", "eval", "peak_mem"):
+            rt.add_column(col, justify="left" if col == "pair" else "right")
+        for name, v in report["ratios"].items():
+            rt.add_row(name, *("-" if v[k] is None else f"{v[k]:.3f}" for k in ("train_step", "eval", "peak_mem")))
+        console.print(rt)
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pair", choices=PAIRS, default="vl", help="vl: DINOv2-B@448 + BERT-B; av: DINOv2-B@224 + AST")
+    p.add_argument("--tiny", action="store_true", help="tiny towers (192 wide, 4 blocks, 112 px): seconds on a CPU")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
+                   help=f"subset of {' '.join(METHODS)} (default: all)")  # fmt: skip
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (weights stay fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compilation)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=None, help="default rank / 2, as configs/rank/<R>.yaml")
+    p.add_argument("--lora-split-fused", action="store_true",
+                   help="our lora: per-slice q/k/v adapters on fused qkv (official); default one A/B as HF peft")  # fmt: skip
+    p.add_argument("--steps", type=int, default=20, help="timed steps per method (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--optimizer", choices=("default", "foreach", "fused"), default="default",
+                   help="AdamW implementation: torch's default (as cola.tasks), foreach=True or fused=True")  # fmt: skip
+    p.add_argument("--no-memory", action="store_true", help="skip the memory probes (peak_mem_mb = null)")
+    p.add_argument("--json", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--memory-host", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("batch", "rank", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.alpha is None:
+        args.alpha = args.rank / 2
+    if args.device == "cuda" and not args.memory_host and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    args.methods = list(dict.fromkeys(args.methods))  # order kept, duplicates dropped
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark; returns the report (also printed and, with ``--json``, written)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.memory_host:
+        memory_host(args)
+        return {}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("cola").setLevel(logging.WARNING)  # the injection reports of every build
+    t_start = time.perf_counter()
+
+    memory: dict[str, dict[str, Any]] = {}
+    if not args.no_memory:  # first, while this process holds no model
+        log.info("memory probes: %s", " ".join(args.methods))
+        memory = measure_memory([a for a in argv if a != "--memory-host"], args.methods)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load_start > (os.cpu_count() or 1) - torch.get_num_threads() + 0.5:
+        log.warning(
+            "load average %.1f on %d cores with %d torch threads: other processes compete for the cores and "
+            "small ops can stall for a scheduler slice; use a quiet machine or fewer --threads",
+            load_start,
+            os.cpu_count() or 1,
+            torch.get_num_threads(),
+        )
+    device = torch.device(args.device)
+    spec = pair_spec(args.pair, tiny=args.tiny)
+    runners = []
+    for method in args.methods:
+        runners.append(Runner(method, spec, args, device))
+        log.info("built %s (%s trainable parameters)", method, f"{runners[-1].params_trainable:,}")
+    train = time_interleaved(runners, "train", steps=args.steps, warmup=args.warmup)
+    for r in runners:
+        r.prepare_eval()
+    evals = time_interleaved(runners, "eval", steps=args.steps, warmup=args.warmup)
+
+    results = [
+        {
+            "method": r.method,
+            "train_step_ms": round(statistics.median(train[r.method]), 3),
+            "eval_ms": round(statistics.median(evals[r.method]), 3),
+            "peak_mem_mb": round(memory[r.method]["peak_mem_mb"], 3) if memory else None,
+            "params_trainable": int(r.params_trainable),
+        }
+        for r in runners
+    ]
+    config = {
+        "pair": args.pair,
+        "tiny": args.tiny,
+        "towers": spec.describe,
+        "device": args.device,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "batch": args.batch,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "dropout": 0.0,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "methods": args.methods,
+        "targets_a": spec.targets_a,
+        "targets_b": spec.targets_b,
+        "out_splits_a": {"attn.qkv": 3},
+        "condition_pooling": spec.pooling,
+        "propagation": "progressive",
+        "lora_split_fused": args.lora_split_fused,
+        "optimizer": {
+            "default": "AdamW (torch default: per-tensor loop on CPU)",
+            "foreach": "AdamW(foreach=True)",
+            "fused": "AdamW(fused=True)",
+        }[args.optimizer],
+        "peft_lora": "HF peft LoraConfig injected into the same towers, run in the same lockstep DualEncoder loop",
+        "timing": "median ms, methods interleaved round-robin in one process after warm-up; eval under no_grad "
+        "in eval mode with intra paths merged",
+        "peak_mem": "MB a training step adds above the built model (activations, grads, AdamW state), each method "
+        f"in a fresh forked process over {MEMORY_STEPS} steps: "
+        + (next(iter(memory.values()))["how"] if memory else "not measured (--no-memory)"),
+        "model_mb": {r.method: round(r.model_mb, 1) for r in runners},
+        "step_times_ms": {
+            r.method: {"train": [round(t, 2) for t in train[r.method]], "eval": [round(t, 2) for t in evals[r.method]]}
+            for r in runners
+        },
+        "machine": machine_info(device),
+    }
+    report = {"config": config, "results": results, "ratios": compute_ratios(results)}
+    config["machine"]["load_average_start"] = round(load_start, 2)
+    config["wall_s"] = round(time.perf_counter() - t_start, 1)
+    print_table(report)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return report
+
+
+if __name__ == "__main__":
+    main()

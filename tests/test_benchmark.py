@@ -1,0 +1,130 @@
+"""scripts/benchmark.py: the SPEC §10 JSON report at tiny shapes, and what each measured model is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+METHODS = ["frozen", "lora", "peft_lora", "cola", "moka"]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("cola_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_benchmark()
+
+
+@pytest.fixture(scope="module")
+def report(bench, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    try:  # one thread: no OpenMP barrier stalls when the test machine is busy
+        bench.main(
+            ["--tiny", "--steps", "3", "--warmup", "1", "--threads", "1", "--methods", *METHODS, "--json", str(path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(path.read_text())
+
+
+def test_report_has_the_spec_structure(report):
+    assert set(report) == {"config", "results", "ratios"}
+    assert [r["method"] for r in report["results"]] == METHODS
+    for r in report["results"]:
+        assert set(r) == {"method", "train_step_ms", "eval_ms", "peak_mem_mb", "params_trainable"}
+        assert isinstance(r["params_trainable"], int)
+        for key in ("train_step_ms", "eval_ms", "peak_mem_mb"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["method"], key)
+    cfg = report["config"]
+    assert cfg["tiny"] is True and cfg["steps"] == 3 and cfg["methods"] == METHODS
+    for key in ("cpu_count", "torch", "device_name"):
+        assert cfg["machine"][key]
+    for m in METHODS:  # the medians come from exactly --steps timed samples per method
+        assert len(cfg["step_times_ms"][m]["train"]) == 3 and len(cfg["step_times_ms"][m]["eval"]) == 3
+
+
+def test_ratios_are_finite_and_match_the_results(report):
+    assert set(report["ratios"]) == {"cola/lora", "moka/lora", "lora/peft_lora"}
+    by = {r["method"]: r for r in report["results"]}
+    for name, ratio in report["ratios"].items():
+        num, den = name.split("/")
+        assert set(ratio) == {"train_step", "eval", "peak_mem"}
+        for key, field in (("train_step", "train_step_ms"), ("eval", "eval_ms"), ("peak_mem", "peak_mem_mb")):
+            assert math.isfinite(ratio[key]) and ratio[key] > 0
+            assert ratio[key] == pytest.approx(by[num][field] / by[den][field], rel=1e-3)
+
+
+def test_trainable_parameters(report):
+    by = {r["method"]: r["params_trainable"] for r in report["results"]}
+    head = (192 + 192) * 16 + 16  # Linear(C_a + C_b, HEAD_DIM) of the tiny towers
+    assert by["frozen"] == head
+    assert by["lora"] == by["peft_lora"]  # split_fused=False: the same A/B shapes as HF peft on fused qkv
+    assert head < by["lora"] < by["moka"] < by["cola"]
+
+
+def test_cola_sharing_variants_drop_their_shared_matrices(bench):
+    args = bench.parse_args(["--tiny"])
+    spec = bench.pair_spec("vl", tiny=True)
+    n = {m: bench.trainable_params(bench.build_model(m, spec, args, torch.device("cpu"))) for m in bench.COLA_SHARING}
+    assert n["cola_full"] < n["cola_shared_a"] == n["cola_shared_b"] < n["cola"]  # A and B are equally large
+
+
+def test_eval_merges_ours_and_peft_lora_without_changing_outputs(bench):
+    args = bench.parse_args(["--tiny", "--batch", "2"])
+    spec = bench.pair_spec("vl", tiny=True)
+    for method in ("lora", "peft_lora", "cola"):
+        runner = bench.Runner(method, spec, args, torch.device("cpu"))
+        with torch.no_grad():  # non-zero B so that merging matters
+            for name, p in runner.model.named_parameters():
+                if "lora_B" in name or "cola_B" in name:
+                    p.normal_(std=0.02)
+        runner.model.eval()
+        with torch.no_grad():
+            before = runner.model(runner.inputs_a, runner.inputs_b)
+        weight = runner.model.encoder.tower_a.model.blocks[0].mlp.fc1.base_layer.weight.clone()
+        runner.prepare_eval()
+        changed = not torch.equal(runner.model.encoder.tower_a.model.blocks[0].mlp.fc1.base_layer.weight, weight)
+        assert changed, f"{method}: eval ran unmerged"
+        with torch.no_grad():
+            after = runner.model(runner.inputs_a, runner.inputs_b)
+        torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+def test_av_pair_builds_ast_with_its_targets(bench):
+    args = bench.parse_args(["--tiny", "--pair", "av", "--batch", "2"])
+    spec = bench.pair_spec("av", tiny=True)
+    runner = bench.Runner("cola", spec, args, torch.device("cpu"))
+    assert runner.inputs_b["input_values"].shape == (2, 100, 128)
+    report = runner.model.encoder.report
+    assert all(n == 4 for n in report.b.per_target.values())  # every AST target in each of the 4 layers
+    runner.train_step()
+    assert all(torch.isfinite(p.grad).all() for p in runner.model.parameters() if p.grad is not None)
+
+
+def test_compute_ratios_skips_missing_methods(bench):
+    results = [
+        {"method": "lora", "train_step_ms": 2.0, "eval_ms": 1.0, "peak_mem_mb": 4.0, "params_trainable": 1},
+        {"method": "cola", "train_step_ms": 3.0, "eval_ms": 1.5, "peak_mem_mb": None, "params_trainable": 2},
+    ]
+    assert bench.compute_ratios(results) == {"cola/lora": {"train_step": 1.5, "eval": 1.5, "peak_mem": None}}
+
+
+def test_bad_arguments_are_named(bench):
+    with pytest.raises(ValueError, match="--steps"):
+        bench.parse_args(["--steps", "0"])
+    with pytest.raises(SystemExit):  # argparse rejects an unknown method with the list of choices
+        bench.parse_args(["--methods", "dora"])

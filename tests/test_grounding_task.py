@@ -1,0 +1,329 @@
+"""Grounding losses, heads and the GroundingTask LightningModule (tiny random towers, synthetic RefCOCO)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cola.models.heads import GroundingHead
+from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def test_focal_loss_matches_hand_computation_on_logits():
+    logits = torch.tensor([[0.0, 2.0]])  # (B=1, P=2)
+    target = torch.tensor([[1.0, 0.0]])
+    p = 1 / (1 + math.exp(-2.0))
+    pos = -0.25 * (1 - 0.5) ** 2 * math.log(0.5)  # t = 1: alpha (1 - p)^gamma (-log p), p = 0.5
+    neg = -0.75 * p**2 * math.log(1 - p)  # t = 0: (1 - alpha) p^gamma (-log(1 - p))
+    expected = (pos + neg) / 2
+    got = sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # the official double-sigmoid variant gives a different value: make sure we are not computing that one
+    assert sigmoid_focal_loss(logits.sigmoid(), target).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_focal_loss_is_mean_over_pixels_then_batch():
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 3.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    per_sample = [sigmoid_focal_loss(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    assert sigmoid_focal_loss(logits, target).item() == pytest.approx(sum(per_sample).item() / 2, rel=1e-6)
+
+
+def test_dice_loss_hand_case():
+    logits = torch.tensor([[0.0, 0.0], [100.0, -100.0]])  # sample 0: p = 0.5 everywhere; sample 1: perfect
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # sample 0: 1 - (2 * 0.5 + 1) / ((0.5 + 0.5) + 1 + 1) = 1/3; sample 1: 1 - (2 + 1) / (1 + 1 + 1) = 0
+    assert dice_loss(logits, target).item() == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_box_losses_identical_boxes_are_zero():
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.6, 0.1, 0.1]])
+    terms = box_losses(boxes, boxes.clone())
+    assert terms["l1"].item() == pytest.approx(0.0, abs=1e-7)
+    assert terms["giou"].item() == pytest.approx(0.0, abs=1e-4)  # torchvision's eps 1e-7 in the IoU division
+
+
+def test_box_losses_hand_case():
+    pred = torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.2, 0.2, 0.2, 0.2]])  # xyxy (0,0,.5,1), (.1,.1,.3,.3)
+    target = torch.tensor([[0.75, 0.5, 0.5, 1.0], [0.7, 0.7, 0.2, 0.2]])  # xyxy (.5,0,1,1), (.6,.6,.8,.8)
+    terms = box_losses(pred, target)
+    # touching halves: IoU 0, hull = union -> GIoU 0 -> loss 1; disjoint squares: GIoU = -(0.49 - 0.08) / 0.49
+    assert terms["giou"].item() == pytest.approx((1.0 + 1 + (0.49 - 0.08) / 0.49) / 2, rel=1e-5)
+    assert terms["l1"].item() == pytest.approx((0.5 + 1.0) / 2, rel=1e-6)  # sum of |coordinate errors|, batch mean
+
+
+def test_losses_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        dice_loss(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5))
+    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+        box_losses(torch.zeros(2, 5), torch.zeros(2, 5))
+
+
+# ----------------------------------------------------------------------------------------------- head
+def _head(**kw) -> GroundingHead:
+    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
+    args.update(fusion_layers=2, d_ff=64, heads=4, dropout=0.0)
+    args.update(kw)
+    return GroundingHead(**args)
+
+
+def test_head_shapes_ranges_and_text_padding_is_ignored():
+    torch.manual_seed(0)
+    head = _head().eval()
+    vision = torch.randn(2, 1 + 16, 48)  # (B, prefix + h*w, C)
+    text = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.long)
+    out = head(vision, text, mask)
+    assert out["box"].shape == (2, 4) and out["mask_logits"].shape == (2, 56, 56)
+    assert ((out["box"] > 0) & (out["box"] < 1)).all()
+    assert torch.isfinite(out["mask_logits"]).all()
+    garbage = text.clone()
+    garbage[0, 3:] = 1e3  # padded positions of sample 0 must not change anything
+    again = head(vision, garbage, mask)
+    torch.testing.assert_close(again["box"], out["box"])
+    torch.testing.assert_close(again["mask_logits"], out["mask_logits"])
+    # ... while a real token does change the output
+    changed = text.clone()
+    changed[0, 1] += 1.0
+    assert not torch.allclose(head(vision, changed, mask)["box"], out["box"])
+
+
+def test_head_drops_prefix_tokens_and_checks_token_count():
+    torch.manual_seed(0)
+    head = _head(num_prefix_tokens=3).eval()
+    vision, text, mask = torch.randn(1, 3 + 16, 48), torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
+    out = head(vision, text, mask)
+    other_prefix = vision.clone()
+    other_prefix[:, :3] = torch.randn(1, 3, 48)
+    torch.testing.assert_close(head(other_prefix, text, mask)["box"], out["box"])
+    with pytest.raises(ValueError, match="grid_size"):
+        head(torch.randn(1, 1 + 16, 48), text, mask)
+
+
+def test_head_rejects_bad_width():
+    with pytest.raises(ValueError, match="divisible"):
+        _head(d_fusion=30, heads=4)
+
+
+# ----------------------------------------------------------------------------------------------- task
+VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+BERT_TARGETS = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+]
+VOCAB = 30522  # the MiniLM tokenizer's (BERT uncased) vocabulary, used by the datamodule tests
+IMAGE = 56
+PEFT = {
+    "cola": {"method": "cola", "rank": 4, "alpha": 8},
+    "lora": {"method": "lora", "rank": 4, "alpha": 8},
+    "moka": {"method": "moka", "rank": 4, "alpha": 8},
+    "frozen": {"method": "frozen"},
+}
+
+
+def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2", seed: int = 0, **task_kwargs):
+    from cola.models import DualEncoder, build_tower
+    from cola.tasks.grounding import GroundingTask
+
+    torch.manual_seed(seed)
+    vision = build_tower(family="vit", name=vit_name, img_size=IMAGE, embed_dim=64, depth=2, num_heads=2)
+    tiny_bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB)
+    text = build_tower(family="bert", tiny=tiny_bert)
+    peft = dict(PEFT[method])
+    encoder = DualEncoder(
+        vision, text, peft=peft, targets_a=VIT_TARGETS, targets_b=BERT_TARGETS, out_splits_a={"attn.qkv": 3}
+    )
+    kwargs = dict(image_size=IMAGE, d_fusion=32, fusion_layers=1, d_ff=64, fusion_heads=4, dropout=0.0)
+    kwargs.update(task_kwargs)
+    return GroundingTask(encoder, peft_config=peft, **kwargs)
+
+
+def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Training fields of the RefCOCO batch (SPEC contract) with box-shaped masks consistent with the boxes."""
+    g = torch.Generator().manual_seed(seed)
+    wh = 0.2 + 0.4 * torch.rand(batch_size, 2, generator=g)
+    centre = wh / 2 + (1 - wh) * torch.rand(batch_size, 2, generator=g)
+    box = torch.cat([centre, wh], dim=1)  # (B, 4) cx cy w h
+    mask = torch.zeros(batch_size, IMAGE, IMAGE)
+    for i, (cx, cy, w, h) in enumerate(box.tolist()):
+        x0, x1 = round((cx - w / 2) * IMAGE), round((cx + w / 2) * IMAGE)
+        y0, y1 = round((cy - h / 2) * IMAGE), round((cy + h / 2) * IMAGE)
+        mask[i, y0:y1, x0:x1] = 1
+    lengths = torch.arange(batch_size) % (seq_len - 2) + 3
+    attention_mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()  # (B, L), some padding
+    return {
+        "pixel_values": torch.randn(batch_size, 3, IMAGE, IMAGE, generator=g),
+        "input_ids": torch.randint(1000, VOCAB, (batch_size, seq_len), generator=g) * attention_mask,
+        "attention_mask": attention_mask,
+        "box": box,
+        "mask": mask,
+    }
+
+
+def test_task_forward_shapes_and_loss_terms():
+    task = make_task("cola")
+    batch = hand_batch(batch_size=3)
+    out = task(batch)
+    assert out["box"].shape == (3, 4) and out["mask_logits"].shape == (3, IMAGE, IMAGE)
+    loss, terms = task.compute_loss(out, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert set(terms) == {"l1", "giou", "focal", "dice"}
+    expected = 0.1 * (terms["l1"] + terms["giou"]) + terms["focal"] + terms["dice"]
+    torch.testing.assert_close(loss.detach(), expected)
+    assert task.head.grid_size == IMAGE // 14 and task.head.num_prefix_tokens == 1
+
+
+def test_loss_weights_are_applied():
+    task = make_task("frozen", loss_alpha=0.5, w_l1=2.0, w_giou=0.0, w_focal=3.0, w_dice=0.0)
+    batch = hand_batch()
+    loss, terms = task.compute_loss(task(batch), batch)
+    torch.testing.assert_close(loss.detach(), 0.5 * 2.0 * terms["l1"] + 3.0 * terms["focal"])
+
+
+def test_register_tokens_are_dropped_before_the_grid():
+    task = make_task("frozen", vit_name="vit_small_patch14_reg4_dinov2")
+    assert task.head.num_prefix_tokens == 5  # cls + 4 registers
+    out = task(hand_batch())
+    assert out["mask_logits"].shape == (2, IMAGE, IMAGE)
+
+
+def test_wrong_image_size_is_rejected():
+    task = make_task("frozen")
+    batch = hand_batch()
+    batch["pixel_values"] = torch.randn(2, 3, 42, 42)
+    with pytest.raises(ValueError, match="image_size"):
+        task(batch)
+
+
+def test_gradients_reach_heads_and_adapters_only():
+    from cola.peft import is_adapter_param
+
+    task = make_task("cola")
+    batch = hand_batch()
+    loss, _ = task.compute_loss(task(batch), batch)
+    loss.backward()
+    named = dict(task.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert all(is_adapter_param(n) for n in trainable if n.startswith("encoder."))
+    assert any(n.startswith("encoder.tower_a.") for n in trainable)
+    assert any(n.startswith("encoder.tower_b.") for n in trainable)
+    assert all(named[n].grad is None for n in named if n not in trainable)  # towers stay untouched
+    assert all(named[n].grad is not None for n in trainable), [n for n in trainable if named[n].grad is None]
+    for prefix in ("head.", "encoder.tower_a.", "encoder.tower_b."):
+        total = sum(named[n].grad.abs().sum() for n in trainable if n.startswith(prefix))
+        assert total > 0, f"no gradient reaches {prefix}"
+
+
+def test_overfits_one_batch():
+    task = make_task("cola")
+    batch = hand_batch(batch_size=2)
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=2e-3)
+    losses, giou = [], []
+    for _ in range(30):
+        loss, terms = task.compute_loss(task(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        giou.append(terms["giou"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert giou[-1] < 0.5 * giou[0], giou  # the box head learns too, not only the (heavier) mask losses
+
+
+# ----------------------------------------------------------------------------------------------- with the data
+@pytest.fixture(scope="module")
+def datamodule(synthetic_refcoco):
+    from cola.data.refcoco import RefCOCODataModule
+    from cola.models import minilm_path
+
+    dm = RefCOCODataModule(
+        root=str(synthetic_refcoco),
+        image_size=IMAGE,
+        max_query_len=12,
+        tokenizer=minilm_path(),
+        batch_size=2,
+        eval_batch_size=3,
+        augment=None,
+        limit_per_split=6,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_perfect_predictions_score_one_at_original_resolution(datamodule):
+    task = make_task("frozen")
+    metrics = task.make_metrics()
+    for batch in datamodule.val_dataloader():
+        # the ground truth in the input frame, as predictions: box as is, mask as confident logits
+        out = {"box": batch["box"], "mask_logits": (batch["mask"] * 2 - 1) * 20}
+        task.update_metrics(metrics, out, batch)
+    values = {k: float(m.compute()) for k, m in metrics.items()}
+    assert values["acc@0.5"] == pytest.approx(1.0)
+    assert values["miou"] > 0.9 and values["oiou"] > 0.9, values
+    # and wrong predictions score zero: a tiny box in the corner, the inverted mask
+    wrong = task.make_metrics()
+    for batch in datamodule.val_dataloader():
+        tiny = torch.tensor([[0.005, 0.005, 0.01, 0.01]]).expand(len(batch["meta"]), 4)
+        task.update_metrics(wrong, {"box": tiny, "mask_logits": (1 - batch["mask"] * 2) * 20}, batch)
+    values = {k: float(m.compute()) for k, m in wrong.items()}
+    assert values["acc@0.5"] == 0.0 and values["miou"] < 0.05 and values["oiou"] < 0.05, values
+
+
+@pytest.mark.parametrize("method", ["cola", "lora", "moka", "frozen"])
+def test_fast_dev_run_with_refcoco_datamodule(method, datamodule, tmp_path):
+    import lightning as L
+
+    task = make_task(method, val_split="val", test_splits=datamodule.test_splits)
+    trainer = L.Trainer(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    results = trainer.test(task, datamodule=datamodule, verbose=False)
+    assert len(results) == len(datamodule.test_splits)
+    for split, res in zip(datamodule.test_splits, results):
+        for name in ("acc@0.5", "miou", "oiou"):
+            value = res[f"{split}/{name}"]
+            assert 0.0 <= value <= 1.0
+
+
+class _FakeTower(torch.nn.Module):
+    """A vision tower without a timm patch embedding: the grid comes from the embedded token count."""
+
+    num_prefix_tokens = 2
+
+    def __init__(self, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def embed(self, inputs):
+        side = inputs["pixel_values"].shape[-1] // self.patch
+        n = self.num_prefix_tokens + side * (side + (self.patch == 7))  # patch 7: a non-square grid
+        return torch.zeros(1, n, 8), torch.ones(1, n, dtype=torch.bool)
+
+
+def test_grid_size_from_timm_patch_size_or_token_count():
+    from cola.tasks.grounding import vision_grid_size
+
+    timm_encoder = make_task("frozen").encoder
+    assert vision_grid_size(timm_encoder, 112) == 8
+    encoder = torch.nn.Module()
+    encoder.tower_a = _FakeTower(patch=16)
+    assert vision_grid_size(encoder, 64) == 4
+    encoder.tower_a = _FakeTower(patch=7)
+    with pytest.raises(ValueError, match="square"):
+        vision_grid_size(encoder, 56)
