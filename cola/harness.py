@@ -204,6 +204,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
+def job_config_yaml(cfg: DictConfig) -> str:
+    """The resolved job config as YAML, without the ``hydra`` node a composed config (tests, notebooks) carries."""
+    return OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
+
+
 def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for res in results:
@@ -265,7 +270,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     try:
         ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
         datamodule, module = setup(cfg, run_dir, resuming=ckpt is not None)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(run_dir / "config.yaml", job_config_yaml(cfg))
         loggers = build_loggers(cfg, run_dir)
         callbacks = build_callbacks(cfg, run_dir)
         trainer = build_trainer(cfg, run_dir, loggers, callbacks)

@@ -148,7 +148,9 @@ class DualStreamTask(L.LightningModule):
         params = {id(p): p for p in self.parameters()}.values()
         return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every sample unreadable: nothing to learn from
+            return None
         out = self(batch)
         loss, terms = self.compute_loss(out, batch)
         if not torch.isfinite(loss):
@@ -170,14 +172,18 @@ class DualStreamTask(L.LightningModule):
             "Lower the learning rate, or set task.module.on_nonfinite=skip to skip such batches."
         )
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every sample of the batch was unreadable (counted and reported by the DataModule)
+            return
         out = self(batch)
         self.update_metrics(self.metrics_of(self.val_split), out, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_and_reset(self.val_split)
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch is None:
+            return
         out = self(batch)
         self.update_metrics(self.metrics_of(self.test_splits[dataloader_idx]), out, batch)
 
