@@ -117,6 +117,7 @@ def pretrain(out: Path, *, steps: int = 150, batch: int = 32, seed: int = 0, lr:
     try:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp, metadata={"arch": str(TINY_VIT), "steps": str(steps), "seed": str(seed)})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cola.data.audio import AUDIOSET_MEAN, AUDIOSET_STD, audio_clip_features, load_audio
+from cola.data.splits import SplitDataModule
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ def collate_ave(samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------------- datamodule
-class AVEDataModule(L.LightningDataModule):
+class AVEDataModule(SplitDataModule):
     """AVE from the prepared release layout under ``root`` (see the module docstring).
 
     Args:
@@ -377,6 +377,8 @@ class AVEDataModule(L.LightningDataModule):
         rows: ``{split: [AVERow]}`` after :meth:`validate` (rows with missing files dropped).
         dropped: ``[(row, first missing path)]`` of the dropped rows.
     """
+
+    collate_fn = staticmethod(collate_ave)
 
     def __init__(
         self,
@@ -566,36 +568,3 @@ class AVEDataModule(L.LightningDataModule):
                 name=f"ave/{split}",
             )
         return self.datasets[split]
-
-    def prepare_data(self) -> None:
-        self.validate()
-
-    def setup(self, stage: str | None = None) -> None:
-        self.validate()
-        if stage in (None, "fit"):
-            self.dataset("train")
-        if stage in (None, "fit", "validate"):
-            self.dataset(self.val_split)
-        if stage in (None, "test"):
-            for split in self.test_splits:
-                self.dataset(split)
-
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            collate_fn=collate_ave,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_split, train=False)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(split, train=False) for split in self.test_splits]

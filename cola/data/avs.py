@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from cola.data.audio import audio_clip_features, load_audio
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from cola.data.audio import audio_clip_features, load_audio
+from cola.data.splits import SplitDataModule
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def collate_avs(samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return batch
 
 
-class AVSDataModule(L.LightningDataModule):
+class AVSDataModule(SplitDataModule):
     """AVSBench S4 or MS3 from the release layout under ``root`` (see the module docstring).
 
     Args:
@@ -329,6 +330,8 @@ class AVSDataModule(L.LightningDataModule):
         val_split: the split name of the validation loader (``select_on``).
         test_splits: ``["test"]``.
     """
+
+    collate_fn = staticmethod(collate_avs)
 
     def __init__(
         self,
@@ -462,33 +465,3 @@ class AVSDataModule(L.LightningDataModule):
                 name=f"{self.subset}/{split}",
             )
         return self.datasets[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        self.validate()
-        if stage in (None, "fit"):
-            self.dataset("train")
-        if stage in (None, "fit", "validate"):
-            self.dataset(self.val_split)
-        if stage in (None, "test"):
-            for split in self.test_splits:
-                self.dataset(split)
-
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            collate_fn=collate_avs,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_split, train=False)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(split, train=False) for split in self.test_splits]

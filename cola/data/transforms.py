@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from cola.metrics.grounding import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -76,18 +78,6 @@ def swap_left_right(text: str) -> str:
         return new.capitalize() if word[0].isupper() else new
 
     return _LEFT_RIGHT.sub(repl, text)
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) cx, cy, w, h -> (..., 4) x0, y0, x1, y1."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) x0, y0, x1, y1 -> (..., 4) cx, cy, w, h."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def save_adapters(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapter files are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
