@@ -15,25 +15,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cola.resolvers  # noqa: F401  (registers ${cola.minilm:})
-from cola.io import atomic_write_text
 from cola.peft import load_adapters, save_adapters
-from cola.validation import SetupError, validate_config, validate_run_dir
+from cola.validation import SetupError, validate_adapter_targets, validate_config, validate_run_dir
+
+if TYPE_CHECKING:  # lightning is imported where it is used, so that config errors show before its slow import
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD_PREFIXES = ("head.", "heads.")
+NOT_SPLITS = ("params", "time", "data", "train")  # metrics.json key prefixes that are not evaluation splits
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -80,14 +85,20 @@ def build_encoder(cfg: DictConfig):
     second = cfg.task.modality
     tower_a = instantiate(cfg.model.vision)
     tower_b = instantiate(cfg.model[second])
+    targets = {s: list(cfg.model.targets[t.family]) for s, t in (("a", tower_a), ("b", tower_b))}
+    splits = {s: dict(cfg.model.out_splits.get(t.family) or {}) for s, t in (("a", tower_a), ("b", tower_b))}
+    for stream, tower in (("a", tower_a), ("b", tower_b)):
+        validate_adapter_targets(
+            tower, targets=targets[stream], out_splits=splits[stream], peft=peft_dict(cfg), stream=stream
+        )
     return DualEncoder(
         tower_a,
         tower_b,
         peft=peft_dict(cfg),
-        targets_a=list(cfg.model.targets[tower_a.family]),
-        targets_b=list(cfg.model.targets[tower_b.family]),
-        out_splits_a=dict(cfg.model.out_splits.get(tower_a.family) or {}),
-        out_splits_b=dict(cfg.model.out_splits.get(tower_b.family) or {}),
+        targets_a=targets["a"],
+        targets_b=targets["b"],
+        out_splits_a=splits["a"],
+        out_splits_b=splits["b"],
         layers=cfg.peft.get("layers"),
         layer_map=cfg.peft.get("layer_map"),
         anchor="b" if second == "text" else None,
@@ -144,20 +155,40 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichModelSummary
 
+    from cola.io import SaveOnSigterm
+
     cb = cfg.callbacks
     mc = cb.model_checkpoint
+    ckpt_dir = str(run_dir / "checkpoints")
     callbacks: list = [
+        # best.ckpt (monitor) and last.ckpt at every validation; the first ModelCheckpoint is
+        # trainer.checkpoint_callback, the best-checkpoint tracker saved in every checkpoint.
+        # No version counter: last.ckpt and best.ckpt are overwritten (atomically), never last-v1.ckpt
         ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
+            dirpath=ckpt_dir,
             filename="best",
             monitor=mc.monitor,
             mode=mc.mode,
             save_top_k=mc.save_top_k,
             save_last=mc.save_last,
-            every_n_train_steps=mc.get("every_n_train_steps"),
             auto_insert_metric_name=False,
-        )
+            enable_version_counter=False,
+        ),
+        SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),  # cola.io
     ]
+    if mc.get("every_n_train_steps"):
+        # last.ckpt every N optimiser steps, also before the first validation: a ModelCheckpoint with a monitor
+        # defers step-based saves until its metric exists, so this one has none and keeps no top-k
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                monitor=None,
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=int(mc.every_n_train_steps),
+                enable_version_counter=False,
+            )
+        )
     if cb.early_stopping.get("patience"):
         callbacks.append(EarlyStopping(monitor=mc.monitor, mode=mc.mode, patience=cb.early_stopping.patience))
     if cb.get("lr_monitor") and (cfg.logger.get("csv") or cfg.logger.get("wandb")):
@@ -173,25 +204,64 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return callbacks
 
 
+def on_slurm() -> bool:
+    """Whether this process is a SLURM batch job step (``SLURM_JOB_ID`` set and Lightning detects SLURM, i.e.
+    ``SLURM_NTASKS`` set and the job is not an interactive ``bash``/``interactive`` session)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return False
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+    import lightning as L
+
     from cola.io import AtomicCheckpointIO
 
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    plugins: list = [AtomicCheckpointIO()]
+    if on_slurm():
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        # on SIGUSR1 (sbatch --signal=SIGUSR1@90): save <run dir>/hpc_ckpt_<n>.ckpt and `scontrol requeue`;
+        # the requeued job finds it in the same run folder and resumes (resolve_ckpt_path)
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
     return L.Trainer(
         **kwargs,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
     )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """Lightning's SLURM preemption checkpoints ``<run dir>/hpc_ckpt_<n>.ckpt``, oldest first."""
+    found = [(p, p.stem.rpartition("_")[2]) for p in run_dir.glob("hpc_ckpt_*.ckpt")]
+    return [p for p, n in sorted(found, key=lambda x: int(x[1])) if n.isdigit()]
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from.
+
+    ``last`` is ``<run dir>/checkpoints/last.ckpt`` (an error naming the folder when absent); a path must exist.
+    Without ``ckpt_path``, a SLURM job whose run folder already holds a checkpoint was requeued (Lightning's
+    ``hpc_ckpt_<n>.ckpt`` after SIGUSR1, or ``last.ckpt`` after SIGTERM / periodic saves): it resumes from the
+    newest of them.
+    """
     if ckpt_path is None:
-        return None
+        if not on_slurm():
+            return None
+        found = [*_hpc_checkpoints(run_dir)[-1:], *[p for p in [run_dir / "checkpoints" / "last.ckpt"] if p.is_file()]]
+        if not found:
+            return None
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("SLURM job %s was requeued: resuming from %s", os.environ.get("SLURM_JOB_ID"), newest)
+        return str(newest)
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
@@ -202,6 +272,18 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise SetupError(f"ckpt_path={ckpt_path!r} is not a file")
     return ckpt_path
+
+
+def keep_csv_history(run_dir: Path) -> None:
+    """Before a resumed run's CSVLogger starts (it deletes an existing ``metrics.csv``), renames the interrupted
+    run's log to ``metrics.<n>.csv``."""
+    csv = run_dir / "csv" / "metrics.csv"
+    if csv.is_file():
+        n = 1
+        while (kept := csv.with_name(f"metrics.{n}.csv")).exists():
+            n += 1
+        csv.rename(kept)
+        log.info("kept the interrupted run's CSV log as %s", kept)
 
 
 def job_config_yaml(cfg: DictConfig) -> str:
@@ -222,9 +304,7 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    splits = list(
-        dict.fromkeys(k.split("/")[0] for k in metrics if "/" in k and k.split("/")[0] not in ("params", "time"))
-    )
+    splits = list(dict.fromkeys(k.split("/")[0] for k in metrics if "/" in k and k.split("/")[0] not in NOT_SPLITS))
     names = list(dict.fromkeys(k.split("/", 1)[1] for k in metrics if k.split("/")[0] in splits))
     table = Table(title=title)
     table.add_column("split")
@@ -256,11 +336,15 @@ def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
         datamodule = instantiate(cfg.data, _convert_="all")
         if hasattr(datamodule, "validate"):
             datamodule.validate()
+        import lightning as L
+
         L.seed_everything(cfg.seed, workers=True)
         encoder = build_encoder(cfg)
         module = build_module(cfg, encoder, datamodule)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         raise SetupError(str(e)) from e
+    except InstantiationException as e:  # a constructor's own error, wrapped by hydra: report that error
+        raise SetupError(str(e.__cause__ or e)) from e
     return datamodule, module
 
 
@@ -270,16 +354,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     try:
         ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
         datamodule, module = setup(cfg, run_dir, resuming=ckpt is not None)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from cola.io import atomic_write_text
+
         atomic_write_text(run_dir / "config.yaml", job_config_yaml(cfg))
+        if ckpt is not None and cfg.logger.get("csv"):
+            keep_csv_history(run_dir)
         loggers = build_loggers(cfg, run_dir)
         callbacks = build_callbacks(cfg, run_dir)
         trainer = build_trainer(cfg, run_dir, loggers, callbacks)
         if ckpt is not None:
             log.info("resuming from %s", ckpt)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        try:
+            with warnings.catch_warnings():
+                if ckpt is not None:  # a resumed run reuses its folders on purpose
+                    for used in ("Experiment logs directory", "Checkpoint directory"):
+                        warnings.filterwarnings("ignore", message=f"{used} .* exists and is not empty")
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        except SIGTERMException:
+            log.warning(
+                "training stopped by SIGTERM at global step %d; its state is in %s. Resume with the same overrides "
+                "and: hydra.run.dir=%s ckpt_path=last",
+                trainer.global_step,
+                run_dir / "checkpoints" / "last.ckpt",
+                run_dir,
+            )
+            raise SystemExit(128 + signal.SIGTERM) from None
         t_train = time.time() - t0
         if getattr(module, "skipped_batches", 0):
-            log.warning("%d training batches were skipped for non-finite losses", module.skipped_batches)
+            log.warning(
+                "%d training batches / optimiser steps were skipped for non-finite losses or gradients",
+                module.skipped_batches,
+            )
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         best = best if best and Path(best).is_file() and not trainer.fast_dev_run else None
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -288,6 +395,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})
+        skipped = int(getattr(datamodule, "num_skipped", 0))
+        if skipped:
+            log.warning("%d samples were skipped because their files could not be read (warnings above)", skipped)
+            metrics["data/skipped_samples"] = skipped
+        if getattr(module, "skipped_batches", 0):
+            metrics["train/skipped_batches"] = int(module.skipped_batches)
         if trainer.is_global_zero:
             save_adapters(
                 run_dir / "adapter.safetensors",
@@ -342,6 +455,8 @@ def load_run(path: str | Path, run_dir: Path, overrides: list[str] = ()) -> tupl
 
 def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """Evaluates a saved run on its val and test splits (``eval.py``)."""
+    from cola.io import atomic_write_text
+
     try:
         keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.", "task=", "model=", "peft="))]
         merged, datamodule, module, ckpt = load_run(cfg.ckpt_path, run_dir, keep)

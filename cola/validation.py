@@ -61,6 +61,46 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
 
+def validate_adapter_targets(tower, *, targets: list[str], out_splits: dict[str, int], peft: dict, stream: str) -> None:
+    """Checks, on a built tower and before any adapter is injected, that every target names a linear layer and
+    that the rank fits each adapted layer: a rank-r update of a layer needs r <= min(d_in, d_out per slice).
+
+    Args:
+        tower: the :class:`cola.models.Tower` (an ``nn.Module``).
+        targets: ``model.targets[family]`` (name suffixes).
+        out_splits: fused layers (``{"attn.qkv": 3}``): their output is split before comparing.
+        peft: the resolved ``peft`` node.
+        stream: ``a`` or ``b``, for the message.
+
+    Raises:
+        SetupError: a target matches no ``nn.Linear`` (naming the closest module names) or the rank is too large.
+    """
+    from cola.peft.inject import find_targets
+
+    if peft.get("method") in ("frozen", "full"):
+        return
+    try:
+        found = find_targets(tower, list(targets))
+    except ValueError as e:
+        raise SetupError(f"model.targets.{tower.family} (stream {stream}): {e}") from e
+    rank = peft.get("rank")
+    if not isinstance(rank, int):
+        return
+    too_narrow = {}
+    for name, (target, linear) in found.items():
+        width = min(linear.in_features, linear.out_features // int(out_splits.get(target, 1)))
+        if rank > width:
+            too_narrow[name] = width
+    if too_narrow:
+        name, width = next(iter(too_narrow.items()))
+        raise SetupError(
+            f"peft.rank={rank} is larger than the width of {len(too_narrow)} adapted layer(s) of the "
+            f"{tower.family} tower (stream {stream}), e.g. {name} (min(d_in, d_out) = {width}); a rank-r update needs "
+            f"r <= {min(too_narrow.values())} here: choose a smaller rank (rank=4|8|16|32|64) or fewer/other "
+            f"model.targets.{tower.family}"
+        )
+
+
 def _wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True

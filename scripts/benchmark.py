@@ -25,7 +25,8 @@ each round) after ``--warmup`` steps of every method:
   own forked child of a fresh helper interpreter (that interpreter only imports; forking a process that has
   run OpenMP work hangs the child): CPU — resident-set high-water mark (``VmHWM`` after resetting it through
   ``/proc/self/clear_refs``) minus the resident set after building the model, over two training steps
-  (``ru_maxrss`` delta where ``/proc`` is unavailable); CUDA — ``torch.cuda.max_memory_allocated()`` minus
+  (``ru_maxrss`` delta where ``/proc`` is unavailable), with glibc's mmap threshold fixed at 128 KiB so that
+  freed tensors leave the resident set at once; CUDA — ``torch.cuda.max_memory_allocated()`` minus
   ``memory_allocated()`` after building the model. The resident size of each built model is in
   ``config.model_mb``;
 - ``params_trainable``: trainable parameters (adapters + head; ``frozen`` trains the head only).
@@ -73,6 +74,7 @@ PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
 TEXT_LEN = 40  # max query length of the grounding task (SPEC appendix)
 MEMORY_STEPS = 2  # training steps of a memory probe: the second one runs with the AdamW state allocated
+MMAP_THRESHOLD = 128 * 1024  # glibc mmap threshold of the memory helper (see _memory_env)
 RESULT_TAG = "BENCHMARK_MEMORY "  # prefix of the memory helper's result lines
 
 VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
@@ -397,7 +399,10 @@ def probe_memory(method: str, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(MEMORY_STEPS):
             runner.train_step()
         peak = _rss_kb("VmHWM") * 1024 - base
-        how = "VmHWM (reset via /proc/self/clear_refs after build) - VmRSS after build"
+        how = (
+            "VmHWM (reset via /proc/self/clear_refs after build) - VmRSS after build, "
+            f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')}"
+        )
     else:
         base = _maxrss_kb() * 1024
         for _ in range(MEMORY_STEPS):
@@ -446,13 +451,23 @@ def memory_host(args: argparse.Namespace) -> None:
         print(RESULT_TAG + json.dumps({"method": method, **res}), flush=True)
 
 
+def _memory_env() -> dict[str, str]:
+    """Environment of the memory helper: glibc serves every block above 128 KiB with its own mmap.
+
+    By default glibc raises its mmap threshold after large frees and then keeps freed tensors in its heap, so
+    the resident set follows the allocator's history rather than the live tensors (a probe could read
+    batch-4 LoRA above CoLA). A fixed threshold returns freed tensors at once: resident set ~ live bytes.
+    """
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), **os.environ}
+
+
 def measure_memory(argv: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
     """Runs :func:`memory_host` in a fresh interpreter (per method where ``os.fork`` is missing)."""
     groups = [methods] if hasattr(os, "fork") else [[m] for m in methods]
     out: dict[str, dict[str, Any]] = {}
     for group in groups:
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-host", "--methods", *group]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_memory_env())
         if proc.returncode != 0:
             raise RuntimeError(f"memory helper failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         for line in proc.stdout.splitlines():

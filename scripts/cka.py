@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for stream, label in (("a", "vision"), ("b", "text / audio")):
-        keys = sorted((int(k[1:]) for k in table if k[0] == stream))
+        keys = sorted(int(k[1:]) for k in table if k[0] == stream)
         ax.plot(keys, [table[f"{stream}{j}"] for j in keys], marker="o", label=label)
     ax.set_xlabel("block")
     ax.set_ylabel("linear CKA")

@@ -546,8 +546,10 @@ def test_undecodable_image_names_the_file(synth, tmp_path, tokenizer_path):
     victim = dm.samples("val")[0].image_path
     victim.unlink()
     victim.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    assert dm.val_dataset[0] is None  # skipped with a warning, never a crash mid-epoch
+    assert 0 in dm.val_dataset.skipped and str(victim) in dm.val_dataset.skipped[0]
     with pytest.raises(ValueError, match=f"cannot decode image {victim}"):
-        dm.val_dataset[0]
+        dm.val_dataset.load(0)  # the strict accessor names the file
 
 
 def test_augment_config_defaults():

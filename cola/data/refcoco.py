@@ -29,7 +29,9 @@ WordPiece tokenizer (``[CLS] ... [SEP]``, padded/truncated to ``max_query_len``)
 
 Robustness: :meth:`RefCOCODataModule.validate` (also run by ``prepare_data``/``setup``) reads the annotation
 files and checks every referenced image exists before any training starts; errors list the expected paths.
-An image that exists but cannot be decoded raises a ``ValueError`` naming the file when it is loaded.
+An image that exists but cannot be decoded is skipped at load time with a warning naming the file and counted
+(:attr:`RefCOCODataModule.num_skipped`; the collate function drops the sample), so it never stops an epoch;
+:meth:`RefCOCODataset.load` raises instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from cola.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, AugmentConfig, GroundingTransform
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ TRANSVG_FOLDERS = {
 }
 REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
 IMAGE_KEYS = ("id", "height", "width")
-ANNOTATION_KEYS = ("id", "image_id", "bbox", "segmentation")
+ANNOTATION_KEYS = ("id", "image_id", "bbox")  # a missing/empty "segmentation": the mask is the filled box
 DATASETS_HELP = "see README.md#datasets for how to obtain RefCOCO"
 MAX_LISTED = 5  # how many missing files an error names
 STACKED_KEYS = ("pixel_values", "input_ids", "attention_mask", "box", "mask", "orig_box")
@@ -300,6 +303,14 @@ def read_refer(
             f"(e.g. image_id {unknown_images[:MAX_LISTED]}); both files must come from the same {dataset} download"
         )
     out: dict[str, list[GroundingSample]] = {}
+    without_mask = {int(r["ann_id"]) for r in refs if not anns[int(r["ann_id"])].get("segmentation")}
+    if without_mask:
+        log.warning(
+            "%s: %d referred annotation(s) have no segmentation (e.g. ann_id %s); their masks are the filled boxes",
+            paths["instances"],
+            len(without_mask),
+            sorted(without_mask)[:MAX_LISTED],
+        )
     for ref in refs:
         ann = anns[int(ref["ann_id"])]
         im = images[int(ref["image_id"])]
@@ -316,7 +327,7 @@ def read_refer(
                     image_path=path,
                     expression=text,
                     bbox=bbox,  # type: ignore[arg-type]
-                    segmentation=ann["segmentation"],
+                    segmentation=ann.get("segmentation") or None,  # absent or empty: the filled box
                     height=int(im["height"]),
                     width=int(im["width"]),
                     split=str(ref["split"]),
@@ -410,13 +421,31 @@ class RefCOCODataset(Dataset):
         self.transform = transform
         self.tokenizer = tokenizer
         self.max_query_len = int(max_query_len)
+        # samples skipped because their image could not be read (index -> reason); one copy per DataLoader worker
+        self.skipped: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """Sample ``index``, or ``None`` (dropped by :func:`collate_grounding`) when its image cannot be read."""
         s = self.samples[index]
-        image = load_image(s.image_path)
+        try:
+            image = load_image(s.image_path)
+        except (FileNotFoundError, ValueError) as err:
+            new_image = all(str(s.image_path) not in reason for reason in self.skipped.values())
+            self.skipped[index] = str(err)
+            if new_image:
+                log.warning("%s; skipping its samples (%d skipped so far)", err, len(self.skipped))
+            return None
+        return self._sample(s, image)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Sample ``index``; raises ``ValueError``/``FileNotFoundError`` naming an unreadable image."""
+        s = self.samples[index]
+        return self._sample(s, load_image(s.image_path))
+
+    def _sample(self, s: GroundingSample, image: Image.Image) -> dict[str, Any]:
         width, height = image.size
         if s.height is not None and (s.height, s.width) != (height, width):
             raise ValueError(
@@ -432,6 +461,10 @@ class RefCOCODataset(Dataset):
                 raise ValueError(f"annotation {s.ann_id} of image {s.image_path}: {e}") from e
         x, y, w, h = s.bbox
         orig_box = torch.tensor([x, y, x + w, y + h], dtype=torch.float32)
+        # a box reaching outside the image is clipped to it (one wholly outside has zero area: always a miss)
+        orig_box = torch.minimum(
+            orig_box.clamp(min=0), torch.tensor([width, height, width, height], dtype=torch.float32)
+        )
         orig_mask = torch.from_numpy(mask)  # (H, W) bool
         out = self.transform(image, orig_box, orig_mask, s.expression)
         tokens = self.tokenizer(
@@ -463,8 +496,14 @@ class RefCOCODataset(Dataset):
         }
 
 
-def collate_grounding(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stacks the fixed-size fields; ``orig_mask`` and ``meta`` (sizes differ per image) stay lists."""
+def collate_grounding(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stacks the fixed-size fields; ``orig_mask`` and ``meta`` (sizes differ per image) stay lists.
+
+    ``None`` samples (unreadable images) are dropped; a batch with none left is ``None`` (the task skips it).
+    """
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in STACKED_KEYS}
     batch["orig_mask"] = [s["orig_mask"] for s in samples]
     batch["meta"] = [s["meta"] for s in samples]
@@ -662,6 +701,12 @@ class RefCOCODataModule(L.LightningDataModule):
         )
 
     @property
+    def num_skipped(self) -> int:
+        """Samples skipped at load time because their image could not be read (counted in this process)."""
+        datasets = [self.train_dataset, self.val_dataset, *self.test_datasets]
+        return sum(len(d.skipped) for d in dict.fromkeys(d for d in datasets if d is not None))
+
+    @property
     def split_sizes(self) -> dict[str, int]:
         """Number of samples per split (after ``limit_per_split``); runs :meth:`validate`."""
         self.validate()
@@ -700,15 +745,17 @@ class RefCOCODataModule(L.LightningDataModule):
     def _loader(self, dataset: RefCOCODataset | None, *, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("RefCOCODataModule.setup() must run before the dataloaders are requested")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+        kwargs = dict(
             num_workers=self.num_workers,
             collate_fn=collate_grounding,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+        if train:  # shuffled per epoch from the seed; resumes mid-epoch at the exact next batch
+            return ResumableDataLoader(
+                dataset, batch_size=self.batch_size, sampler=ResumableRandomSampler(dataset), **kwargs
+            )
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, train=True)

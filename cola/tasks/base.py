@@ -9,20 +9,26 @@ A task subclass provides the heads and four hooks: ``forward(batch)``, ``compute
 - metrics per split, logged as ``<split>/<name>`` (``val/acc@0.5``, ``testA/oiou``);
 - checkpoints without the frozen towers (rebuilt identically from their source and the seed), with the
   peft config stored inside so a checkpoint of another config fails with a clear message;
-- non-finite losses stop the run naming the step and the loss terms (``on_nonfinite: raise``) or skip
-  the batch (``skip``).
+- non-finite losses or gradients stop the run naming the step, the loss terms (or parameters) and the last good
+  checkpoint (``on_nonfinite: raise``), or skip the batch / optimiser step (``skip``);
+- exact resumption: checkpoints also hold the torch / numpy / python (and CUDA) RNG states, restored when a resumed
+  fit starts (the sampler position is the training DataLoader's state, :mod:`cola.data.resumable`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
+from cola.data.resumable import rewind_in_flight_batch
 from cola.peft import is_adapter_param
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,32 @@ def _safe(name: str) -> str:
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss or gradient is NaN/inf and ``on_nonfinite='raise'``."""
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch, numpy, python (and initialised CUDA) RNG states, as tensors and plain Python values only, so
+    the checkpoint still loads with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"].cpu())
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class DualStreamTask(L.LightningModule):
@@ -53,7 +85,8 @@ class DualStreamTask(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of the peak (cosine).
         eval_splits: the split names evaluated (val first, then the test splits in loader order).
         test_splits: the split names of the test loaders, in order.
-        on_nonfinite: ``raise`` (default) or ``skip`` the batch when the loss is not finite.
+        on_nonfinite: ``raise`` (default) or ``skip`` the batch (optimiser step) when the loss (a gradient) is not
+            finite.
         peft_config: the peft config (plain dict) stored in checkpoints and checked on load.
     """
 
@@ -78,7 +111,7 @@ class DualStreamTask(L.LightningModule):
         if schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be one of ['raise', 'skip'], got {on_nonfinite!r}")
+            raise ValueError(f"optim.on_nonfinite must be one of ['raise', 'skip'], got {on_nonfinite!r}")
         self.encoder = encoder
         self.lr_adapters, self.lr_heads = lr_adapters, lr_heads
         self.weight_decay, self.betas = weight_decay, tuple(betas)
@@ -89,8 +122,11 @@ class DualStreamTask(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.peft_config = dict(peft_config or {})
         self.strict_loading = False  # checkpoints omit the frozen towers; on_load_checkpoint checks the rest
-        self.skipped_batches = 0
+        self.skipped_batches = 0  # batches skipped for a non-finite loss or non-finite gradients
         self._metric_splits: nn.ModuleDict | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._rng_between_batches: dict[str, Any] | None = None  # before the running batch was drawn
+        self._last_terms: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ hooks for subclasses
     def make_metrics(self) -> dict[str, nn.Module]:
@@ -125,7 +161,13 @@ class DualStreamTask(L.LightningModule):
 
     def _log_and_reset(self, split: str) -> dict[str, float]:
         values = {}
-        for name, metric in self.metrics_of(split).items():
+        metrics = self.metrics_of(split)
+        if metrics and all(getattr(m, "update_count", 1) == 0 for m in metrics.values()):
+            # every batch of the split was unreadable (skipped by the DataModule): NaN, not a missing key that
+            # would stop the run at the checkpoint's monitor
+            log.warning("split %s: no readable sample was evaluated; its metrics are NaN", split)
+            values = {f"{split}/{name}": float("nan") for name in metrics}
+        for name, metric in metrics.items():
             if getattr(metric, "update_count", 1) == 0:
                 continue
             values[f"{split}/{name}"] = float(metric.compute())
@@ -135,6 +177,33 @@ class DualStreamTask(L.LightningModule):
         return values
 
     # ------------------------------------------------------------------ steps
+    def on_train_start(self) -> None:
+        loop = self.trainer.fit_loop
+        if loop._combined_loader_states_to_load:
+            # Lightning hands a resumed training DataLoader its saved state (the sampler position) only when it
+            # builds the loader after loading the checkpoint; configure_optimizers (estimated_stepping_batches)
+            # builds it before. Hand it over now, before the first batch is drawn (cola.data.resumable loaders
+            # start an epoch lazily, at the first batch)
+            loop._load_combined_loader_states()
+        if self._rng_to_restore is not None:
+            # now, not in on_load_checkpoint: restoring must be the last thing before the first resumed batch
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self.trainer.ckpt_path and self.trainer.is_global_zero:
+            log.info(
+                "resumed from %s at global step %d (epoch %d, %d batches into it)",
+                self.trainer.ckpt_path,
+                self.trainer.global_step,
+                self.trainer.current_epoch,
+                loop.epoch_loop.batch_progress.current.completed,
+            )
+
+    def on_train_epoch_start(self) -> None:
+        self._rng_between_batches = rng_states()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._rng_between_batches = rng_states()
+
     def on_fit_start(self) -> None:
         counts = self.parameter_counts()
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
@@ -153,6 +222,7 @@ class DualStreamTask(L.LightningModule):
             return None
         out = self(batch)
         loss, terms = self.compute_loss(out, batch)
+        self._last_terms = terms
         if not torch.isfinite(loss):
             return self._non_finite(loss, terms)
         bs = self._batch_size(batch)
@@ -166,10 +236,43 @@ class DualStreamTask(L.LightningModule):
             self.skipped_batches += 1
             log.warning("step %d: non-finite loss %s (%s); batch skipped", self.global_step, float(loss), detail)
             return None
-        ckpt = getattr(getattr(self.trainer, "checkpoint_callback", None), "last_model_path", "") or "none yet"
         raise NonFiniteLossError(
-            f"non-finite loss {float(loss)} at step {self.global_step} ({detail}); last good checkpoint: {ckpt}. "
-            "Lower the learning rate, or set task.module.on_nonfinite=skip to skip such batches."
+            f"non-finite loss {float(loss)} at step {self.global_step} ({detail}); last good checkpoint: "
+            f"{self._last_checkpoint()}. Lower the learning rate, or set optim.on_nonfinite=skip to skip such batches."
+        )
+
+    def _last_checkpoint(self) -> str:
+        """The newest checkpoint this run wrote (``last.ckpt`` of any ModelCheckpoint), or ``none yet``."""
+        paths = [getattr(cb, "last_model_path", "") for cb in getattr(self.trainer, "checkpoint_callbacks", [])]
+        paths = [p for p in paths if p and os.path.isfile(p)]
+        return max(paths, key=os.path.getmtime) if paths else "none yet"
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stops (``raise``) or skips the step (``skip``) when a gradient holds NaN/inf.
+
+        Runs after backward (and gradient accumulation), before clipping and the optimiser step.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 loss scaling: the GradScaler skips such steps itself and lowers its scale
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # one fused reduction; it is non-finite iff some gradient is (or the squares overflow: checked below)
+        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            return
+        bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if not bad:
+            return
+        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if self.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning("step %d: non-finite gradients in %s; optimiser step skipped", self.global_step, names)
+            # AdamW leaves parameters without a gradient untouched: no update, no moment or weight-decay change
+            optimizer.zero_grad(set_to_none=True)
+            return
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in self._last_terms.items())
+        raise NonFiniteLossError(
+            f"non-finite gradients at step {self.global_step} in {len(bad)} parameter(s): {names} (finite loss terms: "
+            f"{detail or 'n/a'}); last good checkpoint: {self._last_checkpoint()}. Lower the learning rate, or set "
+            "optim.on_nonfinite=skip to skip such steps."
         )
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
@@ -263,8 +366,19 @@ class DualStreamTask(L.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["cola_peft_config"] = self.peft_config
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if self.trainer.training and progress.ready > progress.processed and self._rng_between_batches is not None:
+            # written in the middle of a training batch (a signal handler: SLURM's SIGUSR1): the resumed run
+            # redoes that batch, so it gets the RNG state and sampler position from before it was drawn
+            checkpoint["cola_rng_states"] = self._rng_between_batches
+            fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+            if "combined_loader" in fit_state:
+                fit_state["combined_loader"] = [rewind_in_flight_batch(s) for s in fit_state["combined_loader"]]
+        else:
+            checkpoint["cola_rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("cola_rng_states")  # applied when a resumed fit starts
         saved = checkpoint.get("cola_peft_config")
         if saved is not None and self.peft_config and saved != self.peft_config:
             diffs = [

@@ -1,0 +1,216 @@
+"""End-to-end harness runs: train + test per PEFT method, eval reproduces the run, sweeps and DDP (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cola import harness
+from cola.validation import SetupError
+from tests.conftest import REPO, TINY_TEST_OVERRIDES, compose_cfg
+
+# A small grounding run on the synthetic set: the conftest's tiny towers, a narrow fusion head, a few batches.
+FAST_RUN = [
+    "debug=fast",
+    "data.limit_per_split=8",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "task.module.d_fusion=32",
+    "task.module.d_ff=64",
+    "task.module.fusion_layers=1",
+    "task.module.fusion_heads=2",
+]
+REQUIRED_KEYS = ("val/acc@0.5", "testA/acc@0.5", "testB/oiou", "params/trainable", "params/total")
+METHODS = ("lora", "cola", "moka", "frozen")
+
+
+def fast_cfg(root: Path, run_dir: Path, *overrides: str, config_name: str = "train"):
+    """The config of a fast synthetic run in ``run_dir`` (as train.py composes it, with the tiny towers)."""
+    return compose_cfg([*FAST_RUN, f"data.root={root}", *overrides], run_dir=run_dir, config_name=config_name)
+
+
+def train_py(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python train.py ARGS`` offline on one thread (deterministic, faster for tiny tensors)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLA_ROOT": str(REPO)}
+    env.pop("COLA_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cli_args(root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """train.py arguments of the fast synthetic run (the same overrides the in-process tests compose)."""
+    return [*TINY_TEST_OVERRIDES, *FAST_RUN, f"data.root={root}", f"hydra.run.dir={run_dir}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_refcoco, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """One fast training run per method: method -> (run folder, returned metrics)."""
+    out = {}
+    for method in METHODS:
+        run_dir = tmp_path_factory.mktemp(f"run_{method}")
+        metrics = harness.train(fast_cfg(synthetic_refcoco, run_dir, f"peft={method}", "logger=none"), run_dir)
+        out[method] = (run_dir, metrics)
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_writes_the_run_folder(runs, method):
+    run_dir, metrics = runs[method]
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written == metrics
+    for key in REQUIRED_KEYS:
+        assert key in written, f"{key} missing from metrics.json of peft={method}: {sorted(written)}"
+    assert all(0.0 <= written[k] <= 1.0 for k in written if k.split("/")[0] in ("val", "testA", "testB"))
+    assert isinstance(written["params/trainable"], int) and 0 < written["params/trainable"] < written["params/total"]
+    assert (run_dir / "adapter.safetensors").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_methods_differ_in_trainable_parameters(runs):
+    trainable = {m: runs[m][1]["params/trainable"] for m in METHODS}
+    # frozen trains the heads only; every adapter method adds to that
+    assert all(trainable[m] > trainable["frozen"] for m in ("lora", "cola", "moka")), trainable
+    assert trainable["cola"] > trainable["lora"], trainable
+
+
+def test_eval_reproduces_the_val_metrics(runs, tmp_path):
+    run_dir, metrics = runs["cola"]
+    cfg = compose_cfg([f"ckpt_path={run_dir}"], config_name="eval", run_dir=tmp_path)
+    evaluated = harness.evaluate(cfg, tmp_path, [f"ckpt_path={run_dir}"])
+    val = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    assert val and {k: evaluated[k] for k in val} == pytest.approx(val, abs=1e-6)
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/acc@0.5"] == evaluated["val/acc@0.5"]
+
+
+def test_adapter_of_another_peft_config_is_a_clear_error(runs, tmp_path):
+    run_dir, _ = runs["cola"]
+    cfg = compose_cfg([f"ckpt_path={run_dir}"], config_name="eval", run_dir=tmp_path)
+    with pytest.raises(SetupError, match=r"another peft config.*rank"):
+        harness.evaluate(cfg, tmp_path, [f"ckpt_path={run_dir}", "peft.rank=4", "peft.alpha=4"])
+
+
+def test_eval_of_a_missing_path_names_it(tmp_path):
+    cfg = compose_cfg([f"ckpt_path={tmp_path / 'nope'}"], config_name="eval", run_dir=tmp_path)
+    with pytest.raises(SetupError, match="nope.*does not exist"):
+        harness.evaluate(cfg, tmp_path, [])
+
+
+def test_composed_config_keeps_its_hydra_node_out_of_config_yaml(synthetic_refcoco, tmp_path):
+    # a composed config carries `hydra`, whose sweep.subdir (${hydra.job.num}) only resolves inside a Hydra job
+    text = harness.job_config_yaml(fast_cfg(synthetic_refcoco, tmp_path))
+    assert "hydra:" not in text and "peft:" in text and str(synthetic_refcoco) in text
+
+
+# ------------------------------------------------------------------------------------------------ atomic outputs
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_crash_while_writing_text_keeps_the_previous_file(tmp_path, monkeypatch):
+    from cola import io
+
+    target = tmp_path / "metrics.json"
+    io.atomic_write_text(target, '{"val/acc@0.5": 0.5}')
+
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "fsync", fail)  # the new content is half-way to disk when the crash comes
+    with pytest.raises(OSError, match="disk full"):
+        io.atomic_write_text(target, '{"val/acc@0.5": 0.9, "truncated')
+    assert json.loads(target.read_text()) == {"val/acc@0.5": 0.5} and not _leftovers(tmp_path)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import torch
+
+    from cola import io
+
+    target = tmp_path / "last.ckpt"
+    io.AtomicCheckpointIO().save_checkpoint({"global_step": 3}, target)
+
+    def half_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(io.torch, "save", half_save)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        io.AtomicCheckpointIO().save_checkpoint({"global_step": 4}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"global_step": 3} and not _leftovers(tmp_path)
+
+
+def test_crash_while_writing_the_adapter_file_keeps_the_previous_one(tmp_path, monkeypatch):
+    import safetensors.torch
+    import torch
+    from torch import nn
+
+    from cola.peft import LoRAConfig, inject_adapters, read_adapters, save_adapters
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    inject_adapters(model, LoRAConfig(rank=2, alpha=2), ["0"])
+    target = save_adapters(tmp_path / "adapter.safetensors", model, config={"method": "lora"})
+    before = read_adapters(target)[0]
+
+    def half_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x08\x00 half")
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_save)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_" in n).add_(1.0)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        save_adapters(target, model, config={"method": "lora"})
+    after = read_adapters(target)[0]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not _leftovers(tmp_path)
+
+
+def test_a_crash_before_the_end_leaves_no_metrics_json(synthetic_refcoco, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed while exporting")
+
+    monkeypatch.setattr(harness, "save_adapters", fail)
+    with pytest.raises(RuntimeError, match="killed while exporting"):
+        harness.train(fast_cfg(synthetic_refcoco, tmp_path, "logger=none"), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()  # written last: its presence means the run finished
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_metrics_json_per_job(synthetic_refcoco, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in cli_args(synthetic_refcoco, tmp_path / "unused") if not a.startswith("hydra.run.dir")]
+    res = train_py("-m", "peft=lora,cola", f"hydra.sweep.dir={sweep}", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = sorted(sweep.glob("*/metrics.json"))
+    assert [p.parent.name for p in found] == ["0", "1"], res.stdout[-2000:]
+    assert all((p.parent / "adapter.safetensors").is_file() for p in found)
+    trainable = [json.loads(p.read_text())["params/trainable"] for p in found]
+    assert trainable[0] != trainable[1]  # lora and cola train different numbers of parameters
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_runs(synthetic_refcoco, tmp_path):
+    run_dir = tmp_path / "ddp"
+    res = train_py(
+        *cli_args(synthetic_refcoco, run_dir),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "logger=none",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(k in metrics for k in REQUIRED_KEYS)

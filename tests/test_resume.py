@@ -1,0 +1,314 @@
+"""Resumption (SPEC §10): a run interrupted mid-epoch and resumed with ``ckpt_path=last`` ends with the metrics of
+an uninterrupted run; SIGTERM saves ``last.ckpt``; SLURM requeues resume from Lightning's hpc checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cola import harness
+from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, rewind_in_flight_batch
+from cola.tasks.base import DualStreamTask, rng_states, set_rng_states
+from cola.validation import SetupError
+from tests.conftest import REPO
+from tests.test_harness import cli_args, fast_cfg
+
+# 2 epochs of 5 batches, validation only at the end (so the final model is the selected one), last.ckpt every
+# 3 steps (steps 3, 6 and 9: mid-epoch in both epochs)
+RESUME_RUN = [
+    "data.limit_per_split=10",
+    "data.batch_size=2",
+    "trainer.max_epochs=2",
+    "trainer.max_steps=-1",
+    "trainer.limit_train_batches=null",
+    "trainer.check_val_every_n_epoch=2",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.every_n_train_steps=3",
+    "callbacks.model_checkpoint.monitor=val/miou",
+]
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def ckpt_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def crash_at(monkeypatch, step: int) -> None:
+    """Makes training raise when the optimiser has taken ``step`` steps (a crash between two checkpoints)."""
+    original = DualStreamTask.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == step:
+            raise RuntimeError(f"simulated crash at step {step}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DualStreamTask, "training_step", training_step)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_refcoco, tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    return harness.train(fast_cfg(synthetic_refcoco, run_dir, *RESUME_RUN, "logger=none"), run_dir)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def test_sampler_is_seeded_per_epoch_and_resumes_at_its_position():
+    data = list(range(11))
+    a, b = ResumableRandomSampler(data, seed=3), ResumableRandomSampler(data, seed=3)
+    first = list(a)
+    assert sorted(first) == data and first == list(b)
+    a.set_epoch(1)
+    assert list(a) != first  # a new order each epoch, from seed + epoch only
+    it = iter(b)
+    consumed = [next(it) for _ in range(4)]
+    state = b.state_dict()
+    assert state["num_yielded"] == 4 and state["epoch"] == 0
+    fresh = ResumableRandomSampler(data, seed=3)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(0)  # Lightning sets the epoch again before the resumed epoch starts
+    assert consumed + list(fresh) == first
+    assert list(fresh) == first  # the offset applies once
+    ended = ResumableRandomSampler(data, seed=3)
+    ended.load_state_dict({**state, "num_yielded": 11})
+    ended.set_epoch(1)  # a checkpoint at the end of epoch 0 resumes with a full epoch 1
+    a2 = ResumableRandomSampler(data, seed=3)
+    a2.set_epoch(1)
+    assert list(ended) == list(a2)
+
+
+def test_sampler_shards_across_processes_like_distributed_sampler():
+    data = list(range(10))
+    shards = [list(ResumableRandomSampler(data, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    reference = [list(torch.utils.data.DistributedSampler(data, num_replicas=2, rank=r, seed=0)) for r in (0, 1)]
+    assert shards == reference and sorted(shards[0] + shards[1]) == data
+
+
+def test_loader_state_counts_batches_handed_out_not_prefetched():
+    data = list(range(10))
+    loader = ResumableDataLoader(data, batch_size=3, sampler=ResumableRandomSampler(data, seed=1))
+    full = [b.tolist() for b in loader]
+    it = iter(loader)
+    head = [next(it).tolist() for _ in range(2)]
+    state = loader.state_dict()
+    assert state["num_yielded"] == 6
+    resumed = ResumableDataLoader(data, batch_size=3, sampler=ResumableRandomSampler(data, seed=1))
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(0)
+    assert head + [b.tolist() for b in resumed] == full
+    # creating an iterator never draws from the global RNG (a resumed run would otherwise drift by one draw)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_a_checkpoint_written_mid_batch_rewinds_that_batch():
+    data = list(range(10))
+    loader = ResumableDataLoader(data, batch_size=3, sampler=ResumableRandomSampler(data))
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert rewind_in_flight_batch(state)["num_yielded"] == 3 == state["num_yielded"] - 3
+    assert rewind_in_flight_batch({"epoch": 0}) == {"epoch": 0}  # another loader's state is left alone
+    list(it)  # 3 + 3 + 3 + 1: the last batch is short
+    assert loader.state_dict()["num_yielded"] == 10 and rewind_in_flight_batch(loader.state_dict())["num_yielded"] == 9
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    states = rng_states()
+    torch.save({"rng": states}, tmp_path / "rng.ckpt")
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_states(torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_lightning_sees_the_loader_as_stateful():
+    from lightning.fabric.utilities.types import _Stateful
+
+    data = list(range(4))
+    assert isinstance(ResumableDataLoader(data, sampler=ResumableRandomSampler(data)), _Stateful)
+    with pytest.raises(TypeError, match="ResumableRandomSampler"):
+        ResumableDataLoader(data, shuffle=True)
+
+
+# ------------------------------------------------------------------------------------------------ in-process resume
+def test_resume_after_a_crash_reproduces_the_uninterrupted_metrics(
+    uninterrupted, synthetic_refcoco, tmp_path, monkeypatch, caplog
+):
+    # crash in the second epoch; last.ckpt is from step 6, one batch into it (the SLURM test resumes in epoch 0)
+    crash_step, resume_step = 8, 6
+    cfg = fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN)
+    with monkeypatch.context() as m:
+        crash_at(m, crash_step)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            harness.train(cfg, tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt_step(last) == resume_step  # mid-epoch: 5 batches per epoch
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert "cola_rng_states" in state and state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert not any(k.startswith("encoder.tower_a.model.blocks.0.attn.qkv.base_layer") for k in state["state_dict"])
+    caplog.set_level(logging.INFO, logger="cola")
+    resumed = harness.train(fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN, "ckpt_path=last"), tmp_path)
+    assert without_time(resumed) == pytest.approx(without_time(uninterrupted), abs=1e-6)
+    assert f"at global step {resume_step}" in caplog.text
+    kept = tmp_path / "csv" / "metrics.1.csv"  # the interrupted run's log survives the resume
+    assert kept.is_file() and "train/loss" in kept.read_text()
+
+
+def test_ckpt_path_last_without_a_checkpoint_names_the_folder(synthetic_refcoco, tmp_path):
+    with pytest.raises(SetupError, match=f"{tmp_path / 'checkpoints' / 'last.ckpt'} does not exist"):
+        harness.train(fast_cfg(synthetic_refcoco, tmp_path, "ckpt_path=last"), tmp_path)
+
+
+def test_sigterm_saves_last_ckpt_and_exits_with_a_message(synthetic_refcoco, tmp_path, monkeypatch, caplog):
+    original = DualStreamTask.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler only flags it; the batch completes
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DualStreamTask, "training_step", training_step)
+    caplog.set_level(logging.INFO, logger="cola")
+    cfg = fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN, "callbacks.model_checkpoint.every_n_train_steps=null")
+    with pytest.raises(SystemExit) as exit_info:
+        harness.train(cfg, tmp_path)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert ckpt_step(tmp_path / "checkpoints" / "last.ckpt") == 3  # the batch running at SIGTERM was finished
+    assert "stopped by SIGTERM at global step 3" in caplog.text and "ckpt_path=last" in caplog.text
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint(uninterrupted, synthetic_refcoco, tmp_path, monkeypatch):
+    """Lightning's SLURM plugin writes <run dir>/hpc_ckpt_<n>.ckpt on SIGUSR1 and requeues; the requeued job
+    (same run folder, no ckpt_path) must resume from it instead of refusing the used folder."""
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cola", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no scontrol: the requeue call fails with a warning
+    original = DualStreamTask.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 4:
+            # Lightning's handler (registered because the job looks like SLURM) saves hpc_ckpt_1.ckpt right now,
+            # in the middle of the 5th batch; without it SIGUSR1 would end this test process
+            assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if self.global_step == 7:
+            raise RuntimeError("the job is killed after the requeue")
+        return original(self, batch, batch_idx)
+
+    cfg = fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN)
+    with monkeypatch.context() as m:
+        m.setattr(DualStreamTask, "training_step", training_step)
+        with pytest.raises(RuntimeError, match="killed after the requeue"):
+            harness.train(cfg, tmp_path)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file() and ckpt_step(hpc) == 4
+    assert not any(".base_layer." in k for k in torch.load(hpc, weights_only=True)["state_dict"])  # lean
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()  # the hpc checkpoint alone must be enough
+    assert harness.resolve_ckpt_path(None, tmp_path) == str(hpc)
+    resumed = harness.train(fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN), tmp_path)
+    assert without_time(resumed) == pytest.approx(without_time(uninterrupted), abs=1e-6)
+
+
+def test_outside_slurm_a_used_run_folder_is_not_resumed_silently(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    assert harness.resolve_ckpt_path(None, tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------------ subprocess
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"train.py ended (rc {proc.returncode}) before {path} appeared:\n{err[-3000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def _popen(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLA_ROOT": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# 2 epochs of 10 batches, last.ckpt every 2 steps; validation only at the end
+KILL_RUN = [
+    "data.limit_per_split=20",
+    "data.batch_size=2",
+    "trainer.max_epochs=2",
+    "trainer.max_steps=-1",
+    "trainer.limit_train_batches=null",
+    "trainer.check_val_every_n_epoch=2",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.model_checkpoint.monitor=val/miou",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_refcoco, tmp_path):
+    from tests.test_harness import train_py
+
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    res = train_py(*cli_args(synthetic_refcoco, full, *KILL_RUN))
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = _popen(cli_args(synthetic_refcoco, broken, *KILL_RUN))
+    _wait_for(broken / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    step = ckpt_step(broken / "checkpoints" / "last.ckpt")
+    assert 0 < step < 20 and step % 10 != 0, f"killed at step {step}, not mid-epoch"
+    res = train_py(*cli_args(synthetic_refcoco, broken, *KILL_RUN, "ckpt_path=last"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log_text = (broken / "train.log").read_text()
+    assert f"at global step {step}" in log_text and "resum" in log_text
+    expected = without_time(json.loads((full / "metrics.json").read_text()))
+    assert without_time(json.loads((broken / "metrics.json").read_text())) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_subprocess_saves_and_exits_cleanly_then_resumes(synthetic_refcoco, tmp_path):
+    from tests.test_harness import train_py
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    overrides = [*KILL_RUN, "callbacks.model_checkpoint.every_n_train_steps=1"]
+    assert train_py(*cli_args(synthetic_refcoco, full, *overrides)).returncode == 0
+    proc = _popen(cli_args(synthetic_refcoco, stopped, *overrides))
+    _wait_for(stopped / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "stopped by SIGTERM" in out + err
+    assert (stopped / "checkpoints" / "last.ckpt").is_file() and not (stopped / "metrics.json").exists()
+    res = train_py(*cli_args(synthetic_refcoco, stopped, *overrides, "ckpt_path=last"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    expected = without_time(json.loads((full / "metrics.json").read_text()))
+    assert without_time(json.loads((stopped / "metrics.json").read_text())) == pytest.approx(expected, abs=1e-6)
