@@ -2,9 +2,11 @@
 
 Lightning (2.x) saves ``state_dict()`` of every training DataLoader that has ``state_dict``/``load_state_dict``
 (``fit_loop`` -> ``CombinedLoader._state_dicts``) in each checkpoint and hands it back through
-``load_state_dict`` before the first batch of a resumed run. A plain DataLoader has no such state, so a run
-resumed mid-epoch would start that epoch's shuffle from the beginning and see other samples than an
-uninterrupted run. Here:
+``load_state_dict`` when it builds the loader of a resumed run (a loader built before the checkpoint is loaded,
+as ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` does, gets it from
+:meth:`cola.tasks.base.DualStreamTask.on_train_start`). A plain DataLoader has no such state, so a run resumed
+mid-epoch would start that epoch's shuffle from the beginning and see other samples than an uninterrupted run.
+Here:
 
 - :class:`ResumableRandomSampler` draws epoch ``e``'s order from ``seed + e`` alone (a
   :class:`~torch.utils.data.DistributedSampler`, so one process or several share the same code and Lightning does

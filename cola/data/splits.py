@@ -7,6 +7,8 @@ from collections.abc import Callable
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler
+
 
 class SplitDataModule(L.LightningDataModule):
     """Builds one dataset per split lazily (``dataset(split)``) and the train/val/test loaders around it.
@@ -37,15 +39,15 @@ class SplitDataModule(L.LightningDataModule):
                 self.dataset(split)
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            collate_fn=type(self).collate_fn,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
+        dataset = self.dataset(split)
+        kwargs = dict(
+            num_workers=self.num_workers, collate_fn=type(self).collate_fn, persistent_workers=self.num_workers > 0
         )
+        if train:  # a stateful loader: a mid-epoch resume continues at the exact next batch
+            return ResumableDataLoader(
+                dataset, batch_size=self.batch_size, sampler=ResumableRandomSampler(dataset), **kwargs
+            )
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -191,11 +191,10 @@ class DualStreamTask(L.LightningModule):
             self._rng_to_restore = None
         if self.trainer.ckpt_path and self.trainer.is_global_zero:
             log.info(
-                "resumed from %s at global step %d (epoch %d, %d batches into it)",
+                "resumed from %s at global step %d (epoch %d)",
                 self.trainer.ckpt_path,
                 self.trainer.global_step,
                 self.trainer.current_epoch,
-                loop.epoch_loop.batch_progress.current.completed,
             )
 
     def on_train_epoch_start(self) -> None:
@@ -234,10 +233,10 @@ class DualStreamTask(L.LightningModule):
         detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         if self.on_nonfinite == "skip":
             self.skipped_batches += 1
-            log.warning("step %d: non-finite loss %s (%s); batch skipped", self.global_step, float(loss), detail)
+            log.warning("step %d: non-finite loss %s (%s); batch skipped", self.global_step, loss.item(), detail)
             return None
         raise NonFiniteLossError(
-            f"non-finite loss {float(loss)} at step {self.global_step} ({detail}); last good checkpoint: "
+            f"non-finite loss {loss.item()} at step {self.global_step} ({detail}); last good checkpoint: "
             f"{self._last_checkpoint()}. Lower the learning rate, or set optim.on_nonfinite=skip to skip such batches."
         )
 
@@ -366,8 +365,14 @@ class DualStreamTask(L.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["cola_peft_config"] = self.peft_config
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        if self.trainer.training and progress.ready > progress.processed and self._rng_between_batches is not None:
+        trainer = self._trainer
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current if trainer is not None else None
+        if (
+            trainer is not None
+            and trainer.training
+            and progress.ready > progress.processed
+            and self._rng_between_batches
+        ):
             # written in the middle of a training batch (a signal handler: SLURM's SIGUSR1): the resumed run
             # redoes that batch, so it gets the RNG state and sampler position from before it was drawn
             checkpoint["cola_rng_states"] = self._rng_between_batches
