@@ -102,6 +102,7 @@ def build_encoder(cfg: DictConfig):
         layers=cfg.peft.get("layers"),
         layer_map=cfg.peft.get("layer_map"),
         anchor="b" if second == "text" else None,
+        gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
     )
 
 

@@ -53,6 +53,12 @@ def validate_config(cfg: DictConfig) -> None:
             f"towers {['vision', *towers]}; pick a model with a {modality} tower (e.g. model=tiny or "
             f"model={'dinov2_bert' if modality == 'text' else 'dinov2_ast'})"
         )
+    if peft.get("condition_pooling") == "mean_with_padding" and cfg.get("data", {}).get("pad_to") == "longest":
+        raise SetupError(
+            "peft.condition_pooling=mean_with_padding averages the padding positions too, so it depends on how far "
+            "expressions are padded; set data.pad_to=max_length (pad every expression to data.max_query_len, as the "
+            "official code) instead of data.pad_to=longest"
+        )
     wb = cfg.logger.get("wandb")
     if wb and not wb.get("offline", True) and not _wandb_has_credentials():
         raise SetupError(

@@ -90,6 +90,11 @@ CONFIG_CASES = {
         synthetic=False,
         grounding=False,
     ),
+    "mean_with_padding_needs_fixed_padding": ConfigCase(
+        ("peft.condition_pooling=mean_with_padding",),
+        r"mean_with_padding.*set data\.pad_to=max_length",
+        "data",
+    ),
     "wandb_online_without_credentials": ConfigCase(
         ("logger=wandb", "logger.wandb.offline=false"), r"no W&B credentials.*wandb login", "data"
     ),

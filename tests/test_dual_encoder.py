@@ -389,6 +389,61 @@ def test_conditions_are_not_detached():
     assert grad is not None and bool(grad.abs().sum() > 0)
 
 
+@pytest.mark.parametrize(
+    ("peft", "b", "layer_map"),
+    [
+        (_cola(propagation="progressive"), "bert", None),
+        (_cola(propagation="uniform", sharing="full"), "bert", None),
+        ({"method": "moka", "rank": 4, "alpha": 2}, "bert", None),
+        ({"method": "lora", "rank": 4, "alpha": 2}, "bert", None),
+        (_cola(condition_pooling="cls"), "ast", "every_other"),  # lone blocks of the deeper tower too
+    ],
+    ids=["cola", "cola_full_uniform", "moka", "lora", "cola_every_other"],
+)
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(peft, b, layer_map):
+    results = []
+    for ckpt in (False, True):
+        enc = DualEncoder(
+            _tower("vit", 4 if layer_map else 2, seed=0),
+            _tower(b, 2, seed=1),
+            peft=dict(peft),
+            targets_a=TARGETS["vit"],
+            targets_b=TARGETS[b],
+            out_splits_a=SPLITS["vit"],
+            layer_map=layer_map,
+            gradient_checkpointing=ckpt,
+        ).train()
+        _perturb_adapters(enc)
+        recomputed = []
+        handle = enc.tower_a.blocks[-1].attn.qkv.register_forward_pre_hook(lambda m, a, seen=recomputed: seen.append(1))
+        out = enc(_inputs("vit"), _inputs(b), return_layers=[0])
+        (out.tokens_a.square().mean() + out.tokens_b.square().mean() + out.layers_b[0].mean()).backward()
+        handle.remove()
+        assert len(recomputed) == (2 if ckpt else 1)  # checkpointed steps run again in backward
+        left = [m for m in enc.modules() if getattr(m, "_condition", None) is not None]
+        left += [m for m in enc.modules() if isinstance(m, MoKALinear) and m._context is not None]
+        assert not left  # no condition of this batch stays referenced after backward
+        grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad}
+        results.append((out.tokens_a.detach(), out.tokens_b.detach(), grads))
+    (ta0, tb0, g0), (ta1, tb1, g1) = results
+    torch.testing.assert_close(ta1, ta0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tb1, tb0, rtol=0, atol=1e-6)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_gradient_checkpointing_is_off_in_eval_and_without_grad():
+    enc = _encoder(_cola(), gradient_checkpointing=True)
+    enc.eval()
+    with torch.no_grad():
+        ref = enc(_inputs("vit"), _inputs("bert")).tokens_a
+    enc.train()
+    with torch.no_grad():  # no autograd graph: nothing to recompute, plain forward
+        torch.testing.assert_close(enc(_inputs("vit"), _inputs("bert")).tokens_a, ref)
+    assert "gradient_checkpointing=True" in repr(enc)
+
+
 def test_frozen_and_full_trainability():
     frozen = _encoder({"method": "frozen"})
     assert not any(p.requires_grad for p in frozen.parameters())

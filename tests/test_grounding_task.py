@@ -70,9 +70,10 @@ def _head(**kw) -> GroundingHead:
     return GroundingHead(**args)
 
 
-def test_head_shapes_ranges_and_text_padding_is_ignored():
+@pytest.mark.parametrize("box_head", ["mlp", "spatial"])
+def test_head_shapes_ranges_and_text_padding_is_ignored(box_head):
     torch.manual_seed(0)
-    head = _head().eval()
+    head = _head(box_head=box_head).eval()
     vision = torch.randn(2, 1 + 16, 48)  # (B, prefix + h*w, C)
     text = torch.randn(2, 5, 32)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.long)
@@ -89,6 +90,26 @@ def test_head_shapes_ranges_and_text_padding_is_ignored():
     changed = text.clone()
     changed[0, 1] += 1.0
     assert not torch.allclose(head(vision, changed, mask)["box"], out["box"])
+
+
+def test_spatial_box_centre_is_the_soft_argmax_of_the_reg_attention():
+    head = _head(box_head="spatial").eval()
+    d = 32
+    with torch.no_grad():
+        head.box_key.weight.copy_(torch.eye(d))
+        head.box_key.bias.zero_()
+        head.box_query.weight.copy_(100 * torch.eye(d))
+        head.box_query.bias.zero_()
+    reg = torch.zeros(2, d)
+    reg[:, 0] = 1.0
+    visual = torch.zeros(2, 16, d)
+    visual[0, 6, 0] = 1.0  # sample 0: [REG] attends to token 6 = row 1, column 2 of the 4 x 4 grid
+    box = head._box(reg, visual)
+    torch.testing.assert_close(box[0, :2], torch.tensor([2.5 / 4, 1.5 / 4]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(box[1, :2], torch.tensor([0.5, 0.5]))  # uniform attention: the grid's centre
+    assert ((box[:, 2:] > 0) & (box[:, 2:] < 1)).all()
+    with pytest.raises(ValueError, match="box_head must be one of"):
+        _head(box_head="anchor")
 
 
 def test_head_drops_prefix_tokens_and_checks_token_count():
@@ -256,6 +277,37 @@ def datamodule(synthetic_refcoco):
     )
     dm.setup("fit")
     return dm
+
+
+def test_longest_padding_gives_the_outputs_of_full_padding(datamodule):
+    """pad_to=longest cuts padded token positions only: masked attention and masked-mean conditions ignore them."""
+    from cola.data.refcoco import collate_grounding, collate_grounding_longest
+
+    task = make_task("cola").eval()
+    for p in task.encoder.parameters():  # live adapter paths
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    samples = [datamodule.val_dataset[i] for i in range(3)]
+    full, cut = collate_grounding(samples), collate_grounding_longest(samples)
+    longest = int(full["attention_mask"].sum(1).max())
+    assert full["input_ids"].shape[1] == 12 and cut["input_ids"].shape[1] == longest < 12
+    assert torch.equal(cut["input_ids"], full["input_ids"][:, :longest])
+    with torch.no_grad():
+        a, b = task(full), task(cut)
+    torch.testing.assert_close(b["box"], a["box"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(b["mask_logits"], a["mask_logits"], rtol=0, atol=1e-4)
+    assert collate_grounding_longest([None]) is None
+
+
+def test_sincos_positions():
+    from cola.models.heads.grounding import sincos_2d
+
+    pos = sincos_2d(4, 8)
+    assert pos.shape == (16, 8)
+    assert torch.cdist(pos, pos).add(torch.eye(16)).min() > 0.1  # every grid cell gets a distinct code
+    torch.testing.assert_close(pos[1, :2], torch.tensor([math.sin(1.0), math.sin(0.01)]))  # cell (y 0, x 1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 6)
 
 
 def test_perfect_predictions_score_one_at_original_resolution(datamodule):

@@ -63,6 +63,7 @@ __all__ = [
     "RefCOCODataModule",
     "RefCOCODataset",
     "collate_grounding",
+    "collate_grounding_longest",
     "default_image_dir",
     "load_image",
     "read_refer",
@@ -95,6 +96,7 @@ ANNOTATION_KEYS = ("id", "image_id", "bbox")  # a missing/empty "segmentation": 
 DATASETS_HELP = "see README.md#datasets for how to obtain RefCOCO"
 MAX_LISTED = 5  # how many missing files an error names
 STACKED_KEYS = ("pixel_values", "input_ids", "attention_mask", "box", "mask", "orig_box")
+PAD_MODES = ("longest", "max_length")
 
 
 @dataclass(frozen=True)
@@ -510,6 +512,16 @@ def collate_grounding(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any
     return batch
 
 
+def collate_grounding_longest(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """:func:`collate_grounding`, then the token positions past the batch's longest expression are cut."""
+    batch = collate_grounding(samples)
+    if batch is not None:
+        length = max(1, int(batch["attention_mask"].sum(1).max()))  # padding is on the right
+        batch["input_ids"] = batch["input_ids"][:, :length]
+        batch["attention_mask"] = batch["attention_mask"][:, :length]
+    return batch
+
+
 def load_tokenizer(name_or_path: str) -> Any:
     """``AutoTokenizer.from_pretrained`` with an error that names the setting."""
     from transformers import AutoTokenizer
@@ -534,6 +546,10 @@ class RefCOCODataModule(L.LightningDataModule):
         image_dir: the COCO train2014 image folder (default ``<root>/images/mscoco/images/train2014``).
         image_size: side S of the square model input.
         max_query_len: token length L of the expressions (official 40).
+        pad_to: ``longest`` (default) cuts each batch's tokens to its longest expression (the text tower then
+            runs on fewer positions; identical results wherever padding is masked) | ``max_length`` keeps all
+            ``max_query_len`` positions (needed by ``condition_pooling: mean_with_padding``, which averages the
+            padding too, as the official code).
         tokenizer: Hugging Face tokenizer name or local folder (BERT uncased WordPiece).
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default ``batch_size``).
@@ -561,6 +577,7 @@ class RefCOCODataModule(L.LightningDataModule):
         image_dir: str | Path | None = None,
         image_size: int = 448,
         max_query_len: int = 40,
+        pad_to: str = "longest",
         tokenizer: str = "bert-base-uncased",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -591,6 +608,8 @@ class RefCOCODataModule(L.LightningDataModule):
             )
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {list(FORMATS)}, got {format!r}")
+        if pad_to not in PAD_MODES:
+            raise ValueError(f"data.pad_to must be one of {list(PAD_MODES)}, got {pad_to!r}")
         if resize not in RESIZE_MODES:
             raise ValueError(f"data.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
         for key, value in (("image_size", image_size), ("max_query_len", max_query_len), ("batch_size", batch_size)):
@@ -616,6 +635,7 @@ class RefCOCODataModule(L.LightningDataModule):
         self.image_dir = Path(image_dir) if image_dir is not None else default_image_dir(self.root)
         self.image_size = image_size
         self.max_query_len = max_query_len
+        self.pad_to = pad_to
         self.tokenizer_name = str(tokenizer)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -747,7 +767,7 @@ class RefCOCODataModule(L.LightningDataModule):
             raise RuntimeError("RefCOCODataModule.setup() must run before the dataloaders are requested")
         kwargs = dict(
             num_workers=self.num_workers,
-            collate_fn=collate_grounding,
+            collate_fn=collate_grounding if self.pad_to == "max_length" else collate_grounding_longest,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )

@@ -13,7 +13,14 @@ adapted layer of stream m what it needs from the other stream m′ at that point
 x′ = the other stream's block input, ctx′ = its attention context just before its out-projection, x′_attn =
 its post-attention residual stream. CoLA layers receive the pooled vector through ``set_condition`` (not
 detached: gradients cross streams); MokA layers receive the unpooled tokens and their key mask through
-``set_context``; LoRA, ``frozen`` and ``full`` exchange nothing. Everything set is cleared in ``finally``.
+``set_context``; LoRA, ``frozen`` and ``full`` exchange nothing. A pair's conditions are cleared as soon as
+the pair has run (autograd keeps what backward needs), and everything in ``finally``.
+
+Gradient checkpointing (``gradient_checkpointing=True``): each step of the lockstep schedule (a block pair, or
+a lone block of the deeper tower) runs under non-reentrant :func:`torch.utils.checkpoint.checkpoint` while
+training with gradients enabled: only the residual streams between steps are kept and each step is recomputed
+in backward, conditions included (the step re-hands them), so the outputs and gradients are the same as
+without it, for less activation memory and about one more forward of compute.
 
 Pooling (``condition_pooling``): ``mean`` averages the real tokens (text padding masked) with the stream's
 prefix tokens (CLS / registers / AST's two special tokens) excluded; ``mean_with_padding`` averages every
@@ -29,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from cola.peft import (
     CoLAConfig,
@@ -226,6 +234,8 @@ class DualEncoder(nn.Module):
             is the anchor, vision layers query text; text layers are LoRA-shaped unless ``bidirectional``),
             ``"a"``, ``None`` (both streams query each other: audio-visual), or ``"auto"`` (the text tower
             if exactly one tower is text, else ``None``).
+        gradient_checkpointing: recompute each lockstep step in backward instead of keeping its activations
+            (training only; same results, less memory, about one extra forward of compute).
 
     Attributes:
         report: a :class:`DualEncoderReport`.
@@ -249,8 +259,10 @@ class DualEncoder(nn.Module):
         layers: Sequence[int] | None = None,
         layer_map: Any = None,
         anchor: str | None = "auto",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         if not isinstance(tower_a, Tower) or not isinstance(tower_b, Tower):
             raise TypeError(f"towers must be cola.models.Tower, got {type(tower_a).__name__}, {type(tower_b).__name__}")
         self.tower_a, self.tower_b = tower_a, tower_b
@@ -418,7 +430,18 @@ class DualEncoder(nn.Module):
         else:
             self._hand(ga["mlp"], xb_attn, wb, km_b)
             self._hand(gb["mlp"], xa_attn, wa, km_a)
-        return sa.mlp_out(block_a, xa_attn), sb.mlp_out(block_b, xb_attn)
+        out = sa.mlp_out(block_a, xa_attn), sb.mlp_out(block_b, xb_attn)
+        for layers in (*ga.values(), *gb.values()):  # consumed: autograd holds what backward needs
+            self._clear(layers)
+        return out
+
+    def _step(self, kind: str, i: int, j: int, k: int, xa, xb, am_a, am_b, wa, wb, km_a, km_b):
+        """One entry of the lockstep schedule: a lone block of a ("a") or b ("b"), or pair k."""
+        if kind == "a":
+            return self.tower_a.steps(self.tower_a.blocks[i], xa, am_a), xb
+        if kind == "b":
+            return xa, self.tower_b.steps(self.tower_b.blocks[j], xb, am_b)
+        return self._pair(k, self.tower_a.blocks[i], self.tower_b.blocks[j], xa, xb, am_a, am_b, wa, wb, km_a, km_b)
 
     def forward(
         self,
@@ -461,14 +484,15 @@ class DualEncoder(nn.Module):
         wb = pooling_weights(mask_b, tb.num_prefix_tokens, self.condition_pooling)
         km_a = mask_a if ta.has_padding else None  # MokA key masks (None: every token is real)
         km_b = mask_b if tb.has_padding else None
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         try:
             for kind, i, j, k in self._schedule:
-                if kind == "a":
-                    xa = ta.steps(blocks_a[i], xa, am_a)
-                elif kind == "b":
-                    xb = tb.steps(blocks_b[j], xb, am_b)
+                args = (kind, i, j, k, xa, xb, am_a, am_b, wa, wb, km_a, km_b)
+                if recompute:  # recompute whole steps (no early stop): each ends by clearing its conditions
+                    with set_checkpoint_early_stop(False):
+                        xa, xb = checkpoint(self._step, *args, use_reentrant=False)
                 else:
-                    xa, xb = self._pair(k, blocks_a[i], blocks_b[j], xa, xb, am_a, am_b, wa, wb, km_a, km_b)
+                    xa, xb = self._step(*args)
                 if i in keep_a:
                     saved_a[i] = xa
                 if j in keep_b:
@@ -488,7 +512,11 @@ class DualEncoder(nn.Module):
 
     def clear_conditions(self) -> None:
         """Drops every condition / context handed to the adapters (no tensor of a past batch stays referenced)."""
-        for m in self._exchange_layers:
+        self._clear(self._exchange_layers)
+
+    @staticmethod
+    def _clear(layers: Sequence[nn.Module]) -> None:
+        for m in layers:
             if isinstance(m, CoLALinear):
                 m.set_condition(None)
             else:
@@ -497,7 +525,8 @@ class DualEncoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"method={self.method}, propagation={self.propagation}, condition_pooling={self.condition_pooling}, "
-            f"pairs={len(self.layer_pairs)}, adapted={len(self.adapted_pairs)}"
+            f"pairs={len(self.layer_pairs)}, adapted={len(self.adapted_pairs)}, "
+            f"gradient_checkpointing={self.gradient_checkpointing}"
         )
 
 

@@ -82,15 +82,16 @@ class AdapterLinear(nn.Module):
                 f"(in={self.in_features}, out per slice={self.out_features // self.out_splits})"
             )
 
-    def _slice_matmul_b(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Applies per-slice up-projections: z (..., S*k) with b (d_out, k) -> (..., d_out)."""
-        s = self.out_splits
-        if s == 1:
-            return z @ b.t()
-        k = b.shape[1]
-        zs = z.reshape(*z.shape[:-1], s, k)  # (..., S, k)
-        out = torch.einsum("...sk,sok->...so", zs, b.reshape(s, -1, k))  # (..., S, d_out/S)
-        return out.reshape(*z.shape[:-1], self.out_features)
+    def _add_up(self, out: torch.Tensor, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``out + per-slice up-projection of z``, the add fused into one GEMM (no (..., d_out) temporary).
+
+        z (..., S*k) holds S slices of width k; b (d_out, k) holds the S row blocks of the slices' B. The slices
+        become one block-diagonal (d_out, S*k) matrix, so a fused layer is one ``addmm`` too.
+        """
+        s, k = self.out_splits, b.shape[1]
+        w = b if s == 1 else torch.block_diag(*b.reshape(s, -1, k))  # (d_out, S*k)
+        flat = torch.addmm(out.reshape(-1, self.out_features), z.reshape(-1, s * k), w.t())
+        return flat.reshape(out.shape)
 
     def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Block-diagonal product B A for the S slices: (d_out, d_in)."""
@@ -149,7 +150,7 @@ class LoRALinear(AdapterLinear):
         if self.merged:
             return out
         z = self.lora_dropout(x) @ self.lora_A.t()  # (..., S r)
-        return out + self._slice_matmul_b(z * self.scaling, self.lora_B)
+        return self._add_up(out, z * self.scaling, self.lora_B)
 
 
 class CoLALinear(AdapterLinear):
@@ -280,14 +281,13 @@ class CoLALinear(AdapterLinear):
         t = zc @ phi.permute(1, 0, 3, 2)  # (B', S, L, r)
         t = (t * self.cola_lambda.reshape(1, s, 1, 1)).transpose(1, 2).reshape(xt.shape[0], xt.shape[1], s * r)
         if z_l is None:
-            delta = self._slice_matmul_b(t, self.B_C)
-        elif self.share_b:  # one up-projection: B (s z_l + lambda t)
-            delta = self._slice_matmul_b(self.scaling * z_l + t, self.lora_B)
-        else:  # one up-projection of width 2r per slice: [B_L | B_C] [s z_l ; lambda t]
-            zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
-            b = torch.cat([self.lora_B, self.cola_B], dim=1)  # (d_out, 2r)
-            delta = self._slice_matmul_b(zz.reshape(*t.shape[:-1], 2 * s * r), b)
-        return out + delta.reshape(out.shape)
+            return self._add_up(out, t, self.B_C)
+        if self.share_b:  # one up-projection: B (s z_l + lambda t)
+            return self._add_up(out, self.scaling * z_l + t, self.lora_B)
+        # one up-projection of width 2r per slice: [B_L | B_C] [s z_l ; lambda t]
+        zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
+        b = torch.cat([self.lora_B, self.cola_B], dim=1)  # (d_out, 2r)
+        return self._add_up(out, zz.reshape(*t.shape[:-1], 2 * s * r), b)
 
 
 class MoKALinear(AdapterLinear):

@@ -33,6 +33,8 @@ from cola.peft import is_adapter_param
 
 log = logging.getLogger(__name__)
 
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 SCHEDULES = ("cosine", "poly", "constant")
 
 
@@ -341,7 +343,11 @@ class DualStreamTask(L.LightningModule):
         groups = self.param_groups()
         if not groups:
             raise ValueError("nothing to train: no parameter requires grad (check peft.method and the task heads)")
-        opt = torch.optim.AdamW(groups, betas=self.betas)
+        # Fused AdamW: one kernel per step over all tensors; torch's CPU default is a Python loop over the
+        # (hundreds of small) adapter tensors, a visible share of a CPU step.
+        params = [p for g in groups for p in g["params"]]
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params) or None
+        opt = torch.optim.AdamW(groups, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -356,7 +362,10 @@ class DualStreamTask(L.LightningModule):
     def trainable_state_keys(self) -> set[str]:
         keys = {n for n, p in self.named_parameters() if p.requires_grad}
         # buffers of the heads (e.g. norms' running stats) are kept; tower buffers are rebuilt with the towers
-        keys |= {n for n, _ in self.named_buffers() if not n.startswith("encoder.")}
+        # (persistent ones: a non-persistent buffer, e.g. fixed positions, is rebuilt by the constructor)
+        keys |= {
+            n for n in self.state_dict() if not n.startswith("encoder.") and n not in dict(self.named_parameters())
+        }
         # CoLA's random_frozen hypernetworks are frozen but random: keep them so a reload is exact
         keys |= {n for n, _ in self.named_parameters() if n.startswith("encoder.") and ".cola_hypernet." in n}
         return keys

@@ -65,6 +65,8 @@ class GroundingTask(DualStreamTask):
         d_ff: feed-forward width of the fusion layers (official 1024).
         fusion_heads: attention heads of the fusion layers.
         dropout: dropout in the fusion layers.
+        box_head: ``mlp`` (official: MLP on [REG]) | ``spatial`` ([REG] attends over the patch grid, soft-argmax
+            centre; :class:`cola.models.heads.GroundingHead`).
         loss_alpha: weight of both box losses (official 0.1).
         w_l1: weight of the box L1 loss inside ``loss_alpha``.
         w_giou: weight of the box GIoU loss inside ``loss_alpha``.
@@ -85,6 +87,7 @@ class GroundingTask(DualStreamTask):
         d_ff: int = 1024,
         fusion_heads: int = 8,
         dropout: float = 0.1,
+        box_head: str = "mlp",
         loss_alpha: float = 0.1,
         w_l1: float = 1.0,
         w_giou: float = 1.0,
@@ -110,6 +113,7 @@ class GroundingTask(DualStreamTask):
             d_ff=d_ff,
             heads=fusion_heads,
             dropout=dropout,
+            box_head=box_head,
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -2,9 +2,18 @@
 
 The visual patch tokens (prefix tokens such as CLS/registers dropped) and the text tokens are projected to
 ``d_fusion`` and concatenated after a learnable [REG] token; a few pre-norm transformer encoder layers fuse
-``[REG; visual; text]`` with the text padding masked out of the attention keys. The box head reads [REG]
-(an MLP and a sigmoid: normalised cx, cy, w, h); the mask head reshapes the fused visual tokens to the
-patch grid and upsamples them with a light conv decoder to mask logits at the input resolution S x S.
+``[REG; visual; text]`` with the text padding masked out of the attention keys. The box head reads [REG];
+the mask head reshapes the fused visual tokens to the patch grid and upsamples them with a light conv decoder
+to mask logits at the input resolution S x S.
+
+Box heads (``box_head``), both normalised (cx, cy, w, h) in [0, 1]:
+
+- ``mlp`` (official, TransVG-style): a 3-layer MLP on the fused [REG] token and a sigmoid.
+- ``spatial`` (this repo's option for short runs): [REG] queries the fused visual tokens once (single-head
+  dot-product attention); the centre is the attention-weighted mean of the patch centres (a soft-argmax),
+  width and height come from an MLP on [REG] and the attended visual feature. Coordinates are then read from
+  where [REG] attends instead of being regressed from scratch, which converges in a few hundred steps where
+  the MLP needs thousands (the tiny CPU model uses it; ``dinov2_bert`` keeps ``mlp``).
 """
 
 from __future__ import annotations
@@ -15,7 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GroundingHead", "MaskDecoder"]
+__all__ = ["BOX_HEADS", "GroundingHead", "MaskDecoder", "sincos_2d"]
+
+BOX_HEADS = ("mlp", "spatial")
+
+
+def sincos_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions of a ``grid_size`` x ``grid_size`` grid, row-major: (grid_size^2, dim).
+
+    A quarter of the channels each for sin(x), cos(x), sin(y), cos(y) at geometric frequencies (as DETR /
+    TransVG's visual positions); ``dim`` must be divisible by 4.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs a width divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_size, dtype=torch.float32), torch.arange(grid_size, dtype=torch.float32), indexing="ij"
+    )
+    freqs = temperature ** (-torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # (dim/4,)
+    ax, ay = xs.reshape(-1, 1) * freqs, ys.reshape(-1, 1) * freqs  # (g*g, dim/4)
+    return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], dim=1)  # (g*g, dim)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -71,6 +98,7 @@ class GroundingHead(nn.Module):
         d_ff: feed-forward width of the fusion layers.
         heads: attention heads of the fusion layers.
         dropout: dropout inside the fusion layers.
+        box_head: ``mlp`` (official) | ``spatial`` (soft-argmax over the patch grid; see the module docstring).
     """
 
     def __init__(
@@ -85,8 +113,11 @@ class GroundingHead(nn.Module):
         d_ff: int = 1024,
         heads: int = 8,
         dropout: float = 0.1,
+        box_head: str = "mlp",
     ) -> None:
         super().__init__()
+        if box_head not in BOX_HEADS:
+            raise ValueError(f"box_head must be one of {list(BOX_HEADS)}, got {box_head!r}")
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
         if grid_size <= 0 or image_size <= 0:
@@ -97,8 +128,10 @@ class GroundingHead(nn.Module):
         self.vision_proj = nn.Linear(vision_dim, d_fusion)
         self.text_proj = nn.Linear(text_dim, d_fusion)
         self.reg_token = nn.Parameter(torch.zeros(1, 1, d_fusion))
-        # The towers' own positions are already in their tokens; these tell the fusion where a visual token sits
-        # in the grid and which modality a token comes from (0 = [REG], 1 = visual, 2 = text).
+        # The towers' own positions are mixed into their tokens; the fusion gets explicit ones: fixed 2-D sin-cos
+        # positions of the patch grid (what the box regression reads its coordinates from, as in TransVG) plus a
+        # learned residual, and a type embedding per modality (0 = [REG], 1 = visual, 2 = text).
+        self.register_buffer("visual_sincos", sincos_2d(grid_size, d_fusion)[None], persistent=False)
         self.visual_pos = nn.Parameter(torch.zeros(1, grid_size * grid_size, d_fusion))
         self.type_embed = nn.Parameter(torch.zeros(3, d_fusion))
         layer = nn.TransformerEncoderLayer(
@@ -107,9 +140,22 @@ class GroundingHead(nn.Module):
         self.fusion = nn.TransformerEncoder(
             layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False
         )
-        self.box_head = nn.Sequential(
-            nn.Linear(d_fusion, d_fusion), nn.ReLU(), nn.Linear(d_fusion, d_fusion), nn.ReLU(), nn.Linear(d_fusion, 4)
-        )
+        self.box_head_kind = box_head
+        if box_head == "mlp":
+            self.box_head = nn.Sequential(
+                nn.Linear(d_fusion, d_fusion),
+                nn.ReLU(),
+                nn.Linear(d_fusion, d_fusion),
+                nn.ReLU(),
+                nn.Linear(d_fusion, 4),
+            )
+        else:
+            self.box_query = nn.Linear(d_fusion, d_fusion)
+            self.box_key = nn.Linear(d_fusion, d_fusion)
+            self.box_head = nn.Sequential(nn.Linear(2 * d_fusion, d_fusion), nn.ReLU(), nn.Linear(d_fusion, 2))
+            centres = (torch.arange(grid_size, dtype=torch.float32) + 0.5) / grid_size
+            ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+            self.register_buffer("patch_centres", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
         self.mask_head = MaskDecoder(d_fusion, image_size)
         for p in (self.reg_token, self.visual_pos, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
@@ -138,12 +184,23 @@ class GroundingHead(nn.Module):
             raise ValueError(f"text_mask shape {tuple(text_mask.shape)} != text tokens {tuple(text_tokens.shape[:2])}")
         B = vision_tokens.shape[0]
         visual = self.vision_proj(vision_tokens[:, self.num_prefix_tokens :])  # (B, h*w, d)
-        visual = visual + self.visual_pos + self.type_embed[1]
+        visual = visual + self.visual_sincos + self.visual_pos + self.type_embed[1]
         text = self.text_proj(text_tokens) + self.type_embed[2]  # (B, L, d)
         reg = (self.reg_token + self.type_embed[0]).expand(B, -1, -1)  # (B, 1, d)
         x = torch.cat([reg, visual, text], dim=1)  # (B, 1 + h*w + L, d)
         pad = torch.cat([text_mask.new_zeros(B, 1 + n_grid, dtype=torch.bool), ~text_mask.bool()], dim=1)
         x = self.fusion(x, src_key_padding_mask=pad)  # (B, 1 + h*w + L, d)
-        box = self.box_head(x[:, 0]).sigmoid()  # (B, 4)
+        box = self._box(x[:, 0], x[:, 1 : 1 + n_grid])  # (B, 4)
         grid = x[:, 1 : 1 + n_grid].transpose(1, 2).reshape(B, -1, self.grid_size, self.grid_size)  # (B, d, h, w)
         return {"box": box, "mask_logits": self.mask_head(grid)}
+
+    def _box(self, reg: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """(B, d) fused [REG], (B, h*w, d) fused visual tokens -> (B, 4) normalised cx, cy, w, h."""
+        if self.box_head_kind == "mlp":
+            return self.box_head(reg).sigmoid()
+        logits = torch.einsum("bd,bnd->bn", self.box_query(reg), self.box_key(visual)) / math.sqrt(reg.shape[-1])
+        weights = logits.softmax(dim=-1)  # (B, h*w)
+        centre = weights @ self.patch_centres.to(weights.dtype)  # (B, 2) soft-argmax, inside [0, 1]
+        attended = torch.einsum("bn,bnd->bd", weights, visual)  # (B, d)
+        size = self.box_head(torch.cat([reg, attended], dim=-1)).sigmoid()  # (B, 2)
+        return torch.cat([centre, size], dim=-1)
