@@ -393,6 +393,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = _flat_metrics(results)
+        if hasattr(datamodule, "fixed_box_baseline"):  # grounding: what a constant box scores, for reference
+            metrics.update(datamodule.fixed_box_baseline())
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})

@@ -15,6 +15,7 @@ import torch
 
 from cola.data.refcoco import (
     DEFAULT_TEST_SPLITS,
+    GroundingSample,
     RefCOCODataModule,
     RefCOCODataset,
     read_refer,
@@ -556,3 +557,28 @@ def test_augment_config_defaults():
     assert not AugmentConfig.from_dict(None).active
     cfg = AugmentConfig.from_dict({"scale": [0.8, 1.0], "color_jitter": 0.2, "hflip": 0.5})
     assert cfg.active and cfg.scale == (0.8, 1.0)
+
+
+def test_fixed_box_baseline_hand_case(tmp_path):
+    """Mean training box in relative coordinates, scaled per image: one hit (IoU 1) and one miss (IoU 1/7)."""
+    from types import SimpleNamespace
+
+    def sample(bbox, w, h, split):
+        return GroundingSample(tmp_path / "x.jpg", "thing", bbox, None, h, w, split, 1, 1, 1, 1)
+
+    index = {
+        "train": [sample((0, 0, 50, 40), 100, 80, "train"), sample((100, 50, 100, 50), 200, 100, "train")],
+        "val": [sample((25, 15, 50, 30), 100, 60, "val"), sample((0, 0, 150, 100), 300, 200, "val")],
+        "testA": [sample((5, 5, 10, 10), 20, 20, "testA")],  # relative (.25,.25,.75,.75): a hit
+    }
+    fake = SimpleNamespace(samples=index.__getitem__, train_split="train", val_split="val", test_splits=["testA"])
+    out = RefCOCODataModule.fixed_box_baseline(fake)
+    assert out == {"val/acc@0.5_fixed_box": 0.5, "testA/acc@0.5_fixed_box": 1.0}
+    index["val"][0] = sample((25, 15, 50, 30), None, None, "val")  # sizes unknown (TransVG files): no baseline
+    assert RefCOCODataModule.fixed_box_baseline(fake) == {}
+
+
+def test_fixed_box_baseline_on_the_synthetic_set(dm):
+    out = dm.fixed_box_baseline()
+    assert set(out) == {f"{s}/acc@0.5_fixed_box" for s in ("val", "testA", "testB")}
+    assert all(0.0 <= v < 0.5 for v in out.values()), out  # objects sit left / middle / right: no box fits all

@@ -741,6 +741,36 @@ class RefCOCODataModule(L.LightningDataModule):
             raise ValueError(f"split {split!r} is not loaded; loaded splits: {list(self._index)}")
         return self._index[split]
 
+    def fixed_box_baseline(self) -> dict[str, float]:
+        """``acc@0.5`` of a model that ignores image and text: one constant box for every sample.
+
+        The box is the mean training box in relative image coordinates (x0/W, y0/H, x1/W, y1/H), scaled to each
+        evaluated image. Returns ``{"<split>/acc@0.5_fixed_box": acc}`` for the val and test splits, or ``{}``
+        when image sizes are not in the annotations (TransVG files).
+        """
+        from cola.metrics.grounding import box_iou_xyxy
+
+        def relative(samples: list[GroundingSample]) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if not samples or any(x.height is None or x.width is None for x in samples):
+                return None
+            xywh = torch.tensor([x.bbox for x in samples], dtype=torch.float64)  # (N, 4)
+            size = torch.tensor([[x.width, x.height] * 2 for x in samples], dtype=torch.float64)
+            return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1) / size, size  # xyxy relative
+
+        train = relative(self.samples(self.train_split))
+        if train is None:
+            return {}
+        mean_box = train[0].mean(0)  # (4,)
+        out: dict[str, float] = {}
+        for split in dict.fromkeys([self.val_split, *self.test_splits]):
+            evaluated = relative(self.samples(split))
+            if evaluated is None:
+                return {}
+            target, size = evaluated
+            iou = box_iou_xyxy(mean_box.expand_as(target) * size, target * size)  # (N,) the same relative box
+            out[f"{split}/acc@0.5_fixed_box"] = float((iou >= 0.5).double().mean())
+        return out
+
     # ----------------------------------------------------------------------------------------- lightning
     def prepare_data(self) -> None:
         self.validate()
