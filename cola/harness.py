@@ -301,7 +301,7 @@ def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
+def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -315,6 +315,8 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
         table.add_row(s, *[f"{metrics[f'{s}/{n}']:.4f}" if f"{s}/{n}" in metrics else "-" for n in names])
     console = Console()
     console.print(table)
+    if run_dir is not None:
+        console.print(f"run folder: {run_dir}")
     console.print(f"trainable parameters: {metrics.get('params/trainable', 0):,} of {metrics.get('params/total', 0):,}")
 
 
@@ -413,7 +415,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
             )
             atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-            print_metrics_table(metrics, f"{cfg.task.name} | {cfg.peft.method} | {run_dir}")
+            print_metrics_table(metrics, f"{cfg.task.name} | {cfg.peft.method}", run_dir)
         return metrics
     finally:
         _finish_wandb()

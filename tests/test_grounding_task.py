@@ -379,3 +379,29 @@ def test_grid_size_from_timm_patch_size_or_token_count():
     encoder.tower_a = _FakeTower(patch=7)
     with pytest.raises(ValueError, match="square"):
         vision_grid_size(encoder, 56)
+
+
+def test_towers_train_in_train_mode_however_they_were_loaded(datamodule, tmp_path):
+    """from_pretrained towers come in eval mode; training runs every module in train mode (dropout on)."""
+    import lightning as L
+
+    task = make_task("lora", val_split="val", test_splits=datamodule.test_splits)
+    task.encoder.tower_b.eval()  # as transformers' from_pretrained leaves a loaded BERT
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(all(m.training for m in pl_module.modules()))
+
+    trainer = L.Trainer(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Probe()],
+    )
+    trainer.fit(task, datamodule=datamodule)
+    assert seen == [True]
