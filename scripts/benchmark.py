@@ -68,7 +68,17 @@ from cola.peft import merge_adapters  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
-METHODS = ("frozen", "lora", "peft_lora", "cola", "cola_shared_a", "cola_shared_b", "cola_full", "moka")
+METHODS = (
+    "frozen",
+    "lora",
+    "peft_lora",
+    "lora_param_matched",
+    "cola",
+    "cola_shared_a",
+    "cola_shared_b",
+    "cola_full",
+    "moka",
+)
 COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
 PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
@@ -223,6 +233,8 @@ def peft_node(method: str, args: argparse.Namespace, pooling: str) -> dict[str, 
         return {"method": "lora", **common, "split_fused": args.lora_split_fused}
     if method == "moka":
         return {"method": "moka", **common, "condition_pooling": pooling}
+    if method == "lora_param_matched":  # LoRA at the rank whose parameter count matches CoLA's (sharing none)
+        return {"method": "lora_param_matched", **common, "condition_pooling": pooling, "split_fused": True}
     return {"method": "cola", **common, "sharing": COLA_SHARING[method], "condition_pooling": pooling}
 
 
@@ -245,6 +257,7 @@ def build_model(method: str, spec: PairSpec, args: argparse.Namespace, device: t
         targets_a=spec.targets_a,
         targets_b=spec.targets_b,
         out_splits_a={"attn.qkv": 3},
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     if method == "peft_lora":
         inject_hf_peft(tower_a.model, spec.targets_a, args)
@@ -489,9 +502,10 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 
 def compute_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``<cola variant>/lora``, ``moka/lora`` and ``lora/peft_lora`` for the methods that were run."""
+    """``<cola variant>/lora``, ``moka/lora``, ``lora/peft_lora`` and ``cola/lora_param_matched`` (equal
+    trainable parameters, hence equal gradient and AdamW memory) for the methods that were run."""
     by = {r["method"]: r for r in results}
-    pairs = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora")]
+    pairs = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
     ratios = {}
     for num, den in pairs:
         if num in by and den in by:
@@ -591,8 +605,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--optimizer", choices=("default", "foreach", "fused"), default="default",
-                   help="AdamW implementation: torch's default (as cola.tasks), foreach=True or fused=True")  # fmt: skip
+    p.add_argument("--optimizer", choices=("default", "foreach", "fused"), default="fused",
+                   help="AdamW implementation: fused=True (as cola.tasks), torch's default or foreach=True")  # fmt: skip
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute tower blocks in backward (model.gradient_checkpointing=true)")  # fmt: skip
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes (peak_mem_mb = null)")
     p.add_argument("--json", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--memory-host", action="store_true", help=argparse.SUPPRESS)
@@ -678,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "condition_pooling": spec.pooling,
         "propagation": "progressive",
         "lora_split_fused": args.lora_split_fused,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "optimizer": {
             "default": "AdamW (torch default: per-tensor loop on CPU)",
             "foreach": "AdamW(foreach=True)",
