@@ -119,6 +119,21 @@ def build_module(cfg: DictConfig, encoder, datamodule):
     )
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of a run folder: read from ``wandb_id.txt``, or made and written there on first use."""
+    from cola.io import atomic_write_text
+
+    path = run_dir / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+    import string
+
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id shape
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -138,6 +153,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         ]
         loggers.append(
             WandbLogger(
+                id=wandb_run_id(run_dir),  # kept in the run folder: a resumed run continues the same W&B run
+                resume="allow",
                 project=wb.project,
                 entity=wb.get("entity"),
                 group=wb.get("group"),
@@ -147,7 +164,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 save_dir=str(run_dir),
                 log_model=bool(wb.get("log_model", False)),
                 tags=tags,
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=job_config(cfg),
             )
         )
     return loggers
@@ -287,8 +304,13 @@ def keep_csv_history(run_dir: Path) -> None:
         log.info("kept the interrupted run's CSV log as %s", kept)
 
 
+def job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved job config, without the ``hydra`` node a composed config (tests, notebooks) carries."""
+    return OmegaConf.to_container(OmegaConf.create({k: cfg[k] for k in cfg if k != "hydra"}), resolve=True)
+
+
 def job_config_yaml(cfg: DictConfig) -> str:
-    """The resolved job config as YAML, without the ``hydra`` node a composed config (tests, notebooks) carries."""
+    """:func:`job_config` as YAML (the run folder's ``config.yaml``)."""
     return OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
 
 

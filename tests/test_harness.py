@@ -214,3 +214,24 @@ def test_two_process_cpu_ddp_runs(synthetic_refcoco, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert all(k in metrics for k in REQUIRED_KEYS)
+
+
+def test_wandb_offline_run_and_resume_keep_one_run_id(synthetic_refcoco, tmp_path, monkeypatch):
+    """logger=wandb writes an offline W&B run (config, summary) in the run folder; its id lives in the folder,
+    so a resumed run logs into the same W&B run."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    cfg = fast_cfg(synthetic_refcoco, run_dir, "peft=lora", "logger=wandb", "trainer.max_steps=2")
+    metrics = harness.train(cfg, run_dir)
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline) == 1, list((run_dir / "wandb").iterdir())
+    # the offline record (protobuf; `wandb sync` uploads it) holds the resolved config, tags and the metrics
+    record = (offline[0] / f"run-{run_id}.wandb").read_bytes()
+    for text in ("lr_adapters", "peft:lora", "val/acc@0.5", "testB/oiou", "model/params_trainable"):
+        assert text.encode() in record, text
+    assert "val/acc@0.5" in metrics
+    # the run folder's id is reused by the loggers of a resumed run
+    wb = [lg for lg in harness.build_loggers(cfg, run_dir) if type(lg).__name__ == "WandbLogger"]
+    assert wb and wb[0]._wandb_init["id"] == run_id and wb[0]._wandb_init["resume"] == "allow"
