@@ -22,15 +22,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from cola.harness import train
+    from cola.tasks.base import NonFiniteLossError
     from cola.validation import SetupError
 
     try:
         metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except SetupError as e:
+    except (SetupError, NonFiniteLossError) as e:  # a message for the user, not a bug: no traceback
         if os.environ.get("COLA_TRACEBACK"):
             raise
         print(f"\nerror: {e}\n(set COLA_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, SetupError) else 3)
     monitor = str(cfg.task.monitor)
     return metrics.get(monitor)
 

@@ -147,6 +147,15 @@ def test_train_py_refuses_a_used_run_folder_in_one_paragraph(synthetic_refcoco, 
     assert "ckpt_path=last" in res.stderr and json.loads((tmp_path / "metrics.json").read_text()) == {}
 
 
+def test_train_py_reports_a_diverged_run_in_one_paragraph(synthetic_refcoco, tmp_path):
+    """A learning rate that overflows the weights: the run stops at the first non-finite loss, exit code 3."""
+    res = train_py(*cli_args(synthetic_refcoco, tmp_path, "optim.lr_heads=1e38", "optim.warmup_ratio=0", "logger=none"))
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert re.search(r"error: non-finite (loss|gradients) .* at step \d+", res.stderr)
+    assert "on_nonfinite=skip" in res.stderr and not (tmp_path / "metrics.json").exists()
+
+
 # ================================================================================= numerical faults
 class _NaNGradient(torch.autograd.Function):
     """Adds 0 to the loss and NaN to the gradient of its input."""
