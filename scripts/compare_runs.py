@@ -107,7 +107,9 @@ def label_of(setting: dict[str, Any], varying: list[str]) -> str:
 def summarise(runs: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
     """One row per setting: mean and std (over seeds) of each metric, seeds, trainable parameters."""
     settings = [setting_of(r["config"]) for r in runs]
-    varying = [k for k in SETTING_KEYS if len({json.dumps(s[k]) for s in settings}) > 1]
+    # keys that take two or more values among the runs that have them (a key only CoLA has, e.g. sharing, does
+    # not label every CoLA row unless CoLA runs differ in it)
+    varying = [k for k in SETTING_KEYS if len({json.dumps(s[k]) for s in settings if s.get(k) is not None}) > 1]
     if "peft.method" not in varying:
         varying.insert(0, "peft.method")
     groups: dict[str, list[dict[str, Any]]] = {}
