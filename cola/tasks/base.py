@@ -205,11 +205,15 @@ class DualStreamTask(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._rng_between_batches = rng_states()
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # One mode for every tower: transformers' from_pretrained returns its model in eval mode while randomly
+            # initialised towers start in train mode, and Lightning keeps the modes it finds. Frozen towers train in
+            # train mode (their own dropout active), as in the official code and HF's Trainer. (In setup, so the
+            # model summary printed at fit start shows it.)
+            self.train()
+
     def on_fit_start(self) -> None:
-        # One mode for every tower: transformers' from_pretrained returns its model in eval mode while randomly
-        # initialised towers start in train mode, and Lightning keeps whatever modes it finds. Frozen towers train
-        # in train mode (their own dropout active), as in the official code and HF's Trainer.
-        self.train()
         counts = self.parameter_counts()
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
         if self.logger is not None:
