@@ -12,7 +12,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-METHODS = ["frozen", "lora", "peft_lora", "cola", "moka"]
+METHODS = ["frozen", "lora", "peft_lora", "lora_param_matched", "cola", "moka"]
 
 
 def _load_benchmark():
@@ -58,7 +58,7 @@ def test_report_has_the_spec_structure(report):
 
 
 def test_ratios_are_finite_and_match_the_results(report):
-    assert set(report["ratios"]) == {"cola/lora", "moka/lora", "lora/peft_lora"}
+    assert set(report["ratios"]) == {"cola/lora", "moka/lora", "lora/peft_lora", "cola/lora_param_matched"}
     by = {r["method"]: r for r in report["results"]}
     for name, ratio in report["ratios"].items():
         num, den = name.split("/")
@@ -74,6 +74,8 @@ def test_trainable_parameters(report):
     assert by["frozen"] == head
     assert by["lora"] == by["peft_lora"]  # split_fused=False: the same A/B shapes as HF peft on fused qkv
     assert head < by["lora"] < by["moka"] < by["cola"]
+    # the param-matched LoRA's rank brings its count within one rank step of CoLA's
+    assert abs(by["lora_param_matched"] - by["cola"]) < by["lora"] / 8
 
 
 def test_cola_sharing_variants_drop_their_shared_matrices(bench):
