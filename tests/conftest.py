@@ -80,3 +80,19 @@ def resolve_all(cfg: DictConfig) -> dict:
         for k in cfg
         if k != "hydra"
     }
+
+
+def fast_dev_trainer(tmp_path: Path, **kwargs):
+    """A quiet one-batch-per-stage CPU Lightning Trainer (``fast_dev_run``), no logger or checkpoints."""
+    import lightning as L
+
+    args = dict(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**args, **kwargs})

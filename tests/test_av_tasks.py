@@ -18,6 +18,7 @@ from cola.models.heads.av import (
     pool_stream,
 )
 from cola.tasks.av_segmentation import masked_mask_losses
+from tests.conftest import fast_dev_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = 56  # 4 x 4 patches of 14
@@ -374,17 +375,8 @@ def avs_root(tmp_path_factory) -> Path:
 
 
 def _fast_dev_run(task, datamodule, tmp_path) -> dict[str, float]:
-    import lightning as L
 
-    trainer = L.Trainer(
-        fast_dev_run=True,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = fast_dev_trainer(tmp_path)
     trainer.fit(task, datamodule=datamodule)
     results = trainer.test(task, datamodule=datamodule, verbose=False)
     assert len(results) == 1

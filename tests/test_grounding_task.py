@@ -9,6 +9,7 @@ import torch
 
 from cola.models.heads import GroundingHead
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
+from tests.conftest import fast_dev_trainer
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -331,18 +332,9 @@ def test_perfect_predictions_score_one_at_original_resolution(datamodule):
 
 @pytest.mark.parametrize("method", ["cola", "lora", "moka", "frozen"])
 def test_fast_dev_run_with_refcoco_datamodule(method, datamodule, tmp_path):
-    import lightning as L
 
     task = make_task(method, val_split="val", test_splits=datamodule.test_splits)
-    trainer = L.Trainer(
-        fast_dev_run=True,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = fast_dev_trainer(tmp_path)
     trainer.fit(task, datamodule=datamodule)
     results = trainer.test(task, datamodule=datamodule, verbose=False)
     assert len(results) == len(datamodule.test_splits)
@@ -393,15 +385,6 @@ def test_towers_train_in_train_mode_however_they_were_loaded(datamodule, tmp_pat
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(all(m.training for m in pl_module.modules()))
 
-    trainer = L.Trainer(
-        fast_dev_run=True,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[Probe()],
-    )
+    trainer = fast_dev_trainer(tmp_path, callbacks=[Probe()])
     trainer.fit(task, datamodule=datamodule)
     assert seen == [True]
