@@ -112,3 +112,18 @@ def test_validation_errors_are_one_paragraph():
         finally:
             if env is not None:
                 os.environ["WANDB_API_KEY"] = env
+
+
+@pytest.mark.parametrize(
+    ("overrides", "monitor"),
+    [
+        (["task=ave"], "val/acc"),
+        (["experiment=main_ave"], "test/acc"),  # official AV model selection on test: the monitor follows
+        (["experiment=main_avs_s4"], "test/miou"),
+        (["task=avs_ms3", "data.select_on=test"], "test/miou"),
+        (["experiment=main_refcoco"], "val/acc@0.5"),
+    ],
+)
+def test_monitor_names_the_split_the_validation_loader_runs_on(overrides, monitor):
+    cfg = compose_cfg(overrides, tiny=False)
+    assert cfg.task.monitor == monitor and cfg.callbacks.model_checkpoint.monitor == monitor
