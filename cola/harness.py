@@ -323,6 +323,13 @@ def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def reference_metrics(datamodule) -> dict[str, float]:
+    """Scores of trivial predictors on the same splits, for reference (grounding: one fixed box)."""
+    if hasattr(datamodule, "fixed_box_baseline"):
+        return datamodule.fixed_box_baseline()
+    return {}
+
+
 def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -417,8 +424,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = _flat_metrics(results)
-        if hasattr(datamodule, "fixed_box_baseline"):  # grounding: what a constant box scores, for reference
-            metrics.update(datamodule.fixed_box_baseline())
+        metrics.update(reference_metrics(datamodule))
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})
@@ -491,6 +497,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = _flat_metrics(results)
+        metrics.update(reference_metrics(datamodule))
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))

@@ -268,6 +268,15 @@ def test_samples_follow_the_refs(dm, synth):
     assert all(s.image_path.name == f"COCO_train2014_{s.image_id:012d}.jpg" for s in samples)
 
 
+def test_pad_to_max_length_keeps_every_position(synth, tokenizer_path):
+    dm = make_dm(synth, tokenizer_path, pad_to="max_length")
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["input_ids"].shape[1] == 40 and batch["attention_mask"].shape[1] == 40
+    with pytest.raises(ValueError, match="data.pad_to must be one of"):
+        make_dm(synth, tokenizer_path, pad_to="shortest")
+
+
 def test_batch_shapes_and_dtypes(synth, tokenizer_path, tokenizer):
     dm = make_dm(synth, tokenizer_path, augment={"scale": [0.8, 1.0], "color_jitter": 0.2, "hflip": 0.5})
     dm.setup("fit")
@@ -276,8 +285,11 @@ def test_batch_shapes_and_dtypes(synth, tokenizer_path, tokenizer):
         b = batch["pixel_values"].shape[0]
         assert b == 4
         assert batch["pixel_values"].shape == (b, 3, IMAGE, IMAGE) and batch["pixel_values"].dtype == torch.float32
-        assert batch["input_ids"].shape == (b, 40) and batch["input_ids"].dtype == torch.int64
-        assert batch["attention_mask"].shape == (b, 40) and batch["attention_mask"].dtype == torch.int64
+        # pad_to=longest (default): cut to the batch's longest expression, which has no padding
+        length = batch["input_ids"].shape[1]
+        assert length < 40 and batch["attention_mask"].sum(1).max() == length
+        assert batch["input_ids"].shape == (b, length) and batch["input_ids"].dtype == torch.int64
+        assert batch["attention_mask"].shape == (b, length) and batch["attention_mask"].dtype == torch.int64
         assert batch["box"].shape == (b, 4) and batch["box"].dtype == torch.float32
         assert batch["mask"].shape == (b, IMAGE, IMAGE) and batch["mask"].dtype == torch.float32
         assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
