@@ -303,7 +303,7 @@ class Runner:
         self.params_trainable = trainable_params(self.model)
         self.model_mb = model_mb(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # "default" is what cola.tasks builds: torch picks a per-tensor loop on CPU, multi-tensor on CUDA.
+        # "fused" is what cola.tasks builds; "default": torch picks a per-tensor loop on CPU, multi-tensor on CUDA.
         kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.optimizer]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, **kw)
         self.inputs_a, self.inputs_b, self.target = make_inputs(spec, args.batch, device)
