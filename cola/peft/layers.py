@@ -90,8 +90,12 @@ class AdapterLinear(nn.Module):
         """
         s, k = self.out_splits, b.shape[1]
         w = b if s == 1 else torch.block_diag(*b.reshape(s, -1, k))  # (d_out, S*k)
-        flat = torch.addmm(out.reshape(-1, self.out_features), z.reshape(-1, s * k), w.t())
-        return flat.reshape(out.shape)
+        # In place: the GEMM accumulates into the base layer's fresh output (out-of-place addmm would first copy
+        # the whole (N, d_out) output). Safe for autograd: nn.Linear's backward does not read its output. In-place
+        # ops are outside autocast, so the operands take the output's dtype (bf16 under autocast).
+        flat = out.reshape(-1, self.out_features)
+        flat.addmm_(z.reshape(-1, s * k).to(flat.dtype), w.t().to(flat.dtype))
+        return flat.view(out.shape)
 
     def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Block-diagonal product B A for the S slices: (d_out, d_in)."""
