@@ -79,6 +79,7 @@ METHODS = (
     "cola_full",
     "moka",
 )
+SPEC_METHODS = ("frozen", "lora", "peft_lora", "cola", "moka")  # the methods SPEC §10's JSON names
 COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
 PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
@@ -592,8 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pair", choices=PAIRS, default="vl", help="vl: DINOv2-B@448 + BERT-B; av: DINOv2-B@224 + AST")
     p.add_argument("--tiny", action="store_true", help="tiny towers (192 wide, 4 blocks, 112 px): seconds on a CPU")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
-                   help=f"subset of {' '.join(METHODS)} (default: all)")  # fmt: skip
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
+                   help=f"subset of {' '.join(METHODS)} (default: all; with --tiny: {' '.join(SPEC_METHODS)})")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (weights stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compilation)")
@@ -622,6 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.alpha = args.rank / 2
     if args.device == "cuda" and not args.memory_host and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.methods is None:  # --tiny: the SPEC's methods only, so that the quick check stays under a minute
+        args.methods = list(SPEC_METHODS if args.tiny else METHODS)
     args.methods = list(dict.fromkeys(args.methods))  # order kept, duplicates dropped
     return args
 

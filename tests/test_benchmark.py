@@ -130,3 +130,9 @@ def test_bad_arguments_are_named(bench):
         bench.parse_args(["--steps", "0"])
     with pytest.raises(SystemExit):  # argparse rejects an unknown method with the list of choices
         bench.parse_args(["--methods", "dora"])
+
+
+def test_default_methods(bench):
+    assert bench.parse_args(["--tiny"]).methods == ["frozen", "lora", "peft_lora", "cola", "moka"]  # under a minute
+    assert bench.parse_args([]).methods == list(bench.METHODS)
+    assert bench.parse_args(["--tiny", "--methods", "cola", "lora", "cola"]).methods == ["cola", "lora"]
