@@ -311,7 +311,7 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
 
 def job_config_yaml(cfg: DictConfig) -> str:
     """:func:`job_config` as YAML (the run folder's ``config.yaml``)."""
-    return OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
+    return OmegaConf.to_yaml(job_config(cfg))
 
 
 def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:

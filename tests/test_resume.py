@@ -22,19 +22,25 @@ from cola.validation import SetupError
 from tests.conftest import REPO
 from tests.test_harness import cli_args, fast_cfg
 
-# 2 epochs of 5 batches, validation only at the end (so the final model is the selected one), last.ckpt every
-# 3 steps (steps 3, 6 and 9: mid-epoch in both epochs)
-RESUME_RUN = [
-    "data.limit_per_split=10",
-    "data.batch_size=2",
-    "trainer.max_epochs=2",
-    "trainer.max_steps=-1",
-    "trainer.limit_train_batches=null",
-    "trainer.check_val_every_n_epoch=2",
-    "trainer.deterministic=true",
-    "callbacks.model_checkpoint.every_n_train_steps=3",
-    "callbacks.model_checkpoint.monitor=val/miou",
-]
+
+def two_epoch_run(samples: int, checkpoint_every: int) -> list[str]:
+    """2 deterministic epochs of ``samples / 2`` batches, validation only at the end (so the final model is the
+    selected one), last.ckpt every ``checkpoint_every`` steps."""
+    return [
+        f"data.limit_per_split={samples}",
+        "data.batch_size=2",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "trainer.limit_train_batches=null",
+        "trainer.check_val_every_n_epoch=2",
+        "trainer.deterministic=true",
+        f"callbacks.model_checkpoint.every_n_train_steps={checkpoint_every}",
+        "callbacks.model_checkpoint.monitor=val/miou",
+    ]
+
+
+# 2 epochs of 5 batches, last.ckpt at steps 3, 6 and 9: mid-epoch in both epochs
+RESUME_RUN = two_epoch_run(10, 3)
 
 
 def without_time(metrics: dict) -> dict:
@@ -260,17 +266,7 @@ def _popen(args: list[str]) -> subprocess.Popen:
 
 
 # 2 epochs of 10 batches, last.ckpt every 2 steps; validation only at the end
-KILL_RUN = [
-    "data.limit_per_split=20",
-    "data.batch_size=2",
-    "trainer.max_epochs=2",
-    "trainer.max_steps=-1",
-    "trainer.limit_train_batches=null",
-    "trainer.check_val_every_n_epoch=2",
-    "trainer.deterministic=true",
-    "callbacks.model_checkpoint.every_n_train_steps=2",
-    "callbacks.model_checkpoint.monitor=val/miou",
-]
+KILL_RUN = two_epoch_run(20, 2)
 
 
 @pytest.mark.slow

@@ -368,14 +368,13 @@ class DualStreamTask(L.LightningModule):
         return prefixes + (("encoder.",) if self.peft_config.get("method") == "full" else ())
 
     def trainable_state_keys(self) -> set[str]:
-        keys = {n for n, p in self.named_parameters() if p.requires_grad}
+        params = dict(self.named_parameters())
+        keys = {n for n, p in params.items() if p.requires_grad}
         # buffers of the heads (e.g. norms' running stats) are kept; tower buffers are rebuilt with the towers
         # (persistent ones: a non-persistent buffer, e.g. fixed positions, is rebuilt by the constructor)
-        keys |= {
-            n for n in self.state_dict() if not n.startswith("encoder.") and n not in dict(self.named_parameters())
-        }
+        keys |= {n for n in self.state_dict() if not n.startswith("encoder.") and n not in params}
         # CoLA's random_frozen hypernetworks are frozen but random: keep them so a reload is exact
-        keys |= {n for n, _ in self.named_parameters() if n.startswith("encoder.") and ".cola_hypernet." in n}
+        keys |= {n for n in params if n.startswith("encoder.") and ".cola_hypernet." in n}
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
