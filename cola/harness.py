@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD_PREFIXES = ("head.", "heads.")
-NOT_SPLITS = ("params", "time", "data", "train")  # metrics.json key prefixes that are not evaluation splits
+NOT_SPLITS = ("params", "time", "data", "train")
+MASK_METRICS = ("miou", "oiou")  # reported from the best-mask checkpoint under task.monitor_mask  # metrics.json key prefixes that are not evaluation splits
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -194,6 +195,20 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
         ),
         SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),  # cola.io
     ]
+    mask_monitor = cfg.task.get("monitor_mask")
+    if mask_monitor:
+        # official grounding keeps a second best checkpoint by mask mIoU; its mask metrics are reported from it
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best_mask",
+                monitor=mask_monitor,
+                mode=mc.mode,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
     if mc.get("every_n_train_steps"):
         # last.ckpt every N optimiser steps, also before the first validation: a ModelCheckpoint with a monitor
         # defers step-based saves until its metric exists, so this one has none and keeps no top-k
@@ -323,6 +338,18 @@ def _flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _mask_checkpoint(cfg: DictConfig, trainer) -> str | None:
+    """The best-mask checkpoint written under ``task.monitor_mask``, if that is set and the file exists."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if not cfg.task.get("monitor_mask") or trainer.fast_dev_run:
+        return None
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == cfg.task.monitor_mask and cb.best_model_path:
+            return cb.best_model_path if Path(cb.best_model_path).is_file() else None
+    return None
+
+
 def reference_metrics(datamodule) -> dict[str, float]:
     """Scores of trivial predictors on the same splits, for reference (grounding: one fixed box)."""
     if hasattr(datamodule, "fixed_box_baseline"):
@@ -424,6 +451,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = _flat_metrics(results)
+        best_mask = _mask_checkpoint(cfg, trainer)
+        if best_mask is not None:
+            # task.monitor_mask (official grounding): mask metrics come from the best-mask checkpoint
+            mask_results = trainer.validate(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
+            mask_results += trainer.test(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
+            metrics.update(
+                {k: v for k, v in _flat_metrics(mask_results).items() if k.rpartition("/")[2] in MASK_METRICS}
+            )
         metrics.update(reference_metrics(datamodule))
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
@@ -497,6 +532,14 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = _flat_metrics(results)
+        best_mask = _mask_checkpoint(cfg, trainer)
+        if best_mask is not None:
+            # task.monitor_mask (official grounding): mask metrics come from the best-mask checkpoint
+            mask_results = trainer.validate(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
+            mask_results += trainer.test(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
+            metrics.update(
+                {k: v for k, v in _flat_metrics(mask_results).items() if k.rpartition("/")[2] in MASK_METRICS}
+            )
         metrics.update(reference_metrics(datamodule))
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})

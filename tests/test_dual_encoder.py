@@ -483,6 +483,11 @@ def test_every_other_layer_map_vision_4_audio_2():
     assert enc.layer_pairs == [(1, 0), (3, 1)]
     adapted = [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_a.blocks]
     assert adapted == [False, True, False, True]
+    # the unpaired vision blocks get plain LoRA at the same rank and alpha (official), nothing else
+    for i in (0, 2):
+        layers = [m for m in enc.tower_a.blocks[i].modules() if isinstance(m, (LoRALinear, CoLALinear, MoKALinear))]
+        assert len(layers) == 4 and all(type(m) is LoRALinear for m in layers)
+        assert all(m.config.rank == 4 and m.config.alpha == 2 for m in layers)
     assert all(any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_b.blocks)
     out = enc(ia, ib)
     torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
@@ -569,3 +574,93 @@ def test_peft_dict_errors():
         _encoder(_cola(propagation="progresive"))
     with pytest.raises(ValueError, match="matches no nn.Linear"):
         DualEncoder(_tower("vit"), _tower("bert"), peft=_cola(), targets_a=["attn.qkvv"], targets_b=TARGETS["bert"])
+
+
+# --------------------------------------------------------------------------------------------- official settings
+def test_every_other_counts_and_lora_adapts_every_block():
+    def enc(peft):
+        return DualEncoder(
+            _tower("vit", 4, seed=0),
+            _tower("ast", 2, seed=1),
+            peft={**peft, "layer_map": "every_other"},
+            targets_a=TARGETS["vit"],
+            targets_b=TARGETS["ast"],
+            out_splits_a=SPLITS["vit"],
+        )
+
+    lora = enc({"method": "lora", "rank": 4, "alpha": 2})
+    assert all(any(isinstance(m, LoRALinear) for m in blk.modules()) for blk in lora.tower_a.blocks)
+    cola = enc(_cola(condition_pooling="cls"))
+    lone = sum(r.params_added for r in (lora.report.a,)) // 2  # LoRA params of 2 of the 4 vision blocks
+    counted = {n for n, m in cola.tower_a.model.named_modules() if isinstance(m, LoRALinear) and type(m) is LoRALinear}
+    assert len(counted) == 8  # 2 unpaired blocks x 4 targets
+    matched = enc({**_cola(condition_pooling="cls"), "method": "lora_param_matched"})
+    # the CoLA count it matches includes the unpaired blocks' LoRA
+    assert matched.report.params_cola == cola.report.params_added
+    assert lone > 0 and matched.report.params_cola > lone
+
+
+def test_per_stream_reduction_and_pooling():
+    """Official AVS: vision layers' hypernets d_c / 16, audio layers' d_c / 8 (here 32 / 4 and 64 / 2); the audio
+    layers are conditioned on the mean of the vision tokens, the vision layers on the audio CLS."""
+    enc = _encoder(
+        _cola(reduction={"vision": 4, "audio": 2}, condition_pooling={"vision": "mean", "audio": "cls"}), b="ast"
+    )
+    for m in enc.tower_a.model.modules():
+        if isinstance(m, CoLALinear):
+            nets = m.cola_hypernet if isinstance(m.cola_hypernet, nn.ModuleList) else [m.cola_hypernet]
+            assert all(n.fc1.in_features == 32 and n.fc1.out_features == 8 for n in nets)
+    for m in enc.tower_b.model.modules():
+        if isinstance(m, CoLALinear):
+            assert m.cola_hypernet.fc1.in_features == 64 and m.cola_hypernet.fc1.out_features == 32
+    _perturb_adapters(enc)
+    ia, ib = _inputs("vit"), _inputs("ast")
+    cond_a, h1 = _record_conditions(enc.tower_a)
+    cond_b, h2 = _record_conditions(enc.tower_b)
+    enc(ia, ib)
+    for h in h1 + h2:
+        h.remove()
+    xa, mask_a = enc.tower_a.embed(ia)
+    xb, _ = enc.tower_b.embed(ib)
+    # block 0: the audio qkv condition is the vision mean (prefix excluded), the vision qkv condition the audio CLS;
+    # a CLS condition would be the same for every sample at block 0, a mean is not
+    torch.testing.assert_close(cond_b[(0, "attention.q_proj")][1], _masked_mean(xa, mask_a, enc.num_prefix_a))
+    torch.testing.assert_close(cond_a[(0, "attn.qkv")][1], xb[:, 0])
+    assert not torch.allclose(cond_b[(0, "attention.q_proj")][1][0], cond_b[(0, "attention.q_proj")][1][1])
+
+
+def test_per_stream_mapping_must_name_each_stream():
+    with pytest.raises(ValueError, match=r"reduction has no entry for the audio stream"):
+        _encoder(_cola(reduction={"vision": 4}), b="ast")
+    with pytest.raises(ValueError, match=r"condition_pooling has no entry for the text stream"):
+        _encoder(_cola(condition_pooling={"vision": "mean"}))
+    with pytest.raises(ValueError, match=r"reduction has unknown stream 'visual'"):
+        _encoder(_cola(reduction={"visual": 4, "audio": 2}), b="ast")
+
+
+def test_shuffled_control_takes_the_condition_of_another_video():
+    """Rows come in groups of T seconds per video: the shuffled condition of row i is row i + T's (same second of
+    the next video), never another second of the same video."""
+    T, videos = 3, 2
+    pooling = {"vision": "mean", "audio": "cls"}  # a vision CLS is the same for every row at block 0
+    pooled = _encoder(_cola(condition_pooling=pooling), b="ast")
+    shuffled = _encoder(_cola(condition_pooling=pooling, condition="shuffled"), b="ast")
+    shuffled.load_state_dict(pooled.state_dict())
+    ia, ib = _inputs("vit", batch=T * videos), _inputs("ast", batch=T * videos)
+    seen = {}
+
+    def hook(mod, args):
+        seen["c"] = mod._effective_condition(mod._condition).detach().clone()
+
+    layer = shuffled.tower_b.blocks[0].get_submodule("attention.q_proj")
+    handle = layer.register_forward_pre_hook(hook)
+    shuffled(ia, ib, rows_per_sample=T)
+    handle.remove()
+    xa, mask_a = shuffled.tower_a.embed(ia)
+    xa = _masked_mean(xa, mask_a, shuffled.num_prefix_a)  # vision mean per row at block 0
+    torch.testing.assert_close(seen["c"], torch.roll(xa, -T, 0))
+    for i in range(T * videos):  # never a row of the same video
+        j = next(k for k in range(T * videos) if torch.equal(seen["c"][i], xa[k]))
+        assert j // T != i // T
+    with pytest.raises(ValueError, match="needs a batch of >= 2 samples"):
+        shuffled(_inputs("vit", batch=T), _inputs("ast", batch=T), rows_per_sample=T)

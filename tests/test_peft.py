@@ -233,15 +233,22 @@ def test_lora_split_fused_slices_are_independent():
 
 
 def test_windowed_batch_and_grid_input():
-    layer = CoLALinear(_base(), CoLAConfig(rank=R, reduction=4), context_dim=D_C)
+    # The two calls run the hypernetwork on batches of 2 and 6 conditions. A float32 GEMM may pick another
+    # blocking (summation order) for another batch size, and the r x r LayerNorm divides those last-bit
+    # differences by the std of 16 values: ~3e-6 on some CPUs. That is rounding, not a wrong repeat, so the
+    # identity is checked in float64, where the same reordering bounds the difference at ~1e-15 relative.
+    layer = CoLALinear(_base(), CoLAConfig(rank=R, reduction=4), context_dim=D_C).double()
     _perturb(layer)
-    c = torch.randn(2, D_C)
+    c = torch.randn(2, D_C, dtype=torch.float64)
     layer.set_condition(c)
-    x = torch.randn(6, 3, 2, D_IN)  # 3 windows per sample, (B*k, H, W, d)
+    x = torch.randn(6, 3, 2, D_IN, dtype=torch.float64)  # 3 windows per sample, (B*k, H, W, d)
     out = layer(x)
     assert out.shape == (6, 3, 2, D_OUT)
     layer.set_condition(c.repeat_interleave(3, dim=0))
-    torch.testing.assert_close(layer(x), out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layer(x), out, atol=1e-12, rtol=1e-12)
+    # and the windows of one sample share its Phi: sample 0's condition repeated reproduces rows 0-2
+    layer.set_condition(c[:1])
+    torch.testing.assert_close(layer(x[:3]), out[:3], atol=1e-12, rtol=1e-12)
 
 
 def test_condition_controls():
@@ -528,3 +535,53 @@ def test_overlapping_targets_count_under_the_most_specific():
     model.output.dense = nn.Linear(4, 4)
     report = inject_adapters(model, LoRAConfig(rank=2), ["attention.output.dense", "output.dense"])
     assert report.per_target == {"attention.output.dense": 1, "output.dense": 1}
+
+
+# --------------------------------------------------------------------------------------------- hypernet init
+def test_hypernet_init_trunc_normal_statistics():
+    """Official: the host models re-initialise every nn.Linear with trunc_normal(std 0.02), biases 0."""
+    torch.manual_seed(0)
+    net = HyperNetwork(768, 16, reduction=16)  # fc1 768 -> 48 (36,864 weights), fc2 48 -> 256 (12,288)
+    for fc in (net.fc1, net.fc2):
+        w = fc.weight.detach().double()
+        assert torch.count_nonzero(fc.bias) == 0
+        # std of n normal samples: relative standard error 1 / sqrt(2n) < 0.7 %; 5 % is > 7 standard errors
+        assert abs(w.std().item() / 0.02 - 1) < 0.05
+        # a normal, not a uniform of the same std: the tails reach beyond the uniform's bound sqrt(3) std
+        assert w.abs().max().item() > 3 * 0.02
+    assert torch.equal(net.norm1.weight, torch.ones(48)) and torch.count_nonzero(net.norm2.bias) == 0
+
+
+def test_hypernet_init_torch_keeps_linear_defaults():
+    torch.manual_seed(0)
+    net = HyperNetwork(768, 16, reduction=16, init="torch")
+    bound = 1 / math.sqrt(768)  # nn.Linear: kaiming_uniform(a=sqrt(5)) weights and uniform biases in +-1/sqrt(fan_in)
+    assert net.fc1.weight.abs().max().item() <= bound and torch.count_nonzero(net.fc1.bias) > 0
+    layer = CoLALinear(_base(), CoLAConfig(rank=R, reduction=4, hypernet_init="torch"), context_dim=D_C)
+    assert torch.count_nonzero(layer.cola_hypernet.fc1.bias) > 0
+    with pytest.raises(ValueError, match=r"hypernet_init must be one of \['torch', 'trunc_normal'\], got 'xavier'"):
+        CoLAConfig(hypernet_init="xavier")
+
+
+def test_per_stream_settings_validation():
+    cfg = CoLAConfig(rank=R, reduction={"vision": 16, "audio": 8}, condition_pooling={"vision": "mean", "audio": "cls"})
+    assert cfg.for_stream("audio").reduction == 8 and cfg.for_stream("vision").reduction == 16
+    assert CoLAConfig(reduction=4).for_stream("text").reduction == 4
+    with pytest.raises(ValueError, match=r"reduction.audio must be a positive integer, got 0"):
+        CoLAConfig(reduction={"vision": 16, "audio": 0})
+    with pytest.raises(ValueError, match=r"condition_pooling.vision must be one of .*got 'max'"):
+        CoLAConfig(condition_pooling={"vision": "max"})
+    with pytest.raises(ValueError, match="per stream; build the layer with config.for_stream"):
+        CoLALinear(_base(), cfg, context_dim=D_C)
+    with pytest.raises(ValueError, match="reduction has no entry for the text stream"):
+        cfg.for_stream("text")
+
+
+def test_shuffled_groups_take_the_next_sample():
+    layer = CoLALinear(_base(), CoLAConfig(rank=R, reduction=4, condition="shuffled"), context_dim=D_C)
+    c = torch.randn(6, D_C)
+    layer.set_condition(c, group=3)  # 2 samples x 3 rows
+    torch.testing.assert_close(layer._effective_condition(c), torch.cat([c[3:], c[:3]]))
+    layer.set_condition(c, group=4)
+    with pytest.raises(ValueError, match="6 rows in groups of 4"):
+        layer(torch.randn(6, 2, D_IN))

@@ -7,11 +7,31 @@ between 20 Hz and Nyquist, and the natural log floored at float32 ``eps``; no di
 ``htk_compat`` changes nothing). :func:`kaldi_fbank` computes exactly that in torch (torchaudio is not a
 dependency); a test compares it with transformers' ``ASTFeatureExtractor`` (numpy path).
 
-The audio-visual tasks feed AST one 1-s clip per video second: :func:`audio_clip_features` cuts a waveform
-into ``seconds`` clips (16,000 samples, 98 frames each), pads every clip's fbank to ``target_frames`` (AST's
-``max_length``, 100) with zeros and normalises ``(x - mean) / (2 std)`` as AST does. The defaults
-``mean = -4.27``, ``std = 4.57`` are AST's AudioSet statistics (``ASTFeatureExtractor``: -4.2677393,
-4.5689974); a dataset's own statistics can be passed instead (``data.audio_mean``, ``data.audio_std``).
+The audio-visual tasks feed AST one clip per video second (AVE) or per frame (AVS):
+:func:`audio_clip_features` cuts ``count`` windows of ``clip_seconds`` from a waveform, computes each
+window's fbank and normalises it ``(x - mean) / (2 std)`` as AST does. Two inputs (``data.audio_input``):
+
+- ``interpolate`` (the task files' default, fast on CPU): every clip's fbank (98 frames for 1 s) is
+  zero-padded or cropped to ``target_frames`` (``data.audio_target_frames``, 100) *before* normalisation (as
+  AST's own loader), and the AST's positional grid is interpolated down to that length
+  (``model.audio.max_length`` = ``data.audio_target_frames``).
+- ``pad`` (the official CoLA input): every clip's fbank is normalised and *then* zero-padded (pad value 0,
+  after normalisation, as the official AVE and AVS loaders) or cropped to :data:`AST_FRAMES` = 1024 frames,
+  the length the AST was pretrained on, so its positional embeddings stay untouched
+  (``model.audio.max_length`` = 1024; :func:`audio_frames` gives the AST length of a data setting).
+
+Window placement (``windows``): ``seconds`` puts clip t at second t (``[t, t + clip_seconds)``, zero-padded
+past the end; with 1-s clips the waveform's consecutive seconds); ``official`` spreads the clips as the
+official loaders: starts ``linspace(0, N - sr (clip_seconds + 0.1), count)`` truncated to integer samples
+(``N`` the waveform's length) and ``int(sr clip_seconds)`` samples each. For a 10-s AVE video of 1-s clips
+that is every 15,822.2 samples (clip 9 starts at 8.9 s, not 9 s); for a 5-s AVSBench clip of 1.95-s windows
+(the official AVS length, 193 frames each) the starts are 0, 0.7375, 1.475, 2.2125 and 2.95 s. The default
+follows the input: ``official`` with ``pad``, ``seconds`` with ``interpolate``. The official loaders also
+subtract the waveform's mean first; Kaldi's per-frame DC removal makes that a no-op, so it is not repeated.
+
+The defaults ``mean = -4.27``, ``std = 4.57`` are AST's AudioSet statistics (``ASTFeatureExtractor``:
+-4.2677393, 4.5689974); a dataset's own statistics can be passed instead (``data.audio_mean``,
+``data.audio_std``).
 """
 
 from __future__ import annotations
@@ -30,6 +50,11 @@ AUDIOSET_STD = 4.57  # AST's AudioSet fbank std (ASTFeatureExtractor: 4.5689974)
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Kaldi's default lowest filter edge
 LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi/torchaudio clamp before the log
+FRAME_LENGTH_MS, FRAME_SHIFT_MS = 25, 10  # AST's fbank window and hop
+AST_FRAMES = 1024  # the pretrained AST's input length (10.24 s; positional grid 12 x 101 patches)
+AUDIO_INPUTS = ("pad", "interpolate")  # data.audio_input
+AUDIO_WINDOWS = ("seconds", "official")  # data.audio_windows (null: official with pad, seconds with interpolate)
+OFFICIAL_MARGIN_S = 0.1  # the official loaders keep the last window this far from the end
 
 
 class AudioReadError(ValueError):
@@ -160,6 +185,95 @@ def kaldi_fbank(
     return mel.clamp_min(LOG_FLOOR).log()
 
 
+def check_audio_input(audio_input: str) -> str:
+    """Returns ``audio_input`` when it is one of :data:`AUDIO_INPUTS`.
+
+    Raises:
+        ValueError: another value (naming ``data.audio_input``, the value and the choices).
+    """
+    if audio_input not in AUDIO_INPUTS:
+        raise ValueError(f"data.audio_input must be one of {list(AUDIO_INPUTS)}, got {audio_input!r}")
+    return audio_input
+
+
+def audio_frames(audio_input: str, target_frames: int) -> int:
+    """The fbank frames per clip, i.e. the AST ``max_length``, of a data setting.
+
+    ``pad`` -> :data:`AST_FRAMES` (1024, the pretrained grid, untouched); ``interpolate`` -> ``target_frames``
+    (the grid interpolated to it). Behind ``${cola.audio_frames:...}`` in ``configs/model/*.yaml``.
+    """
+    check_audio_input(audio_input)
+    return AST_FRAMES if audio_input == "pad" else int(target_frames)
+
+
+def check_audio_setting(audio_input: str, clip_seconds: float, target_frames: int) -> int:
+    """Checks a data module's audio keys and returns its frames per clip (the AST ``max_length`` it needs).
+
+    Raises:
+        ValueError: an unknown ``audio_input``, a non-positive ``clip_seconds``, or clips whose fbank would
+            not fit the frames (more than 1024 with ``pad``, more than ``target_frames`` with ``interpolate``,
+            whose silent crop would drop audio) or be empty (under 25 ms).
+    """
+    frames = audio_frames(audio_input, int(target_frames))
+    if not float(clip_seconds) > 0:
+        raise ValueError(f"data.audio_clip_seconds must be positive, got {clip_seconds!r}")
+    have = clip_frames(float(clip_seconds))
+    if not 1 <= have <= frames:
+        fit = (
+            "the 1024 frames of data.audio_input=pad" if audio_input == "pad" else f"data.audio_target_frames={frames}"
+        )
+        hint = "" if audio_input == "pad" or have < 1 else f"; set data.audio_target_frames >= {have}"
+        raise ValueError(
+            f"data.audio_clip_seconds={clip_seconds} gives {have} fbank frames per clip, which do not fit {fit} "
+            f"(1 to {frames} frames: clips of 0.025 to {0.025 + (frames - 1) * 0.01:.3f} s){hint}"
+        )
+    return frames
+
+
+def clip_samples(clip_seconds: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples in one clip: ``int(sample_rate * clip_seconds)`` (as the official loaders; 31,200 for 1.95 s)."""
+    return int(sample_rate * clip_seconds)
+
+
+def clip_frames(clip_seconds: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Fbank frames of one clip (25 ms windows every 10 ms, whole frames only): 98 for 1 s, 193 for 1.95 s."""
+    window = int(sample_rate * FRAME_LENGTH_MS * 0.001)
+    shift = int(sample_rate * FRAME_SHIFT_MS * 0.001)
+    n = clip_samples(clip_seconds, sample_rate)
+    return 0 if n < window else 1 + (n - window) // shift
+
+
+def resolve_windows(windows: str | None, audio_input: str) -> str:
+    """The window placement of a setting: ``windows``, or (``None``) ``official`` with pad, ``seconds`` else.
+
+    Raises:
+        ValueError: an unknown ``windows`` or ``audio_input``.
+    """
+    check_audio_input(audio_input)
+    if windows is None:
+        return "official" if audio_input == "pad" else "seconds"
+    if windows not in AUDIO_WINDOWS:
+        raise ValueError(f"data.audio_windows must be one of {list(AUDIO_WINDOWS)} or null, got {windows!r}")
+    return windows
+
+
+def window_starts(
+    num_samples: int, count: int, *, clip_seconds: float = 1.0, sample_rate: int = SAMPLE_RATE, windows: str
+) -> list[int]:
+    """First sample of each of ``count`` clips in a waveform of ``num_samples`` (see the module docstring).
+
+    ``seconds``: ``t * sample_rate``. ``official``: ``linspace(0, num_samples - sample_rate (clip_seconds +
+    0.1), count)`` truncated to integers, clamped at 0 for waveforms shorter than one clip plus the margin.
+    """
+    if windows == "seconds":
+        return [t * sample_rate for t in range(count)]
+    if windows != "official":
+        raise ValueError(f"windows must be one of {list(AUDIO_WINDOWS)}, got {windows!r}")
+    stop = num_samples - sample_rate * (clip_seconds + OFFICIAL_MARGIN_S)  # float, as the official loaders
+    starts = np.linspace(0, max(stop, 0.0), num=count, dtype=int)
+    return [int(x) for x in starts]
+
+
 def audio_clip_features(
     waveform: torch.Tensor,
     *,
@@ -168,23 +282,34 @@ def audio_clip_features(
     target_frames: int = 100,
     mean: float = AUDIOSET_MEAN,
     std: float = AUDIOSET_STD,
+    audio_input: str = "interpolate",
+    clip_seconds: float = 1.0,
+    windows: str | None = None,
 ) -> torch.Tensor:
-    """Per-second AST inputs: one normalised fbank per 1-s clip.
+    """AST inputs of a video: one normalised fbank per clip (see the module docstring).
 
-    The waveform is cut to ``seconds`` seconds (zero-padded when shorter) and split into 1-s clips; each
-    clip's fbank (98 frames at 16 kHz) is zero-padded or cropped to ``target_frames`` and normalised as AST:
-    ``(x - mean) / (2 * std)`` (padding happens before normalisation, as AST's loader).
+    The waveform is first zero-padded to ``seconds`` seconds when shorter (with ``seconds`` windows it is
+    also cut there). Each of the ``seconds`` clips (``clip_seconds`` long, placed by ``windows``; 98 frames
+    for 1 s at 16 kHz) gives an fbank that is, for ``audio_input``:
+
+    - ``interpolate``: zero-padded or cropped to ``target_frames``, then normalised ``(x - mean) / (2 std)``
+      (padding before normalisation, as AST's loader);
+    - ``pad``: normalised, then zero-padded or cropped to :data:`AST_FRAMES` (1024) frames (padding with 0
+      after normalisation, as the official CoLA AVE/AVS loaders); ``target_frames`` is not used.
 
     Args:
         waveform: ``(N,)`` mono samples in [-1, 1] at ``sample_rate``.
-        seconds: number of 1-s clips.
+        seconds: number of clips (video seconds for AVE, frames for AVS).
         sample_rate: the waveform's rate in Hz.
-        target_frames: frames per clip (AST ``max_length``).
+        target_frames: frames per clip with ``interpolate`` (AST ``max_length``).
         mean: fbank mean (default AudioSet's, from AST).
         std: fbank std (default AudioSet's, from AST).
+        audio_input: ``interpolate`` (default) or ``pad``.
+        clip_seconds: length of one clip (1.0; the official AVS windows are 1.95).
+        windows: ``seconds`` | ``official`` | ``None`` (``official`` with pad, ``seconds`` with interpolate).
 
     Returns:
-        ``(seconds, target_frames, 128)`` float32.
+        ``(seconds, T, 128)`` float32 with ``T = audio_frames(audio_input, target_frames)``.
     """
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be mono with shape (N,), got {tuple(waveform.shape)}")
@@ -192,14 +317,36 @@ def audio_clip_features(
         raise ValueError(f"seconds and target_frames must be positive, got {seconds} and {target_frames}")
     if std <= 0:
         raise ValueError(f"audio std must be positive, got {std}")
+    windows = resolve_windows(windows, audio_input)
+    length = clip_samples(clip_seconds, sample_rate)
+    if clip_frames(clip_seconds, sample_rate) < 1:
+        raise ValueError(f"audio_clip_seconds={clip_seconds} is shorter than one fbank window ({FRAME_LENGTH_MS} ms)")
     total = seconds * sample_rate
-    waveform = waveform.to(torch.float32)[:total]
+    waveform = waveform.to(torch.float32)
+    if windows == "seconds":
+        waveform = waveform[:total]
     if waveform.shape[0] < total:
         waveform = torch.nn.functional.pad(waveform, (0, total - waveform.shape[0]))
-    fbank = kaldi_fbank(waveform.view(seconds, sample_rate), sample_rate=sample_rate)  # (S, T0, 128)
-    frames = fbank.shape[1]
-    if frames < target_frames:
-        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - frames))  # (S, T, 128)
+    starts = window_starts(
+        waveform.shape[0], seconds, clip_seconds=clip_seconds, sample_rate=sample_rate, windows=windows
+    )
+    end = starts[-1] + length
+    if waveform.shape[0] < end:  # windows past the end read zeros
+        waveform = torch.nn.functional.pad(waveform, (0, end - waveform.shape[0]))
+    if windows == "seconds" and length == sample_rate:
+        clips = waveform[:total].view(seconds, sample_rate)  # (S, sr): consecutive seconds
     else:
-        fbank = fbank[:, :target_frames]
-    return (fbank - mean) / (2.0 * std)
+        clips = torch.stack([waveform[s : s + length] for s in starts])  # (S, L)
+    fbank = kaldi_fbank(clips, sample_rate=sample_rate)  # (S, T0, 128)
+    if audio_input == "pad":
+        # official CoLA order: normalise, then pad with zeros (0 in normalised units) / crop to 1024 frames
+        return _fit_frames((fbank - mean) / (2.0 * std), AST_FRAMES)
+    return (_fit_frames(fbank, target_frames) - mean) / (2.0 * std)  # AST's order: pad with zeros, normalise
+
+
+def _fit_frames(fbank: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(S, T0, M)`` -> ``(S, frames, M)``: zero-pads at the end or keeps the first ``frames``."""
+    have = fbank.shape[1]
+    if have < frames:
+        return torch.nn.functional.pad(fbank, (0, 0, 0, frames - have))
+    return fbank[:, :frames]

@@ -16,7 +16,8 @@ Layout under ``root`` (the release's ``AVE_Dataset/`` after ``python scripts/pre
     audio/<video_id>.wav                 16 kHz mono, 10 s
 
 Batches (dict): ``pixel_values (B, 10, 3, S, S)`` normalised, ``input_values (B, 10, T, 128)`` normalised
-Kaldi fbank per second (:func:`cola.data.audio.audio_clip_features`), ``labels (B, 10)`` int64 in
+Kaldi fbank per second (:func:`cola.data.audio.audio_clip_features`; ``T`` = 1024 with
+``audio_input='pad'``, the official input, else ``audio_target_frames``), ``labels (B, 10)`` int64 in
 [0, 29), ``video_id`` list.
 
 Robustness: :meth:`AVEDataModule.validate` checks the layout before any long work (an unprepared root
@@ -40,7 +41,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cola.data.audio import AUDIOSET_MEAN, AUDIOSET_STD, audio_clip_features, load_audio
+from cola.data.audio import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    audio_clip_features,
+    check_audio_input,
+    check_audio_setting,
+    load_audio,
+    resolve_windows,
+)
 from cola.data.splits import SplitDataModule
 
 log = logging.getLogger(__name__)
@@ -259,11 +268,14 @@ class AVEDataset(Dataset):
         image_size: side S of the square frames.
         mean: per-channel image mean (0-1 scale).
         std: per-channel image std.
-        audio_target_frames: fbank frames T per 1-s clip.
+        audio_target_frames: fbank frames T per 1-s clip with ``interpolate``.
         audio_mean: fbank normalisation mean.
         audio_std: fbank normalisation std.
         augment: random horizontal flip of all ten frames of a sample together.
         name: a label for log messages (e.g. ``ave/train``).
+        audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
+        audio_clip_seconds: length of each audio clip.
+        audio_windows: clip placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
     """
 
     def __init__(
@@ -279,6 +291,9 @@ class AVEDataset(Dataset):
         audio_std: float = AUDIOSET_STD,
         augment: bool = False,
         name: str = "ave",
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.rows = list(rows)
@@ -287,6 +302,9 @@ class AVEDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32)
         self.audio_target_frames = audio_target_frames
         self.audio_mean, self.audio_std = audio_mean, audio_std
+        self.audio_input = check_audio_input(audio_input)
+        self.audio_clip_seconds = float(audio_clip_seconds)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
         self.augment = augment
         self.name = name
         # rows skipped at load time ("video_id line N" -> reason); each DataLoader worker holds its own copy
@@ -313,6 +331,9 @@ class AVEDataset(Dataset):
             target_frames=self.audio_target_frames,
             mean=self.audio_mean,
             std=self.audio_std,
+            audio_input=self.audio_input,
+            clip_seconds=self.audio_clip_seconds,
+            windows=self.audio_windows,
         )  # (10, T, 128)
         return {
             "pixel_values": pixel_values,
@@ -362,15 +383,23 @@ class AVEDataModule(SplitDataModule):
         image_size: side S of the frames fed to the model.
         mean: image normalisation mean (default ImageNet).
         std: image normalisation std.
-        audio_target_frames: fbank frames per 1-s clip (AST ``max_length``).
+        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
+            ``max_length``); at least the clip's frames (98 for 1 s).
         audio_mean: fbank normalisation mean (default AST's AudioSet value).
         audio_std: fbank normalisation std.
         select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
             selects checkpoints on).
         limit_per_split: keep only the first N rows of each split (quick runs).
         augment: random horizontal flips of training samples.
+        audio_input: ``interpolate`` (default: each clip's fbank padded to ``audio_target_frames``, the AST's
+            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
+            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
+        audio_clip_seconds: length of each of the 10 audio clips (official: 1.0).
+        audio_windows: clip placement: ``seconds`` (clip t = second t), ``official`` (spread with a 0.1 s end
+            margin, as the official loader) or ``None`` (official with pad, seconds with interpolate).
 
     Attributes:
+        audio_frames: fbank frames T per clip of the batches (the AST ``max_length`` these need).
         val_split: the split of the validation loader (``select_on``).
         test_splits: ``["test"]``.
         eval_splits: the distinct splits evaluated, validation first.
@@ -396,8 +425,13 @@ class AVEDataModule(SplitDataModule):
         select_on: str = "val",
         limit_per_split: int | None = None,
         augment: bool = False,
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
     ) -> None:
         super().__init__()
+        check_audio_input(audio_input)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
         if select_on not in SELECT_ON:
             raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
         for key, value in (
@@ -417,6 +451,7 @@ class AVEDataModule(SplitDataModule):
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
         if float(audio_std) <= 0:
             raise ValueError(f"data.audio_std must be positive, got {audio_std!r}")
+        self.audio_frames = check_audio_setting(audio_input, audio_clip_seconds, audio_target_frames)
         self.root = Path(root)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
@@ -425,6 +460,7 @@ class AVEDataModule(SplitDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.audio_target_frames = int(audio_target_frames)
         self.audio_mean, self.audio_std = float(audio_mean), float(audio_std)
+        self.audio_input, self.audio_clip_seconds = audio_input, float(audio_clip_seconds)
         self.select_on = select_on
         self.limit_per_split = None if limit_per_split is None else int(limit_per_split)
         self.augment = bool(augment)
@@ -566,5 +602,8 @@ class AVEDataModule(SplitDataModule):
                 audio_std=self.audio_std,
                 augment=self.augment and split == "train",
                 name=f"ave/{split}",
+                audio_input=self.audio_input,
+                audio_clip_seconds=self.audio_clip_seconds,
+                audio_windows=self.audio_windows,
             )
         return self.datasets[split]

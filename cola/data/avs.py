@@ -1,7 +1,8 @@
 """AVSBench (S4 single-source, MS3 multi-source) audio-visual segmentation data, read from the release layout.
 
-One sample is one 5-second clip: frames k = 1..5 (224 x 224 RGB), each paired with audio second k, and a
-binary mask of the sounding object(s) per frame. The release annotates only frame 1 of S4 training clips;
+One sample is one 5-second clip: frames k = 1..5 (224 x 224 RGB), each paired with one audio window (by
+default audio second k; the official input is a 1.95-s window per frame, the 5 windows spread over the clip:
+``audio_clip_seconds=1.95`` with ``audio_input='pad'``, see :mod:`cola.data.audio`), and a binary mask of the sounding object(s) per frame. The release annotates only frame 1 of S4 training clips;
 ``mask_valid`` tells the task which frames have ground truth so losses use annotated frames only.
 
 Layout under ``root`` (SPEC §7)::
@@ -16,7 +17,7 @@ Layout under ``root`` (SPEC §7)::
     Multi-sources/ms3_data/gt_masks/<split>/<id>/<id>_<k>.png
 
 Batches (dict): ``pixel_values (B, 5, 3, S, S)`` normalised, ``input_values (B, 5, T, 128)`` normalised
-Kaldi fbank per second, ``masks (B, 5, S, S)`` float 0/1, ``mask_valid (B, 5)`` bool, ``video_id`` list.
+Kaldi fbank per frame (``T`` = 1024 with ``audio_input='pad'``, else ``audio_target_frames``), ``masks (B, 5, S, S)`` float 0/1, ``mask_valid (B, 5)`` bool, ``video_id`` list.
 
 Robustness: :meth:`AVSDataModule.validate` checks the layout and the csv before any long work; clips listed
 in the csv whose files are missing are dropped with one warning; a file that exists but cannot be decoded
@@ -38,7 +39,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cola.data.audio import audio_clip_features, load_audio
+from cola.data.audio import (
+    audio_clip_features,
+    check_audio_input,
+    check_audio_setting,
+    load_audio,
+    resolve_windows,
+)
 from cola.data.splits import SplitDataModule
 
 log = logging.getLogger(__name__)
@@ -209,11 +216,14 @@ class AVSDataset(Dataset):
         image_size: side S of the square frames and masks.
         mean: per-channel image mean (0-1 scale).
         std: per-channel image std.
-        audio_target_frames: fbank frames T per 1-s clip.
+        audio_target_frames: fbank frames T per clip with ``interpolate``.
         audio_mean: fbank normalisation mean.
         audio_std: fbank normalisation std.
         augment: random horizontal flip of all frames and masks of a clip together.
         name: a label for log messages (e.g. ``s4/train``).
+        audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
+        audio_clip_seconds: length of each frame's audio window.
+        audio_windows: window placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
     """
 
     def __init__(
@@ -228,6 +238,9 @@ class AVSDataset(Dataset):
         audio_std: float = 4.57,
         augment: bool = False,
         name: str = "avs",
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
     ) -> None:
         self.clips = list(clips)
         self.image_size = int(image_size)
@@ -235,6 +248,9 @@ class AVSDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32)
         self.audio_target_frames = audio_target_frames
         self.audio_mean, self.audio_std = audio_mean, audio_std
+        self.audio_input = check_audio_input(audio_input)
+        self.audio_clip_seconds = float(audio_clip_seconds)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
         self.augment = augment
         self.name = name
         # clips skipped at load time (video_id -> reason); with num_workers > 0 each worker holds its own copy
@@ -268,6 +284,9 @@ class AVSDataset(Dataset):
             target_frames=self.audio_target_frames,
             mean=self.audio_mean,
             std=self.audio_std,
+            audio_input=self.audio_input,
+            clip_seconds=self.audio_clip_seconds,
+            windows=self.audio_windows,
         )  # (5, T, 128)
         return {
             "pixel_values": pixel_values,
@@ -318,15 +337,24 @@ class AVSDataModule(SplitDataModule):
         image_size: side S of the frames and masks fed to the model.
         mean: image normalisation mean (default ImageNet).
         std: image normalisation std.
-        audio_target_frames: fbank frames per 1-s clip (AST ``max_length``).
+        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
+            ``max_length``); at least the clip's frames (98 for 1 s, 193 for 1.95 s).
         audio_mean: fbank normalisation mean.
         audio_std: fbank normalisation std.
         select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
             selects checkpoints on).
         limit_per_split: keep only the first N clips of each split (quick runs).
         augment: random horizontal flips of training clips.
+        audio_input: ``interpolate`` (default: each window's fbank padded to ``audio_target_frames``, the AST's
+            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
+            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
+        audio_clip_seconds: length of each frame's audio window (default 1.0; official 1.95).
+        audio_windows: window placement: ``seconds`` (window k at second k - 1), ``official`` (starts
+            ``linspace(0, N - sr (audio_clip_seconds + 0.1), 5)``, as the official loader) or ``None`` (official
+            with pad, seconds with interpolate).
 
     Attributes:
+        audio_frames: fbank frames T per window of the batches (the AST ``max_length`` these need).
         val_split: the split name of the validation loader (``select_on``).
         test_splits: ``["test"]``.
     """
@@ -350,8 +378,13 @@ class AVSDataModule(SplitDataModule):
         select_on: str = "val",
         limit_per_split: int | None = None,
         augment: bool = False,
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
     ) -> None:
         super().__init__()
+        check_audio_input(audio_input)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
         if subset not in SUBSETS:
             raise ValueError(f"data.subset must be one of {list(SUBSETS)}, got {subset!r}")
         if select_on not in SELECT_ON:
@@ -365,6 +398,9 @@ class AVSDataModule(SplitDataModule):
             raise ValueError(f"data.limit_per_split must be a positive integer or null, got {limit_per_split!r}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        if int(audio_target_frames) < 1:
+            raise ValueError(f"data.audio_target_frames must be a positive integer, got {audio_target_frames!r}")
+        self.audio_frames = check_audio_setting(audio_input, audio_clip_seconds, audio_target_frames)
         self.root = Path(root)
         self.subset = subset
         self.batch_size = int(batch_size)
@@ -374,6 +410,7 @@ class AVSDataModule(SplitDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.audio_target_frames = int(audio_target_frames)
         self.audio_mean, self.audio_std = float(audio_mean), float(audio_std)
+        self.audio_input, self.audio_clip_seconds = audio_input, float(audio_clip_seconds)
         self.select_on = select_on
         self.limit_per_split = limit_per_split
         self.augment = augment
@@ -463,5 +500,8 @@ class AVSDataModule(SplitDataModule):
                 audio_std=self.audio_std,
                 augment=self.augment and split == "train",
                 name=f"{self.subset}/{split}",
+                audio_input=self.audio_input,
+                audio_clip_seconds=self.audio_clip_seconds,
+                audio_windows=self.audio_windows,
             )
         return self.datasets[split]

@@ -555,7 +555,9 @@ class RefCOCODataModule(L.LightningDataModule):
         eval_batch_size: validation/test batch size (default ``batch_size``).
         num_workers: DataLoader workers.
         resize: ``letterbox`` (keep aspect, pad) | ``stretch`` (official anisotropic resize).
-        augment: training augmentation dict (``scale``, ``color_jitter``, ``hflip``) or ``None``.
+        augment: training augmentation (train split only): a dict (``scale``, ``color_jitter``, ``hflip``; the
+            demo), the string ``official`` (the official recipe, SPEC §9, :class:`cola.data.transforms.OfficialAugment`)
+            or ``None``.
         format: ``refer`` | ``transvg``.
         split_root: folder of the TransVG split folders (``format=transvg``; default ``root``).
         train_split: split used for training.
@@ -583,7 +585,7 @@ class RefCOCODataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         resize: str = "letterbox",
-        augment: Mapping[str, Any] | None = None,
+        augment: Mapping[str, Any] | str | None = None,
         format: str = "refer",
         split_root: str | Path | None = None,
         train_split: str = "train",

@@ -300,6 +300,10 @@ class ASTLayerSteps(BlockSteps):
 FAMILIES: dict[str, type[BlockSteps]] = {c.family: c for c in (ViTBlockSteps, BertLayerSteps, ASTLayerSteps)}
 
 
+MODALITIES = {"vit": "vision", "bert": "text", "ast": "audio"}
+"""The stream name of each tower family: what per-stream settings (``peft.reduction``) are keyed by."""
+
+
 class Tower(nn.Module):
     """One stream's backbone, runnable block by block.
 
@@ -315,6 +319,7 @@ class Tower(nn.Module):
         hidden_size: token width C.
         context_size: width of the attention context (input of the out-projection).
         has_padding: whether inputs can be padded (text); then the mask matters.
+        modality: the stream name, ``vision`` | ``text`` | ``audio``.
     """
 
     def __init__(self, model: nn.Module, family: str) -> None:
@@ -337,6 +342,7 @@ class Tower(nn.Module):
         self.hidden_size = steps.hidden_size(model)
         self.context_size = steps.context_size(model)
         self.has_padding = steps.has_padding
+        self.modality = MODALITIES[family]
 
     @property
     def blocks(self) -> list[nn.Module]:

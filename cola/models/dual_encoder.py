@@ -51,6 +51,7 @@ from cola.peft import (
     mark_only_adapters_trainable,
     param_matched_lora_rank,
 )
+from cola.peft.config import per_stream
 
 from .block_steps import STAGES, Tower
 
@@ -263,6 +264,7 @@ class DualEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._rows_per_sample = 1
         if not isinstance(tower_a, Tower) or not isinstance(tower_b, Tower):
             raise TypeError(f"towers must be cola.models.Tower, got {type(tower_a).__name__}, {type(tower_b).__name__}")
         self.tower_a, self.tower_b = tower_a, tower_b
@@ -301,7 +303,12 @@ class DualEncoder(nn.Module):
             moka_cfg = MoKAConfig.from_dict(_fields_of(MoKAConfig, peft))
             self.peft_config = moka_cfg
         self.propagation = getattr(self.peft_config, "propagation", "progressive")
-        self.condition_pooling = getattr(self.peft_config, "condition_pooling", "mean")
+        self.stream_a, self.stream_b = tower_a.modality, tower_b.modality
+        pooling = getattr(self.peft_config, "condition_pooling", "mean")
+        self.condition_pooling = pooling
+        # keyed by the *source* stream: pooling_a pools stream a's tokens into the condition of b's layers
+        self.pooling_a = per_stream("condition_pooling", pooling, self.stream_a)
+        self.pooling_b = per_stream("condition_pooling", pooling, self.stream_b)
         self._exchange = {"cola": "cola", "moka": "moka"}.get(method)  # who receives cross-stream inputs
 
         # ---- which stream queries which (MokA); CoLA conditions both streams
@@ -326,27 +333,67 @@ class DualEncoder(nn.Module):
                     )
 
         # ---- injection and trainability
+        # Blocks of an adapted pair get the method's layer; with a layer_map that leaves blocks of the deeper
+        # tower unpaired (every_other), those get plain LoRA at the same rank, alpha and dropout, as the official
+        # code (for method=lora every block is LoRA). An explicit peft.layers adapts only the chosen pairs.
         names_a, names_b = tower_a.block_names(), tower_b.block_names()
-        prefixes_a = tuple(names_a[self.layer_pairs[k][0]] + "." for k in self.adapted_pairs)
-        prefixes_b = tuple(names_b[self.layer_pairs[k][1]] + "." for k in self.adapted_pairs)
+        paired_a = [self.layer_pairs[k][0] for k in self.adapted_pairs]
+        paired_b = [self.layer_pairs[k][1] for k in self.adapted_pairs]
+        lone_a = lone_b = []
+        if layers is None:
+            lone_a = sorted(set(range(depth_a)) - {i for i, _ in self.layer_pairs})
+            lone_b = sorted(set(range(depth_b)) - {j for _, j in self.layer_pairs})
+        self.unpaired_blocks = {"a": lone_a, "b": lone_b}
+
+        def spec(tower, stream, targets, splits, blocks, names, ctx):
+            return _Spec(tower, stream, list(targets), dict(splits or {}), _block_filter(names, blocks), ctx)
+
         specs = (
-            (tower_a, list(targets_a), dict(out_splits_a or {}), _prefix_filter(prefixes_a), ctx_a),
-            (tower_b, list(targets_b), dict(out_splits_b or {}), _prefix_filter(prefixes_b), ctx_b),
+            spec(tower_a, self.stream_a, targets_a, out_splits_a, paired_a, names_a, ctx_a),
+            spec(tower_b, self.stream_b, targets_b, out_splits_b, paired_b, names_b, ctx_b),
+        )
+        lone_specs = (
+            spec(tower_a, self.stream_a, targets_a, out_splits_a, lone_a, names_a, None),
+            spec(tower_b, self.stream_b, targets_b, out_splits_b, lone_b, names_b, None),
         )
         self.report = DualEncoderReport(method=method)
         if method in ("frozen", "full"):
             for tower in (tower_a, tower_b):
                 tower.requires_grad_(method == "full")
         else:
+            rank, alpha = int(peft.get("rank", 8)), float(peft.get("alpha", 8.0))
+            lone_cfg = LoRAConfig(rank=rank, alpha=alpha, dropout=float(peft.get("dropout", 0.0)))
             config = self.peft_config
             if method == "lora_param_matched":
-                config = self._param_matched_lora(cola_cfg, specs, split_fused=bool(peft.get("split_fused", True)))
-            reports = []
-            for tower, targets, splits, include, ctx in specs:
-                reports.append(
-                    inject_adapters(tower.model, config, targets, context_dim=ctx, out_splits=splits, include=include)
+                config = self._param_matched_lora(
+                    cola_cfg, specs, lone_specs, lone_cfg, split_fused=bool(peft.get("split_fused", True))
                 )
-                mark_only_adapters_trainable(tower.model)
+                lone_cfg = config
+            elif method == "lora":
+                lone_cfg = config
+            reports = []
+            for main, lone in zip(specs, lone_specs, strict=True):
+                cfg_main = config.for_stream(main.stream) if isinstance(config, CoLAConfig) else config
+                report = InjectionReport(per_target={t: 0 for t in main.targets})
+                if main.include is not None:
+                    report = inject_adapters(
+                        main.tower.model,
+                        cfg_main,
+                        main.targets,
+                        context_dim=main.ctx,
+                        out_splits=main.splits,
+                        include=main.include,
+                    )
+                if lone.include is not None:
+                    extra = inject_adapters(
+                        lone.tower.model, lone_cfg, lone.targets, out_splits=lone.splits, include=lone.include
+                    )
+                    report.modules.update(extra.modules)
+                    for t, n in extra.per_target.items():
+                        report.per_target[t] = report.per_target.get(t, 0) + n
+                    report.params_added += extra.params_added
+                mark_only_adapters_trainable(main.tower.model)
+                reports.append(report)
             self.report.a, self.report.b = reports
         log.info("%s", self.report)
 
@@ -364,21 +411,29 @@ class DualEncoder(nn.Module):
             ]
 
     # ------------------------------------------------------------------------------------------ building
-    def _param_matched_lora(self, cola_cfg: CoLAConfig, specs, *, split_fused: bool) -> LoRAConfig:
-        """LoRA whose rank gives the parameter count closest to ``cola_cfg`` on the same layers (SPEC §3)."""
+    def _param_matched_lora(self, cola_cfg: CoLAConfig, specs, lone_specs, lone_cfg: LoRAConfig, *, split_fused: bool):
+        """LoRA whose rank gives the parameter count closest to the CoLA run on the same layers (SPEC §3).
+
+        The CoLA run's count includes the plain LoRA adapters of unpaired blocks; the matched LoRA adapts every
+        layer the CoLA run adapts.
+        """
         shapes: list[tuple[int, int, int]] = []
         cola_params = 0
-        for tower, targets, splits, include, ctx in specs:
-            for _, (target, linear) in find_targets(tower.model, targets, include=include).items():
-                s = splits.get(target, 1)
-                shapes.append((linear.in_features, linear.out_features, s))
-                cola_params += adapter_params_per_layer(
-                    cola_cfg,
-                    in_features=linear.in_features,
-                    out_features=linear.out_features,
-                    context_dim=ctx,
-                    out_splits=s,
-                )
+        for group, cfg_of in ((specs, lambda sp: cola_cfg.for_stream(sp.stream)), (lone_specs, lambda sp: lone_cfg)):
+            for sp in group:
+                if sp.include is None:
+                    continue
+                cfg = cfg_of(sp)
+                for _, (target, linear) in find_targets(sp.tower.model, sp.targets, include=sp.include).items():
+                    s = sp.splits.get(target, 1)
+                    shapes.append((linear.in_features, linear.out_features, s))
+                    cola_params += adapter_params_per_layer(
+                        cfg,
+                        in_features=linear.in_features,
+                        out_features=linear.out_features,
+                        context_dim=sp.ctx,
+                        out_splits=s,
+                    )
         rank, lora_params = param_matched_lora_rank(cola_params, shapes, split_fused=split_fused)
         self.report.lora_rank, self.report.params_cola, self.report.params_lora = rank, cola_params, lora_params
         # Same intra-path scale alpha / r as the CoLA run (the rank group keeps alpha / r fixed too).
@@ -397,7 +452,7 @@ class DualEncoder(nn.Module):
         if self._exchange == "cola":
             c = pool_tokens(h_other, w_other) if pooled is None else pooled  # (B, C_other)
             for m in layers:
-                m.set_condition(c)
+                m.set_condition(c, group=self._rows_per_sample)
             return c
         for m in layers:  # MokA: unpooled tokens (B, M, C_other) and their key mask
             m.set_context(h_other, km_other)
@@ -450,6 +505,7 @@ class DualEncoder(nn.Module):
         *,
         return_layers: Sequence[int] | None = None,
         return_layers_b: Sequence[int] | None = None,
+        rows_per_sample: int = 1,
     ) -> DualEncoderOutput:
         """Runs both towers in lockstep.
 
@@ -460,6 +516,8 @@ class DualEncoder(nn.Module):
             return_layers: block indices (negative counts from the end) whose outputs, before the final norm,
                 are returned in ``layers_a`` and, unless ``return_layers_b`` is given, ``layers_b``.
             return_layers_b: block indices of tower b, for towers of unequal depth.
+            rows_per_sample: consecutive batch rows that belong to one sample (the 10 seconds of an AVE video, the
+                5 frames of an AVS clip); the ``shuffled`` control then takes conditions from another sample.
 
         Returns:
             A :class:`DualEncoderOutput`.
@@ -480,8 +538,9 @@ class DualEncoder(nn.Module):
         xa, mask_a = ta.embed(inputs_a)  # (B, Na, Ca), (B, Na)
         xb, mask_b = tb.embed(inputs_b)
         am_a, am_b = ta.attention_mask(xa, mask_a), tb.attention_mask(xb, mask_b)
-        wa = pooling_weights(mask_a, ta.num_prefix_tokens, self.condition_pooling)  # pools a for b's layers
-        wb = pooling_weights(mask_b, tb.num_prefix_tokens, self.condition_pooling)
+        wa = pooling_weights(mask_a, ta.num_prefix_tokens, self.pooling_a)  # pools a for b's layers
+        wb = pooling_weights(mask_b, tb.num_prefix_tokens, self.pooling_b)
+        self._rows_per_sample = int(rows_per_sample)
         km_a = mask_a if ta.has_padding else None  # MokA key masks (None: every token is real)
         km_b = mask_b if tb.has_padding else None
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -535,5 +594,21 @@ def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in known}
 
 
-def _prefix_filter(prefixes: tuple[str, ...]):
+@dataclass
+class _Spec:
+    """Where one kind of adapter goes in one tower: targets, fused splits, a block filter, the condition width."""
+
+    tower: Tower
+    stream: str
+    targets: list[str]
+    splits: dict[str, int]
+    include: Any  # Callable[[str], bool] | None (None: no block of this kind)
+    ctx: int | None
+
+
+def _block_filter(names: list[str], blocks: Sequence[int]):
+    """A name filter selecting the modules inside the given blocks, or ``None`` when there is none."""
+    if not blocks:
+        return None
+    prefixes = tuple(names[i] + "." for i in blocks)
     return lambda name: name.startswith(prefixes)

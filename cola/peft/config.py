@@ -6,13 +6,17 @@ field, the value and the accepted choices so a typo on the command line is fixed
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 SHARING_CHOICES = ("none", "shared_a", "shared_b", "full")
 CONDITION_CHOICES = ("pooled", "shuffled", "zero", "random_frozen")
 PROPAGATION_CHOICES = ("uniform", "module_wise", "progressive")
 POOLING_CHOICES = ("mean", "mean_with_padding", "cls")
+HYPERNET_INIT_CHOICES = ("trunc_normal", "torch")
+STREAMS = ("vision", "text", "audio")
+"""Stream names a per-stream setting (``reduction``, ``condition_pooling``) may be keyed by."""
 
 
 def _check_positive(name: str, value: Any, *, integer: bool = False) -> None:
@@ -30,6 +34,28 @@ def _check_dropout(name: str, value: Any) -> None:
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _check_per_stream(name: str, value: Any, check: Callable[[str, Any], None]) -> None:
+    """A setting that is one value or a mapping ``{stream: value}`` (SPEC §2, §4), each value checked."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"{name} is an empty mapping; give one value or {{stream: value}} for {list(STREAMS)}")
+        for stream, v in value.items():
+            if stream not in STREAMS:
+                raise ValueError(f"{name} has unknown stream {stream!r}; streams are {list(STREAMS)}")
+            check(f"{name}.{stream}", v)
+    else:
+        check(name, value)
+
+
+def per_stream(name: str, value: Any, stream: str) -> Any:
+    """The value of a per-stream setting for ``stream`` (a plain value applies to every stream)."""
+    if not isinstance(value, Mapping):
+        return value
+    if stream not in value:
+        raise ValueError(f"{name} has no entry for the {stream} stream (given: {dict(value)}); add {name}.{stream}")
+    return value[stream]
 
 
 @dataclass
@@ -91,33 +117,39 @@ class CoLAConfig(_AdapterConfig):
         rank: r for both paths; Phi(c) is r x r.
         alpha: intra-path scaling numerator.
         dropout: input dropout, applied separately in each path (official).
-        reduction: hypernetwork hidden width is ``floor(d_c / reduction)``.
+        reduction: hypernetwork hidden width is ``floor(d_c / reduction)``; an int, or a mapping keyed by the
+            stream whose layers hold the hypernetworks (official AVS: ``{vision: 16, audio: 8}``).
         lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding).
         sharing: ``none`` | ``shared_a`` (A_C = A_L) | ``shared_b`` (B_C = B_L) | ``full`` (both).
         condition: ``pooled`` | ``shuffled`` (derangement of the batch) | ``zero`` | ``random_frozen``.
         propagation: which hidden state of the other stream conditions each sub-step (SPEC §4).
         condition_pooling: ``mean`` (real tokens, prefix tokens excluded) | ``mean_with_padding`` (official
-            grounding: every position) | ``cls``.
+            grounding: every position) | ``cls``; or a mapping keyed by the *source* stream the condition is pooled
+            from (official AVS: ``{vision: mean, audio: cls}``).
         hypernet_dropout: dropout inside the hypernetwork (official: 0).
+        hypernet_init: ``trunc_normal`` (official: Linear weights trunc_normal std 0.02, biases 0, as the host
+            models re-initialise every nn.Linear) | ``torch`` (nn.Linear's own default init).
     """
 
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    reduction: int = 16
+    reduction: int | dict[str, int] = 16
     lambda_init: float | None = None
     sharing: str = "none"
     condition: str = "pooled"
     propagation: str = "progressive"
-    condition_pooling: str = "mean"
+    condition_pooling: str | dict[str, str] = "mean"
     hypernet_dropout: float = 0.0
+    hypernet_init: str = "trunc_normal"
 
     def __post_init__(self) -> None:
         _check_positive("rank", self.rank, integer=True)
         _check_positive("alpha", self.alpha)
         _check_dropout("dropout", self.dropout)
         _check_dropout("hypernet_dropout", self.hypernet_dropout)
-        _check_positive("reduction", self.reduction, integer=True)
+        _check_per_stream("reduction", self.reduction, lambda n, v: _check_positive(n, v, integer=True))
+        _check_choice("hypernet_init", self.hypernet_init, HYPERNET_INIT_CHOICES)
         if self.lambda_init is not None and (
             isinstance(self.lambda_init, bool) or not isinstance(self.lambda_init, (int, float))
         ):
@@ -125,11 +157,15 @@ class CoLAConfig(_AdapterConfig):
         _check_choice("sharing", self.sharing, SHARING_CHOICES)
         _check_choice("condition", self.condition, CONDITION_CHOICES)
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_choice("condition_pooling", self.condition_pooling, POOLING_CHOICES)
+        _check_per_stream("condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES))
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+    def for_stream(self, stream: str) -> CoLAConfig:
+        """This config with ``reduction`` resolved for the layers of ``stream`` (the stream holding the hypernets)."""
+        return replace(self, reduction=per_stream("reduction", self.reduction, stream))
 
     @property
     def lambda_value(self) -> float:
@@ -159,7 +195,7 @@ class MoKAConfig(_AdapterConfig):
     lambda_cross: float = 1.0
     bidirectional: bool = False
     propagation: str = "progressive"
-    condition_pooling: str = "mean"
+    condition_pooling: str | dict[str, str] = "mean"
 
     def __post_init__(self) -> None:
         _check_positive("rank", self.rank, integer=True)
@@ -168,7 +204,7 @@ class MoKAConfig(_AdapterConfig):
         if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
             raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_choice("condition_pooling", self.condition_pooling, POOLING_CHOICES)
+        _check_per_stream("condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES))
 
     @property
     def scaling(self) -> float:

@@ -21,9 +21,15 @@ class HyperNetwork(nn.Module):
         rank: r.
         reduction: hidden width is ``context_dim // reduction`` (must be >= 1).
         dropout: dropout after the activation and after fc2 (official: 0).
+        init: ``trunc_normal`` (official) — fc1/fc2 weights truncated normal with std 0.02 (cut at +-2, as timm's
+            ``trunc_normal_``), biases 0, LayerNorms weight 1, bias 0: the official host models re-initialise every
+            ``nn.Linear`` they contain this way, hypernetworks included; ``torch`` keeps ``nn.Linear``'s default
+            (kaiming-uniform weights, uniform biases).
     """
 
-    def __init__(self, context_dim: int, rank: int, *, reduction: int = 16, dropout: float = 0.0) -> None:
+    def __init__(
+        self, context_dim: int, rank: int, *, reduction: int = 16, dropout: float = 0.0, init: str = "trunc_normal"
+    ) -> None:
         super().__init__()
         hidden = context_dim // reduction
         if hidden < 1:
@@ -39,6 +45,12 @@ class HyperNetwork(nn.Module):
         self.fc2 = nn.Linear(hidden, rank * rank)
         self.drop2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm((rank, rank), eps=1e-6)
+        if init == "trunc_normal":
+            for fc in (self.fc1, self.fc2):
+                nn.init.trunc_normal_(fc.weight, std=0.02, a=-2.0, b=2.0)
+                nn.init.zeros_(fc.bias)
+        elif init != "torch":
+            raise ValueError(f"hypernet_init must be one of ['torch', 'trunc_normal'], got {init!r}")
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         h = self.norm1(self.drop1(self.act(self.fc1(c))))  # (B, h)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -198,6 +198,8 @@ def adapter_params_per_layer(
     if isinstance(config, MoKAConfig):
         return r * (in_features + out_features + (context_dim or 0))
     if isinstance(config, CoLAConfig):
+        if isinstance(config.reduction, Mapping):
+            raise ValueError(f"reduction={dict(config.reduction)} is per stream; pass config.for_stream(<stream>)")
         s = out_splits
         n = s * r * in_features + out_features * r  # A_L, B_L
         n += 0 if config.sharing in ("shared_a", "full") else s * r * in_features

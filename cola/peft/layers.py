@@ -19,6 +19,7 @@ rows of W0 of that slice (tested).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -169,15 +170,21 @@ class CoLALinear(AdapterLinear):
     Sharing (``config.sharing``): ``none`` keeps four matrices; ``shared_a`` uses A_L for both paths (no
     ``cola_A``); ``shared_b`` uses B_L for both (no ``cola_B``); ``full`` shares both.
 
-    Condition controls (``config.condition``): ``pooled`` uses c as given; ``shuffled`` takes c from sample
-    ``(i + 1) mod B`` (a fixed derangement; needs B >= 2); ``zero`` uses c = 0; ``random_frozen`` keeps the
-    hypernetwork at its random init (its parameters never train).
+    Condition controls (``config.condition``): ``pooled`` uses c as given; ``shuffled`` takes c from the next
+    sample, ``(i + g) mod B`` for rows that come in groups of g from one sample (``set_condition(c, group=g)``:
+    the 10 seconds of an AVE video, the 5 frames of an AVS clip), so a row never gets a condition of its own
+    video (a fixed derangement of the samples; needs >= 2 of them); ``zero`` uses c = 0; ``random_frozen``
+    keeps the hypernetwork at its random init (its parameters never train).
     """
 
     def __init__(self, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int, out_splits: int = 1) -> None:
         super().__init__(base_layer, out_splits=out_splits)
         if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
             raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}")
+        if isinstance(config.reduction, Mapping):
+            raise ValueError(
+                f"reduction={dict(config.reduction)} is per stream; build the layer with config.for_stream(<stream>)"
+            )
         self.config = config
         self.context_dim = context_dim
         r, s = config.rank, self.out_splits
@@ -198,7 +205,14 @@ class CoLALinear(AdapterLinear):
             self.cola_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
         self.cola_lambda = nn.Parameter(torch.full((s,), config.lambda_value, **kw))
         nets = [
-            HyperNetwork(context_dim, r, reduction=config.reduction, dropout=config.hypernet_dropout) for _ in range(s)
+            HyperNetwork(
+                context_dim,
+                r,
+                reduction=config.reduction,
+                dropout=config.hypernet_dropout,
+                init=config.hypernet_init,
+            )
+            for _ in range(s)
         ]
         self.cola_hypernet = nets[0] if s == 1 else nn.ModuleList(nets)
         self.cola_hypernet.to(**kw)
@@ -206,24 +220,34 @@ class CoLALinear(AdapterLinear):
             self.cola_hypernet.requires_grad_(False)
         self.merged = False
         self._condition: torch.Tensor | None = None
+        self._group = 1
 
     # ----------------------------------------------------------------- condition
-    def set_condition(self, c: torch.Tensor | None) -> None:
-        """Stores the condition (B, d_c) used by the following forwards; ``None`` clears it."""
+    def set_condition(self, c: torch.Tensor | None, *, group: int = 1) -> None:
+        """Stores the condition (B, d_c) used by the following forwards; ``None`` clears it.
+
+        ``group``: consecutive rows of c that come from one sample (a video's seconds or frames); only the
+        ``shuffled`` control reads it, to take the condition from another sample, not from the same video.
+        """
         if c is not None and (c.ndim != 2 or c.shape[-1] != self.context_dim):
             raise ValueError(
                 f"{self.adapter_name}: condition must have shape (B, {self.context_dim}), got {tuple(c.shape)}"
             )
         self._condition = c
+        self._group = group
 
     def _effective_condition(self, c: torch.Tensor) -> torch.Tensor:
         mode = self.config.condition
         if mode == "zero":
             return torch.zeros_like(c)
         if mode == "shuffled":
-            if c.shape[0] < 2:
-                raise ValueError(f"{self.adapter_name}: condition='shuffled' needs a batch of >= 2 samples")
-            return torch.roll(c, shifts=-1, dims=0)  # sample i gets the condition of sample (i + 1) mod B
+            g = self._group
+            if c.shape[0] % g or c.shape[0] // g < 2:
+                raise ValueError(
+                    f"{self.adapter_name}: condition='shuffled' needs a batch of >= 2 samples, got {c.shape[0]} "
+                    f"rows in groups of {g} per sample"
+                )
+            return torch.roll(c, shifts=-g, dims=0)  # row i (sample i // g) gets row i + g: the next sample's
         return c
 
     def phi(self, c: torch.Tensor) -> torch.Tensor:

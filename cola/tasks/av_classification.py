@@ -4,7 +4,10 @@ The dual encoder runs once per (frame t, audio second t) pair: the (B, T) videos
 B * T samples, stream a = vision ``{"pixel_values": (B*T, 3, S, S)}``, stream b = audio ``{"input_values":
 (B*T, T_f, 128)}``. Each stream is pooled (``pooling``: the CLS token, as the official code, or the mean of the
 content tokens), and :class:`cola.models.heads.av.AVEHead` fuses the pair, mixes the T seconds with a small
-temporal module and predicts 29 logits per second.
+temporal module and predicts 29 logits per second. ``temporal="official"`` swaps in exactly the official head
+(``Linear(d_v + d_a, 512) -> Linear(512, 29)`` on the concatenated [vision; audio] pooled tokens of each second,
+no activation, no temporal mixing); pair it with ``loss="softmax_bce"`` (and ``pooling="cls"``) for the
+official setting.
 
 Loss: ``loss="ce"`` (default), the cross-entropy of every second, averaged over all B * T seconds (optional
 ``label_smoothing``). The official code (``audio_visual/ave/CoLA/main_trans.py``) takes a softmax and applies
@@ -49,13 +52,15 @@ class AVEClassificationTask(DualStreamTask):
 
     Args:
         encoder: a :class:`cola.models.DualEncoder` with the vision tower as stream "a", the audio tower as "b".
-        d_model: width of the fused features and of the temporal module.
-        temporal: ``gru`` | ``transformer`` | ``none`` (per-second, as the official head).
+        d_model: width of the fused features and of the temporal module (not used by ``temporal=official``).
+        temporal: ``gru`` | ``transformer`` | ``none`` (each second alone, same fusion and classifier) |
+            ``official`` (exactly the official head: two linear layers, 512 wide in between, no activation,
+            each second alone; :class:`cola.models.heads.av.AVEHead`).
         temporal_layers: layers of the temporal module.
         temporal_heads: attention heads of ``temporal=transformer``.
         num_classes: classes per second (29 = 28 events + background).
         pooling: ``cls`` (official) or ``mean``: how each stream's final tokens become one vector.
-        dropout: dropout of the head.
+        dropout: dropout of the head (the official head has none).
         loss: ``ce`` (cross-entropy) or ``softmax_bce`` (the official softmax + BCE on one-hot targets).
         label_smoothing: label smoothing of ``loss=ce``.
         **base_kwargs: optimisation, schedule, splits and checkpoint options of :class:`DualStreamTask`.
@@ -121,7 +126,7 @@ class AVEClassificationTask(DualStreamTask):
             ``logits`` (B, T, num_classes).
         """
         B, T = batch["pixel_values"].shape[:2]
-        enc = self.encoder(*self.encoder_inputs(batch))
+        enc = self.encoder(*self.encoder_inputs(batch), rows_per_sample=T)  # T seconds per video
         vision = pool_stream(enc.tokens_a, enc.num_prefix_a, self.pooling).view(B, T, -1)  # (B, T, Ca)
         audio = pool_stream(enc.tokens_b, enc.num_prefix_b, self.pooling).view(B, T, -1)  # (B, T, Cb)
         return {"logits": self.head(vision, audio)}  # (B, T, num_classes)

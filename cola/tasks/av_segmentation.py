@@ -153,7 +153,9 @@ class AVSSegmentationTask(DualStreamTask):
         """
         B, Fr, _, H, W = batch["pixel_values"].shape
         # only vision blocks are needed; return_layers_b=[] keeps towers of unequal depth valid
-        enc = self.encoder(*self.encoder_inputs(batch), return_layers=self.decoder_layers, return_layers_b=[])
+        enc = self.encoder(
+            *self.encoder_inputs(batch), return_layers=self.decoder_layers, return_layers_b=[], rows_per_sample=Fr
+        )
         audio = pool_stream(enc.tokens_b, enc.num_prefix_b, self.pooling)  # (B*F, Cb)
         logits = self.head(enc.layers_a, audio, (H, W))  # (B*F, H, W)
         return {"mask_logits": logits.view(B, Fr, H, W)}

@@ -3,9 +3,10 @@
 A task subclass provides the heads and four hooks: ``forward(batch)``, ``compute_loss(out, batch)``,
 ``make_metrics()`` and ``update_metrics(metrics, out, batch)``. This base class handles the rest:
 
-- AdamW with two learning rates: ``lr_adapters`` for adapter parameters (or, with ``peft=full``, the towers)
-  and ``lr_heads`` for everything else that trains (fusion, heads);
-- linear warm-up then ``cosine``, ``poly`` or ``constant`` decay, stepped per optimiser step;
+- AdamW or Adam (``optimizer``) with two learning rates: ``lr_adapters`` for adapter parameters (or, with
+  ``peft=full``, the towers) and ``lr_heads`` for everything else that trains (fusion, heads);
+- linear warm-up then ``cosine``, ``poly`` or ``constant`` decay, stepped per optimiser step or per epoch
+  (``schedule_interval``; the official grounding poly schedule is ``lr (1 - epoch / E)^0.9`` per epoch);
 - metrics per split, logged as ``<split>/<name>`` (``val/acc@0.5``, ``testA/oiou``);
 - checkpoints without the frozen towers (rebuilt identically from their source and the seed), with the
   peft config stored inside so a checkpoint of another config fails with a clear message;
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 SCHEDULES = ("cosine", "poly", "constant")
+OPTIMIZERS = ("adamw", "adam")
+INTERVALS = ("step", "epoch")
 
 
 def _safe(name: str) -> str:
@@ -79,10 +82,14 @@ class DualStreamTask(L.LightningModule):
         encoder: the :class:`cola.models.DualEncoder` (towers + adapters).
         lr_adapters: learning rate of the adapter parameters (towers too under ``peft=full``).
         lr_heads: learning rate of the task heads and fusion layers.
-        weight_decay: AdamW weight decay (not applied to biases, norms and lambda).
-        betas: AdamW betas.
+        optimizer: ``adamw`` (decoupled weight decay) | ``adam`` (official AVE / AVS, with weight decay 0).
+        weight_decay: weight decay (AdamW: decoupled; Adam: L2 added to the gradient).
+        decay_1d: also decay 1-D parameters (biases, norms, lambda), as the official grounding code does (one
+            weight decay for every trainable parameter); ``False`` exempts them (the usual transformer recipe).
+        betas: Adam(W) betas.
         schedule: ``cosine`` | ``poly`` | ``constant`` after the warm-up.
-        warmup_ratio: fraction of the total optimiser steps used for linear warm-up.
+        schedule_interval: ``step`` (per optimiser step) | ``epoch`` (per epoch, as the official code).
+        warmup_ratio: fraction of the schedule's steps (or epochs) used for linear warm-up.
         poly_power: exponent of the ``poly`` schedule.
         min_lr_ratio: final learning rate as a fraction of the peak (cosine).
         eval_splits: the split names evaluated (val first, then the test splits in loader order).
@@ -98,9 +105,12 @@ class DualStreamTask(L.LightningModule):
         *,
         lr_adapters: float = 1e-4,
         lr_heads: float = 1e-4,
+        optimizer: str = "adamw",
         weight_decay: float = 0.01,
+        decay_1d: bool = False,
         betas: tuple[float, float] = (0.9, 0.999),
         schedule: str = "cosine",
+        schedule_interval: str = "step",
         warmup_ratio: float = 0.05,
         poly_power: float = 0.9,
         min_lr_ratio: float = 0.0,
@@ -112,12 +122,19 @@ class DualStreamTask(L.LightningModule):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        if schedule_interval not in INTERVALS:
+            raise ValueError(f"optim.schedule_interval must be one of {list(INTERVALS)}, got {schedule_interval!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"optim.on_nonfinite must be one of ['raise', 'skip'], got {on_nonfinite!r}")
         self.encoder = encoder
         self.lr_adapters, self.lr_heads = lr_adapters, lr_heads
+        self.optimizer_name, self.decay_1d = optimizer, bool(decay_1d)
         self.weight_decay, self.betas = weight_decay, tuple(betas)
-        self.schedule, self.warmup_ratio = schedule, warmup_ratio
+        self.schedule, self.schedule_interval, self.warmup_ratio = schedule, schedule_interval, warmup_ratio
         self.poly_power, self.min_lr_ratio = poly_power, min_lr_ratio
         self.val_split = val_split
         self.test_splits = list(test_splits)
@@ -322,7 +339,7 @@ class DualStreamTask(L.LightningModule):
                 if in_encoder and (is_adapter_param(name) or self.peft_config.get("method") == "full")
                 else "heads"
             )
-            no_wd = p.ndim <= 1 or name.endswith("cola_lambda")
+            no_wd = not self.decay_1d and (p.ndim <= 1 or name.endswith("cola_lambda"))
             groups[key + ("_no_wd" if no_wd else "")].append(p)
         lrs = {"adapters": self.lr_adapters, "heads": self.lr_heads}
         return [
@@ -355,10 +372,19 @@ class DualStreamTask(L.LightningModule):
         # (hundreds of small) adapter tensors, a visible share of a CPU step.
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params) or None
-        opt = torch.optim.AdamW(groups, betas=self.betas, fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+        opt = cls(groups, betas=self.betas, fused=fused)
+        if self.schedule_interval == "epoch":
+            total = self.trainer.max_epochs
+            if total is None or total < 1:
+                raise ValueError(
+                    "optim.schedule_interval=epoch needs trainer.max_epochs (the schedule's length), got "
+                    f"{total!r}; set trainer.max_epochs or use optim.schedule_interval=step"
+                )
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: self.lr_factor(i, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.schedule_interval}}
 
     # ------------------------------------------------------------------ checkpoints
     def head_prefixes(self) -> tuple[str, ...]:

@@ -67,6 +67,9 @@ class GroundingTask(DualStreamTask):
         dropout: dropout in the fusion layers.
         box_head: ``mlp`` (official: MLP on [REG]) | ``spatial`` ([REG] attends over the patch grid, soft-argmax
             centre; :class:`cola.models.heads.GroundingHead`).
+        mask_head: ``official`` (MLP on every fused visual token -> its patch's pixel block, tiled to S x S, one
+            5x5 conv; needs ``image_size`` divisible by the patch grid side) | ``conv`` (conv decoder on the
+            patch grid, bilinear to S x S). Both give mask logits at S x S.
         loss_alpha: weight of both box losses (official 0.1).
         w_l1: weight of the box L1 loss inside ``loss_alpha``.
         w_giou: weight of the box GIoU loss inside ``loss_alpha``.
@@ -88,6 +91,7 @@ class GroundingTask(DualStreamTask):
         fusion_heads: int = 8,
         dropout: float = 0.1,
         box_head: str = "mlp",
+        mask_head: str = "conv",
         loss_alpha: float = 0.1,
         w_l1: float = 1.0,
         w_giou: float = 1.0,
@@ -114,6 +118,7 @@ class GroundingTask(DualStreamTask):
             heads=fusion_heads,
             dropout=dropout,
             box_head=box_head,
+            mask_head=mask_head,
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

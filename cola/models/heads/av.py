@@ -7,8 +7,16 @@
     h   = temporal(z)                                 bidirectional GRU (residual) | transformer encoder | none
     y_t = W_cls LN(h_t)                               (B, T, num_classes)
 
-``temporal="none"`` classifies each second on its own, like the official AVE head (two linear layers on the
-concatenated CLS tokens of one second, no temporal context).
+``temporal="none"`` classifies each second on its own with the same fusion and classifier (no temporal
+context). ``temporal="official"`` builds exactly the official AVE head instead (``audio_visual/ave/CoLA/nets/
+AVENet.py``), per second and with no temporal mixing:
+
+    y_t = W_2 (W_1 [v_t; a_t] + b_1) + b_2            W_1: (d_v + d_a) -> 512, W_2: 512 -> num_classes
+
+two biased linear layers with nothing between them (no activation, dropout or norm, so the head is affine),
+vision first in the concatenation; the official model then takes a softmax and trains it with BCE against the
+one-hot labels (``loss=softmax_bce`` of the AVE task). ``d_model``, ``dropout``, ``heads`` and
+``temporal_layers`` do not apply to it.
 
 :class:`AVSMaskDecoder` turns intermediate blocks of a plain (single-scale) ViT into a mask, DPT-style:
 
@@ -45,7 +53,8 @@ __all__ = [
     "pool_stream",
 ]
 
-TEMPORAL_CHOICES = ("gru", "transformer", "none")
+TEMPORAL_CHOICES = ("gru", "transformer", "none", "official")
+OFFICIAL_AVE_HIDDEN = 512  # width between the official head's two linear layers
 POOLING_CHOICES = ("cls", "mean")
 
 
@@ -85,7 +94,10 @@ class AVEHead(nn.Module):
         num_classes: classes per second (AVE: 29 = 28 events + background).
         d_model: width of the fused features and of the temporal module.
         temporal: ``gru`` (one bidirectional GRU layer of d_model / 2 per direction, residual), ``transformer``
-            (pre-norm encoder layers with learned positions over the seconds) or ``none`` (per second, like the official head).
+            (pre-norm encoder layers with learned positions over the seconds), ``none`` (each second alone, same
+            fusion and classifier) or ``official`` (exactly the official head, each second alone:
+            ``Linear(d_v + d_a, 512) -> Linear(512, num_classes)``, no activation, dropout or norm; the
+            width, dropout and temporal options are not used).
         temporal_layers: GRU / transformer layers.
         heads: attention heads of the transformer.
         dropout: dropout after the fusion and inside the temporal module.
@@ -118,9 +130,17 @@ class AVEHead(nn.Module):
             raise ValueError(f"temporal_layers must be >= 1, got {temporal_layers}")
         self.temporal_kind = temporal
         self.max_seconds = max_seconds
-        self.fuse = nn.Sequential(nn.Linear(vision_dim + audio_dim, d_model), nn.GELU(), nn.Dropout(dropout))
         self.temporal: nn.Module | None = None
         self.pos: nn.Parameter | None = None
+        if temporal == "official":
+            # official AVENet: mlp_class then mlp_class_2, nothing in between (the softmax is in the loss)
+            self.fuse: nn.Module | None = None
+            self.norm: nn.Module | None = None
+            self.classifier = nn.Sequential(
+                nn.Linear(vision_dim + audio_dim, OFFICIAL_AVE_HIDDEN), nn.Linear(OFFICIAL_AVE_HIDDEN, num_classes)
+            )
+            return
+        self.fuse = nn.Sequential(nn.Linear(vision_dim + audio_dim, d_model), nn.GELU(), nn.Dropout(dropout))
         if temporal == "gru":
             self.temporal = nn.GRU(
                 d_model,
@@ -152,7 +172,10 @@ class AVEHead(nn.Module):
         """
         if vision.shape[:2] != audio.shape[:2]:
             raise ValueError(f"vision {tuple(vision.shape)} and audio {tuple(audio.shape)} differ in (B, T)")
-        z = self.fuse(torch.cat([vision, audio], dim=-1))  # (B, T, d)
+        x = torch.cat([vision, audio], dim=-1)  # (B, T, d_v + d_a), vision first (official order)
+        if self.temporal_kind == "official":
+            return self.classifier(x)  # (B, T, num_classes): per second, affine
+        z = self.fuse(x)  # (B, T, d)
         if self.temporal_kind == "gru":
             z = z + self.temporal(z)[0]  # (B, T, d): both directions concatenated, residual
         elif self.temporal_kind == "transformer":

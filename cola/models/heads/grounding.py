@@ -3,8 +3,7 @@
 The visual patch tokens (prefix tokens such as CLS/registers dropped) and the text tokens are projected to
 ``d_fusion`` and concatenated after a learnable [REG] token; a few pre-norm transformer encoder layers fuse
 ``[REG; visual; text]`` with the text padding masked out of the attention keys. The box head reads [REG];
-the mask head reshapes the fused visual tokens to the patch grid and upsamples them with a light conv decoder
-to mask logits at the input resolution S x S.
+the mask head turns the fused visual tokens into mask logits at the input resolution S x S.
 
 Box heads (``box_head``), both normalised (cx, cy, w, h) in [0, 1]:
 
@@ -14,6 +13,14 @@ Box heads (``box_head``), both normalised (cx, cy, w, h) in [0, 1]:
   width and height come from an MLP on [REG] and the attended visual feature. Coordinates are then read from
   where [REG] attends instead of being regressed from scratch, which converges in a few hundred steps where
   the MLP needs thousands (the tiny CPU model uses it; ``dinov2_bert`` keeps ``mlp``).
+
+Mask heads (``mask_head``), both (B, S, S) logits at the input resolution (the losses and metrics take logits):
+
+- ``official`` (:class:`TokenMaskHead`, the official per-token head): an MLP on every fused visual token gives
+  that patch's p x p pixel block (p = S / grid side), the blocks are tiled back into the S x S map and one 5x5
+  conv refines it.
+- ``conv`` (:class:`MaskDecoder`, this repo's option): the fused tokens reshaped to the patch grid, a light conv
+  decoder with x2 upsampling stages and a bilinear resize to S x S (the tiny CPU model uses it).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BOX_HEADS", "GroundingHead", "MaskDecoder", "sincos_2d"]
+__all__ = ["BOX_HEADS", "MASK_HEADS", "GroundingHead", "MaskDecoder", "TokenMaskHead", "sincos_2d"]
 
 BOX_HEADS = ("mlp", "spatial")
+MASK_HEADS = ("official", "conv")
 
 
 def sincos_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -84,6 +92,52 @@ class MaskDecoder(nn.Module):
         return x[:, 0]  # (B, S, S)
 
 
+class TokenMaskHead(nn.Module):
+    """The official per-token mask head: each fused visual token predicts its own patch's pixel block.
+
+    Follows the official vision-language grounding model (``vision_language/CoLA/models/EEVG.py``, segmentation
+    branch): a 2-layer MLP ``Linear(d, d) -> ReLU -> Linear(d, p * p)`` on every fused visual token (hidden width
+    = the fusion width, ReLU, no activation after the last layer, PyTorch default init), the (B, h*w, p*p)
+    blocks tiled row-major back into a (B, 1, h*p, w*p) map (token (r, c), block entry (i, j) -> pixel
+    (r*p + i, c*p + j), i.e. ``pixel_shuffle`` with the block as channels), then one ``Conv2d(1, 1, 5,
+    padding=2)`` (with bias) over the full-resolution map.
+
+    Differences from the official code, on purpose: the official model hard-codes 16 x 16 blocks (its 448-px
+    input and 28 x 28 grid) and applies a sigmoid at the end; here p = ``image_size / grid_size`` and the head
+    returns logits (the task's focal and Dice losses take logits once). The official decoder may drop visual
+    tokens (token elimination) and scatters zeros into their blocks; this repo's fusion keeps every token.
+
+    Args:
+        in_dim: width of the fused visual tokens (and of the MLP's hidden layer).
+        grid_size: side h = w of the square patch grid.
+        image_size: side S of the output logits; must be a multiple of ``grid_size``.
+    """
+
+    def __init__(self, in_dim: int, grid_size: int, image_size: int) -> None:
+        super().__init__()
+        if grid_size <= 0 or image_size % grid_size:
+            raise ValueError(
+                f"mask_head='official' tiles one pixel block per patch token, so image_size ({image_size}) must be a "
+                f"multiple of the patch grid side ({grid_size}); use image_size = grid_size * patch_size or "
+                "mask_head='conv'"
+            )
+        self.grid_size = grid_size
+        self.image_size = image_size
+        self.patch = image_size // grid_size
+        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, self.patch * self.patch))
+        self.refine = nn.Conv2d(1, 1, 5, padding=2)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) fused visual features -> (B, S, S) mask logits."""
+        B, _, h, w = grid.shape
+        if h != self.grid_size or w != self.grid_size:
+            raise ValueError(f"expected a {self.grid_size} x {self.grid_size} grid, got {h} x {w}")
+        p = self.patch
+        blocks = self.mlp(grid.flatten(2).transpose(1, 2))  # (B, h*w, p*p), one pixel block per token
+        x = blocks.reshape(B, h, w, p, p).permute(0, 1, 3, 2, 4).reshape(B, 1, h * p, w * p)  # (B, 1, S, S)
+        return self.refine(x)[:, 0]  # (B, S, S)
+
+
 class GroundingHead(nn.Module):
     """Fusion transformer over ``[REG; visual; text]`` with box and mask heads.
 
@@ -99,6 +153,8 @@ class GroundingHead(nn.Module):
         heads: attention heads of the fusion layers.
         dropout: dropout inside the fusion layers.
         box_head: ``mlp`` (official) | ``spatial`` (soft-argmax over the patch grid; see the module docstring).
+        mask_head: ``official`` (per-token MLP to pixel blocks + 5x5 conv, :class:`TokenMaskHead`) | ``conv``
+            (conv decoder on the patch grid, :class:`MaskDecoder`).
     """
 
     def __init__(
@@ -114,10 +170,13 @@ class GroundingHead(nn.Module):
         heads: int = 8,
         dropout: float = 0.1,
         box_head: str = "mlp",
+        mask_head: str = "conv",
     ) -> None:
         super().__init__()
         if box_head not in BOX_HEADS:
             raise ValueError(f"box_head must be one of {list(BOX_HEADS)}, got {box_head!r}")
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {list(MASK_HEADS)}, got {mask_head!r}")
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
         if grid_size <= 0 or image_size <= 0:
@@ -156,7 +215,12 @@ class GroundingHead(nn.Module):
             centres = (torch.arange(grid_size, dtype=torch.float32) + 0.5) / grid_size
             ys, xs = torch.meshgrid(centres, centres, indexing="ij")
             self.register_buffer("patch_centres", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
-        self.mask_head = MaskDecoder(d_fusion, image_size)
+        self.mask_head_kind = mask_head
+        self.mask_head: nn.Module
+        if mask_head == "official":
+            self.mask_head = TokenMaskHead(d_fusion, grid_size, image_size)
+        else:
+            self.mask_head = MaskDecoder(d_fusion, image_size)
         for p in (self.reg_token, self.visual_pos, self.type_embed):
             nn.init.trunc_normal_(p, std=0.02)
 
