@@ -14,26 +14,30 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cola.resolvers import quote_numeric_group_overrides  # also registers ${cola.minilm:}
+import cola.resolvers  # noqa: F401  (registers the ${cola.*} resolvers)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from cola.cli import fail, remove_if_empty
     from cola.harness import evaluate
     from cola.validation import SetupError
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        evaluate(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        evaluate(cfg, run_dir, list(hc.overrides.task))
     except SetupError as e:
+        remove_if_empty(run_dir)
         if os.environ.get("COLA_TRACEBACK"):
             raise
-        print(f"\nerror: {e}\n(set COLA_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *quote_numeric_group_overrides(sys.argv[1:])]  # rank=8 selects configs/rank/8.yaml
+    from cola.cli import precheck
+
+    precheck("eval", sys.argv[1:])
     main()

@@ -14,28 +14,32 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cola.resolvers import quote_numeric_group_overrides  # also registers ${cola.minilm:}
+import cola.resolvers  # noqa: F401  (registers the ${cola.*} resolvers)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from cola.cli import fail, remove_if_empty
     from cola.harness import train
     from cola.tasks.base import NonFiniteLossError
     from cola.validation import SetupError
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        metrics = train(cfg, run_dir)
     except (SetupError, NonFiniteLossError) as e:  # a message for the user, not a bug: no traceback
+        remove_if_empty(run_dir)  # refused before writing anything: leave no empty run folder behind
         if os.environ.get("COLA_TRACEBACK"):
             raise
-        print(f"\nerror: {e}\n(set COLA_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        sys.exit(2 if isinstance(e, SetupError) else 3)
+        fail(str(e), 2 if isinstance(e, SetupError) else 3)
     monitor = str(cfg.task.monitor)
     return metrics.get(monitor)
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *quote_numeric_group_overrides(sys.argv[1:])]  # rank=8 selects configs/rank/8.yaml
+    from cola.cli import precheck
+
+    precheck("train", sys.argv[1:])  # Hydra's own errors (unknown key or option) as one paragraph, exit 2
     main()

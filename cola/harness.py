@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD_PREFIXES = ("head.", "heads.")
 NOT_SPLITS = ("params", "time", "data", "train")
-MASK_METRICS = ("miou", "oiou")  # reported from the best-mask checkpoint under task.monitor_mask  # metrics.json key prefixes that are not evaluation splits
+MASK_METRICS = (
+    "miou",
+    "oiou",
+)  # reported from the best-mask checkpoint under task.monitor_mask  # metrics.json key prefixes that are not evaluation splits
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -307,6 +310,122 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
+RESUME_MAY_CHANGE = (
+    "ckpt_path",
+    "resume_finished",
+    "trainer.",
+    "callbacks.",
+    "logger.",
+    "tags",
+    "paths.",
+    "data.root",
+    "data.num_workers",
+    "data.image_dir",
+    "data.split_root",
+    "analysis.",
+)
+"""Config keys a resumed run may change (where it runs, how it logs, how long it trains); any other difference
+from the run folder's ``config.yaml`` is refused: the checkpoint belongs to that configuration."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: d}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], *, allowed: tuple[str, ...] = ()) -> list[str]:
+    """``key: run X != now Y`` for every dotted key that differs, except those starting with an ``allowed`` prefix."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith(allowed) or k in {p.rstrip(".") for p in allowed}:
+            continue
+        if a.get(k, "<missing>") != b.get(k, "<missing>"):
+            diffs.append(f"{k}: run {a.get(k, '<missing>')!r} != now {b.get(k, '<missing>')!r}")
+    return diffs
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads a training checkpoint with ``weights_only=True`` (no code runs); a clear error if it is not one."""
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a checkpoint of this repo"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(
+            f"ckpt_path={str(path)!r} is not a checkpoint train.py wrote (torch.load with weights_only=True failed: "
+            f"{first[:200]}); pass a run's checkpoints/last.ckpt or best.ckpt, or ckpt_path=last with hydra.run.dir"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cola_peft_config" not in ckpt:
+        raise SetupError(
+            f"ckpt_path={str(path)!r} is not a checkpoint train.py wrote (it has no state_dict / cola_peft_config); "
+            "pass a run's checkpoints/last.ckpt or best.ckpt"
+        )
+    return ckpt
+
+
+def check_checkpoint(path: str | Path, module) -> None:
+    """The checkpoint's peft config and tensors match ``module`` (what Lightning would find only mid-load)."""
+    ckpt = read_checkpoint(path)
+    saved, current = ckpt["cola_peft_config"], module.peft_config
+    if saved != current:
+        diffs = [f"{d}" for d in config_differences(saved, current)]
+        raise SetupError(f"ckpt_path={str(path)!r} was made with another peft config: " + "; ".join(diffs))
+    keys = set(ckpt["state_dict"])
+    want = module.trainable_state_keys()
+    missing, unexpected = sorted(want - keys), sorted(keys - want)
+    if missing or unexpected:
+        raise SetupError(
+            f"ckpt_path={str(path)!r} does not fit this model: {len(missing)} trainable tensors missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it made with another "
+            "task or model?"
+        )
+
+
+def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str, module) -> None:
+    """Before anything is written into ``run_dir``: the run is not finished (unless ``resume_finished=true``), the
+    checkpoint is one of this model, and the run folder's ``config.yaml`` is this configuration."""
+    if (run_dir / "metrics.json").is_file() and not cfg.get("resume_finished", False):
+        raise SetupError(
+            f"run folder {run_dir} holds a finished run (metrics.json exists); resuming would overwrite its results. "
+            "Add resume_finished=true to continue training it anyway, or choose a new hydra.run.dir"
+        )
+    check_checkpoint(ckpt, module)
+    saved_cfg = run_dir / "config.yaml"
+    if saved_cfg.is_file():
+        saved = OmegaConf.to_container(OmegaConf.load(saved_cfg), resolve=False)
+        diffs = config_differences(saved, job_config(cfg), allowed=RESUME_MAY_CHANGE)
+        if diffs:
+            raise SetupError(
+                f"run folder {run_dir} was made with another configuration ({len(diffs)} difference(s): "
+                + "; ".join(diffs[:6])
+                + ("; ..." if len(diffs) > 6 else "")
+                + "); resume with the run's own overrides, or choose a new hydra.run.dir"
+            )
+
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def attach_file_log(run_dir: Path, name: str = "train.log") -> None:
+    """Logs into ``<run dir>/train.log`` (appending, so a resumed run continues it) once the inputs are checked:
+    a run refused at setup leaves its folder untouched (configs/hydra/job_logging/cola.yaml logs to the console
+    only)."""
+    path = (run_dir / name).resolve()
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+
+
 def keep_csv_history(run_dir: Path) -> None:
     """Before a resumed run's CSVLogger starts (it deletes an existing ``metrics.csv``), renames the interrupted
     run's log to ``metrics.<n>.csv``."""
@@ -391,6 +510,12 @@ def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
         validate_config(cfg)
         validate_run_dir(run_dir, resuming=resuming)
         resolve_data_root(cfg)
+        root = Path(str(cfg.data.root))
+        if root.exists() and not root.is_dir():
+            raise SetupError(
+                f"data.root={str(root)!r} is a file, not a folder; data.root is the dataset's folder in its standard "
+                "layout (README 'Datasets')"
+            )
         ensure_assets(cfg)
         datamodule = instantiate(cfg.data, _convert_="all")
         if hasattr(datamodule, "validate"):
@@ -413,6 +538,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     try:
         ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
         datamodule, module = setup(cfg, run_dir, resuming=ckpt is not None)
+        if ckpt is not None:  # every input checked before the first write into the run folder
+            check_resume(cfg, run_dir, ckpt, module)
+        attach_file_log(run_dir)
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from cola.io import atomic_write_text
@@ -448,10 +576,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         best = best if best and Path(best).is_file() and not trainer.fast_dev_run else None
+        best_mask = _mask_checkpoint(cfg, trainer)  # before testing: loading best.ckpt restores callback states
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = _flat_metrics(results)
-        best_mask = _mask_checkpoint(cfg, trainer)
         if best_mask is not None:
             # task.monitor_mask (official grounding): mask metrics come from the best-mask checkpoint
             mask_results = trainer.validate(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
@@ -516,8 +644,11 @@ def load_run(path: str | Path, run_dir: Path, overrides: list[str] = ()) -> tupl
         try:
             load_adapters(adapter, module, config=peft_dict(merged), extra_prefixes=module.head_prefixes())
         except (ValueError, FileNotFoundError) as e:
-            raise SetupError(str(e)) from e
+            raise SetupError(f"ckpt_path={str(path)!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - safetensors' own errors (a file that is not safetensors)
+            raise SetupError(f"ckpt_path={str(path)!r}: {adapter} is not an adapter file train.py wrote ({e})") from e
         return merged, datamodule, module, None
+    check_checkpoint(adapter, module)  # weights_only, peft config and tensors, before Lightning loads it
     return merged, datamodule, module, str(adapter)
 
 
@@ -528,18 +659,14 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     try:
         keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.", "task=", "model=", "peft="))]
         merged, datamodule, module, ckpt = load_run(cfg.ckpt_path, run_dir, keep)
+        attach_file_log(run_dir, name="eval.log")
+        # the evaluated configuration: the run's config with the overrides, and what was evaluated
+        OmegaConf.update(merged, "eval", {"ckpt_path": str(cfg.ckpt_path), "overrides": keep}, force_add=True)
+        atomic_write_text(run_dir / "config.yaml", job_config_yaml(merged))
         trainer = build_trainer(merged, run_dir, [], [])
         results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         results += trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics = _flat_metrics(results)
-        best_mask = _mask_checkpoint(cfg, trainer)
-        if best_mask is not None:
-            # task.monitor_mask (official grounding): mask metrics come from the best-mask checkpoint
-            mask_results = trainer.validate(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
-            mask_results += trainer.test(module, datamodule=datamodule, ckpt_path=best_mask, verbose=False)
-            metrics.update(
-                {k: v for k, v in _flat_metrics(mask_results).items() if k.rpartition("/")[2] in MASK_METRICS}
-            )
         metrics.update(reference_metrics(datamodule))
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})

@@ -79,11 +79,15 @@ def _effective_batch(cfgs: dict[str, DictConfig]) -> int:
 
 G, AVE, AVS = "grounding", "ave", "avs"
 SETTINGS: list[Setting] = [
-    Setting("towers", _towers, {
-        G: "ViTDet-B/16 @ 448 + BERT-B",
-        AVE: "ViT-B/16 @ 224 + SSLAM",
-        AVS: "SwinV2-L @ 192 + SSLAM",
-    }),
+    Setting(
+        "towers",
+        _towers,
+        {
+            G: "ViTDet-B/16 @ 448 + BERT-B",
+            AVE: "ViT-B/16 @ 224 + SSLAM",
+            AVS: "SwinV2-L @ 192 + SSLAM",
+        },
+    ),
     Setting("optimizer", _get("optim.optimizer"), {G: "adamw", AVE: "adam", AVS: "adam"}),
     Setting("weight decay", _get("optim.weight_decay"), {G: 1e-4, AVE: 0.0, AVS: 0.0}),
     Setting("weight decay on biases/norms/lambda", _get("optim.decay_1d"), {G: True, AVE: False, AVS: False}),
@@ -101,11 +105,15 @@ SETTINGS: list[Setting] = [
     Setting("effective batch", _effective_batch, {G: 80, AVE: 2, AVS: 8}),
     Setting("epochs", _get("trainer.max_epochs"), {G: 150, AVE: 50, AVS: 20}),
     Setting("early stopping patience", _get("callbacks.early_stopping.patience"), {G: None, AVE: 10, AVS: None}),
-    Setting("model selection", _selection, {
-        G: "val/acc@0.5 (box), val/miou (mask)",
-        AVE: "test/acc",
-        AVS: "test/miou",
-    }),
+    Setting(
+        "model selection",
+        _selection,
+        {
+            G: "val/acc@0.5 (box), val/miou (mask)",
+            AVE: "test/acc",
+            AVS: "test/miou",
+        },
+    ),
     Setting("augmentation", _augmentation, {G: "official", AVE: "none", AVS: "none"}),
     Setting("image size", _get("model.image_size"), {G: 448, AVE: 224, AVS: 192}),
     Setting("input resize", _get("data.resize"), {G: "stretch"}),
@@ -116,12 +124,16 @@ SETTINGS: list[Setting] = [
     Setting("box head", _get("model.grounding_head.box_head"), {G: "mlp"}),
     Setting("mask head", _get("model.grounding_head.mask_head"), {G: "official"}),
     Setting("box loss weight (L1 + GIoU)", _get("task.module.loss_alpha"), {G: 0.1}),
-    Setting("mask loss weights (focal, Dice)", lambda c: [c["cola"].task.module.w_focal, c["cola"].task.module.w_dice],
-            {G: [1.0, 1.0]}),
+    Setting(
+        "mask loss weights (focal, Dice)",
+        lambda c: [c["cola"].task.module.w_focal, c["cola"].task.module.w_dice],
+        {G: [1.0, 1.0]},
+    ),
     Setting("AVE head", _get("task.module.temporal"), {AVE: "official"}),
     Setting("AVE loss", _get("task.module.loss"), {AVE: "softmax_bce"}),
-    Setting("AVS losses (BCE, IoU)", lambda c: [c["cola"].task.module.w_bce, c["cola"].task.module.w_iou],
-            {AVS: [1.0, 0.0]}),
+    Setting(
+        "AVS losses (BCE, IoU)", lambda c: [c["cola"].task.module.w_bce, c["cola"].task.module.w_iou], {AVS: [1.0, 0.0]}
+    ),
     Setting("AVS head", lambda c: "light decoder (ours)", {AVS: "TPAVI decoder"}),
     Setting("rank r", _get("peft.rank"), {G: 16, AVE: 16, AVS: 16}),
     Setting("alpha", _get("peft.alpha"), {G: 8, AVE: 8, AVS: 8}),
@@ -129,11 +141,15 @@ SETTINGS: list[Setting] = [
     Setting("hypernet reduction", _get("peft.reduction"), {G: 16, AVE: 16, AVS: {"vision": 16, "audio": 8}}),
     Setting("hypernet init", _get("peft.hypernet_init"), {G: "trunc_normal", AVE: "trunc_normal", AVS: "trunc_normal"}),
     Setting("adapter dropout", _get("peft.dropout"), {G: 0.0, AVE: 0.0, AVS: 0.0}),
-    Setting("condition pooling", _get("peft.condition_pooling"), {
-        G: "mean",
-        AVE: "cls",
-        AVS: {"vision": "mean", "audio": "cls"},
-    }),
+    Setting(
+        "condition pooling",
+        _get("peft.condition_pooling"),
+        {
+            G: "mean",
+            AVE: "cls",
+            AVS: {"vision": "mean", "audio": "cls"},
+        },
+    ),
     Setting("propagation", _get("peft.propagation"), {G: "progressive", AVE: "progressive", AVS: "progressive"}),
     Setting("LoRA rank-matched r", _get("peft.rank", "lora"), {G: 16, AVE: 16, AVS: 16}),
     Setting("LoRA rank-matched alpha", _get("peft.alpha", "lora"), {G: 8, AVE: 8, AVS: 84}),
@@ -176,13 +192,10 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     import cola.resolvers  # noqa: F401  (registers ${cola.*} resolvers)
-    from cola.resolvers import quote_numeric_group_overrides
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(
-            config_name="train", overrides=quote_numeric_group_overrides(overrides), return_hydra_config=True
-        )
+        return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
 def experiment_configs(experiment: str, overrides: list[str] = ()) -> dict[str, DictConfig]:

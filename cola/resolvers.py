@@ -4,19 +4,19 @@
 - ``${cola.audio_frames:AUDIO_INPUT,TARGET_FRAMES}``: the AST ``max_length`` of a data setting
   (:func:`cola.data.audio.audio_frames`): 1024 with ``pad`` (the pretrained grid), ``TARGET_FRAMES`` with
   ``interpolate``; ``configs/model/*.yaml`` pass ``data.audio_input`` and ``data.audio_target_frames``.
-- :func:`quote_numeric_group_overrides`: Hydra parses ``rank=8`` as the integer 8 and refuses integers as
-  config-group options; the entry points quote them (``rank='8'``, sweeps ``rank='4','8'``) so
-  ``configs/rank/8.yaml`` is selected as the user typed it.
+- ``${cola.run_task:${ckpt_path},DEFAULT}``: the task of the run an ``eval.py ckpt_path`` belongs to (its
+  ``config.yaml``), so evaluations land in ``outputs/<that task>/evals/``.
+- ``${cola.rank:${rank},DEFAULT}`` / ``${cola.alpha:${rank},DEFAULT}``: the top-level ``rank=R`` (any positive
+  integer) sets ``peft.rank = R`` and ``peft.alpha = R / 2`` in every ``configs/peft/*.yaml``; ``rank: null`` keeps
+  the method's defaults. Resolved when the config is, so it wins over any experiment file's merge order, and a
+  sweep is a plain ``-m rank=4,8,16``.
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 from omegaconf import OmegaConf
-
-NUMERIC_GROUPS = ("rank",)
-_OVERRIDE = re.compile(r"^(?P<prefix>\+{0,2}|~)(?P<group>" + "|".join(NUMERIC_GROUPS) + r")=(?P<value>[0-9][0-9, ]*)$")
 
 
 def _minilm() -> str:
@@ -31,24 +31,49 @@ def _audio_frames(audio_input: str, target_frames: int) -> int:
     return audio_frames(str(audio_input), int(target_frames))
 
 
+def _check_rank(rank: Any) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(
+            f"rank must be a positive integer (rank=R sets peft.rank = R and peft.alpha = R / 2), got {rank!r}"
+        )
+    return rank
+
+
+def _rank(rank: Any, default: Any) -> Any:
+    return default if rank is None else _check_rank(rank)
+
+
+def _alpha(rank: Any, default: Any) -> Any:
+    if rank is None:
+        return default
+    rank = _check_rank(rank)
+    return rank // 2 if rank % 2 == 0 else rank / 2
+
+
+def _run_task(ckpt_path: Any, default: str) -> str:
+    """The task of the run that ``ckpt_path`` (a run folder, its adapter file or a checkpoint) belongs to."""
+    from pathlib import Path
+
+    path = Path(str(ckpt_path))
+    for parent in [path, *path.parents][:3]:
+        cfg = parent / "config.yaml"
+        if cfg.is_file():
+            try:
+                return str(OmegaConf.load(cfg).task.name)
+            except Exception:  # noqa: BLE001 - an unreadable config is reported by eval.py itself
+                return default
+    return default
+
+
 def register() -> None:
     """Registers the resolvers (idempotent)."""
     if not OmegaConf.has_resolver("cola.minilm"):
         OmegaConf.register_new_resolver("cola.minilm", _minilm, use_cache=True)
+    for name, fn in (("cola.rank", _rank), ("cola.alpha", _alpha), ("cola.run_task", _run_task)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     if not OmegaConf.has_resolver("cola.audio_frames"):
         OmegaConf.register_new_resolver("cola.audio_frames", _audio_frames)
-
-
-def quote_numeric_group_overrides(args: list[str]) -> list[str]:
-    """``rank=8`` -> ``rank='8'`` and ``rank=4,8`` -> ``rank='4','8'``; other arguments are unchanged."""
-    out = []
-    for arg in args:
-        m = _OVERRIDE.match(arg)
-        if m:
-            values = ",".join(f"'{v.strip()}'" for v in m["value"].split(",") if v.strip())
-            arg = f"{m['prefix']}{m['group']}={values}"
-        out.append(arg)
-    return out
 
 
 register()

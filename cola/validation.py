@@ -35,8 +35,13 @@ def _peft_layer_fields(peft: dict) -> dict:
 def validate_config(cfg: DictConfig) -> None:
     """Validates the composed config: peft fields, task/model pairing, logger credentials."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
-    peft = OmegaConf.to_container(cfg.peft, resolve=True)
+    try:
+        peft = OmegaConf.to_container(cfg.peft, resolve=True)
+    except InterpolationResolutionError as e:  # e.g. rank=-3: the resolver's own message names the key
+        cause = e.__cause__ or e
+        raise SetupError(str(cause).split("\n")[0]) from e
     method = peft.get("method")
     if method not in PEFT_METHODS:
         raise SetupError(f"peft.method must be one of {list(PEFT_METHODS)}, got {method!r}")

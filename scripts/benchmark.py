@@ -600,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compilation)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=None, help="default rank / 2, as configs/rank/<R>.yaml")
+    p.add_argument("--alpha", type=float, default=None, help="default rank / 2, as rank=R in train.py")
     p.add_argument("--lora-split-fused", action="store_true",
                    help="our lora: per-slice q/k/v adapters on fused qkv (official); default one A/B as HF peft")  # fmt: skip
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (median reported)")

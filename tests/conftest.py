@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from cola.resolvers import quote_numeric_group_overrides
+import cola.resolvers  # noqa: F401  (registers the ${cola.*} resolvers)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
@@ -47,7 +47,7 @@ def compose_cfg(
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             config_name=config_name,
-            overrides=quote_numeric_group_overrides((TINY_TEST_OVERRIDES if tiny else []) + overrides),
+            overrides=(TINY_TEST_OVERRIDES if tiny else []) + overrides,
             return_hydra_config=True,
         )
     if run_dir is not None:

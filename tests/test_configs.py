@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from cola.validation import SetupError, validate_config
 from tests.conftest import CONFIG_DIR, compose_cfg, resolve_all
 
-GROUPS = ["task", "model", "peft", "rank", "sharing", "propagation", "targets", "trainer", "logger", "debug"]
+GROUPS = ["task", "model", "peft", "sharing", "propagation", "targets", "trainer", "logger", "debug"]
 
 
 def _options(group: str) -> list[str]:
@@ -19,7 +19,6 @@ def _options(group: str) -> list[str]:
 
 def test_groups_have_the_spec_options():
     assert set(_options("peft")) == {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
-    assert set(_options("rank")) == {"4", "8", "16", "32", "64"}
     assert set(_options("sharing")) == {"none", "shared_a", "shared_b", "full"}
     assert set(_options("propagation")) == {"uniform", "module_wise", "progressive"}
     assert set(_options("trainer")) == {"cpu", "gpu", "ddp"}
@@ -33,8 +32,6 @@ def test_every_option_composes_and_resolves(group, option):
     cfg = compose_cfg([f"{group}={option}"], tiny=False)
     container = resolve_all(cfg)
     assert container["peft"]["method"] in {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
-    if group == "rank":
-        assert cfg.peft.rank == int(option) and cfg.peft.alpha == int(option) // 2
     if group in ("sharing", "propagation"):
         assert cfg.peft[group] == option
     if cfg.model.get(cfg.task.modality) is not None:  # the paper's towers pair with their own tasks only
@@ -127,3 +124,26 @@ def test_validation_errors_are_one_paragraph():
 def test_monitor_names_the_split_the_validation_loader_runs_on(overrides, monitor):
     cfg = compose_cfg(overrides, tiny=False)
     assert cfg.task.monitor == monitor and cfg.callbacks.model_checkpoint.monitor == monitor
+
+
+@pytest.mark.parametrize("rank", [1, 4, 8, 12, 16, 33])
+def test_rank_sets_rank_and_half_alpha_for_every_method(rank):
+    for method in ("cola", "lora", "lora_param_matched", "moka"):
+        cfg = compose_cfg([f"peft={method}", f"rank={rank}"], tiny=False)
+        assert cfg.peft.rank == rank and cfg.peft.alpha == rank / 2
+
+
+@pytest.mark.parametrize("rank", [-3, 0, "abc", 2.5])
+def test_bad_rank_is_one_clear_error(rank):
+    with pytest.raises(SetupError, match=rf"rank must be a positive integer .*got {rank!r}"):
+        validate_config(compose_cfg([f"rank={rank}"], tiny=False))
+
+
+def test_rank_wins_over_the_experiment_files():
+    """ablation_rank sweeps rank: each job gets its rank (the experiment's official r 16 used to override it)."""
+    for rank in (4, 8, 16, 32, 64):
+        for method in ("lora", "cola"):
+            cfg = compose_cfg(["experiment=ablation_rank", f"peft={method}", f"rank={rank}"], tiny=False)
+            assert cfg.peft.rank == rank and cfg.peft.alpha == rank / 2
+    assert compose_cfg(["experiment=main_avs_s4", "peft=lora"], tiny=False).peft.alpha == 84
+    assert compose_cfg(["experiment=main_avs_s4", "peft=lora", "rank=8"], tiny=False).peft.alpha == 4

@@ -34,12 +34,14 @@ def fast_cfg(root: Path, run_dir: Path, *overrides: str, config_name: str = "tra
     return compose_cfg([*FAST_RUN, f"data.root={root}", *overrides], run_dir=run_dir, config_name=config_name)
 
 
-def train_py(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs ``python train.py ARGS`` offline on one thread (deterministic, faster for tiny tensors)."""
+def train_py(
+    *args: str, cwd: Path = REPO, timeout: float = 600, script: str = "train.py"
+) -> subprocess.CompletedProcess:
+    """Runs ``python train.py ARGS`` (or ``script``) offline on one thread (deterministic, faster for tiny tensors)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLA_ROOT": str(REPO)}
     env.pop("COLA_TRACEBACK", None)
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
+        [sys.executable, str(REPO / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -235,3 +237,32 @@ def test_wandb_offline_run_and_resume_keep_one_run_id(synthetic_refcoco, tmp_pat
     # the run folder's id is reused by the loggers of a resumed run
     wb = [lg for lg in harness.build_loggers(cfg, run_dir) if type(lg).__name__ == "WandbLogger"]
     assert wb and wb[0]._wandb_init["id"] == run_id and wb[0]._wandb_init["resume"] == "allow"
+
+
+def test_monitor_mask_reports_mask_metrics_from_the_best_mask_checkpoint(synthetic_refcoco, tmp_path, monkeypatch):
+    """task.monitor_mask (official grounding): a second best checkpoint by val/miou; the run's miou/oiou are that
+    checkpoint's, its box metrics the best-box checkpoint's."""
+    run = tmp_path / "run"
+    overrides = (
+        "task.monitor_mask=val/miou",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "trainer.limit_train_batches=2",
+    )
+    cfg = fast_cfg(synthetic_refcoco, run, *overrides)
+    tested = []
+    real_test = harness.__dict__.get("_flat_metrics")
+
+    def spy(results):
+        tested.append(results)
+        return real_test(results)
+
+    monkeypatch.setattr(harness, "_flat_metrics", spy)
+    metrics = harness.train(cfg, run)
+    assert (run / "checkpoints" / "best_mask.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    box_run, mask_run = tested[0], tested[1]  # validate + test with best.ckpt, then with best_mask.ckpt
+    val_box = next(r for r in box_run if "val/acc@0.5" in r)
+    val_mask = next(r for r in mask_run if "val/miou" in r)
+    assert metrics["val/acc@0.5"] == pytest.approx(val_box["val/acc@0.5"])
+    assert metrics["val/miou"] == pytest.approx(val_mask["val/miou"])
+    assert metrics["testA/oiou"] == pytest.approx(next(r for r in mask_run if "testA/oiou" in r)["testA/oiou"])

@@ -436,7 +436,7 @@ class DualEncoder(nn.Module):
                     )
         rank, lora_params = param_matched_lora_rank(cola_params, shapes, split_fused=split_fused)
         self.report.lora_rank, self.report.params_cola, self.report.params_lora = rank, cola_params, lora_params
-        # Same intra-path scale alpha / r as the CoLA run (the rank group keeps alpha / r fixed too).
+        # Same intra-path scale alpha / r as the CoLA run (rank=R keeps alpha / r fixed too).
         return LoRAConfig(rank=rank, alpha=cola_cfg.scaling * rank, dropout=cola_cfg.dropout, split_fused=split_fused)
 
     def _stage_groups(self, tower: Tower, block_index: int) -> dict[str, list[nn.Module]]:

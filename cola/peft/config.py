@@ -157,7 +157,9 @@ class CoLAConfig(_AdapterConfig):
         _check_choice("sharing", self.sharing, SHARING_CHOICES)
         _check_choice("condition", self.condition, CONDITION_CHOICES)
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_per_stream("condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES))
+        _check_per_stream(
+            "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
+        )
 
     @property
     def scaling(self) -> float:
@@ -204,7 +206,9 @@ class MoKAConfig(_AdapterConfig):
         if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
             raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_per_stream("condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES))
+        _check_per_stream(
+            "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
+        )
 
     @property
     def scaling(self) -> float:

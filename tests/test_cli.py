@@ -1,0 +1,135 @@
+"""The command line as a user meets it: bad input is one paragraph and exit code 2, a run folder is never damaged,
+evaluations land in their own folder, refused runs leave nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tests.test_harness import cli_args, train_py
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its content hash (and the set of folders)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _one_paragraph_error(res, *words: str) -> str:
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    err = res.stderr.strip().splitlines()
+    lines = [line for line in err if line.startswith("error: ")]
+    assert len(lines) == 1, res.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_refcoco, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    res = train_py(*cli_args(synthetic_refcoco, run, "peft=cola"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (run / "metrics.json").is_file() and (run / "config.yaml").is_file()
+    return run
+
+
+def test_not_a_checkpoint_leaves_a_finished_run_untouched(finished_run, synthetic_refcoco, tmp_path):
+    before = _snapshot(finished_run)
+    junk = tmp_path / "notes.ckpt"
+    junk.write_text("not a checkpoint")
+    res = train_py(*cli_args(synthetic_refcoco, finished_run, "peft=lora", f"ckpt_path={junk}", "resume_finished=true"))
+    _one_paragraph_error(res, "is not a checkpoint train.py wrote", "weights_only=True")
+    assert _snapshot(finished_run) == before
+
+
+def test_resuming_a_finished_run_is_refused_unless_asked(finished_run, synthetic_refcoco):
+    before = _snapshot(finished_run)
+    res = train_py(*cli_args(synthetic_refcoco, finished_run, "peft=cola", "ckpt_path=last"))
+    _one_paragraph_error(res, "finished run", "resume_finished=true")
+    assert _snapshot(finished_run) == before
+
+
+def test_foreign_checkpoint_and_other_config_are_refused(finished_run, synthetic_refcoco, tmp_path):
+    before = _snapshot(finished_run)
+    last = finished_run / "checkpoints" / "last.ckpt"
+    # the run's own checkpoint, but another method on the command line
+    res = train_py(*cli_args(synthetic_refcoco, finished_run, "peft=lora", "ckpt_path=last", "resume_finished=true"))
+    _one_paragraph_error(res, "another peft config", "method")
+    # the right method but another setting than the run folder's config.yaml
+    res = train_py(
+        *cli_args(synthetic_refcoco, finished_run, "peft=cola", "ckpt_path=last", "resume_finished=true", "seed=7")
+    )
+    _one_paragraph_error(res, "another configuration", "seed: run 42 != now 7")
+    # a checkpoint that unpickles but is not ours (weights_only refuses arbitrary objects)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"model": {"w": torch.zeros(2)}}, foreign)
+    res = train_py(*cli_args(synthetic_refcoco, tmp_path / "new_run", "peft=cola", f"ckpt_path={foreign}"))
+    _one_paragraph_error(res, "no state_dict / cola_peft_config")
+    assert not (tmp_path / "new_run").exists()  # refused before writing: no empty folder left
+    assert _snapshot(finished_run) == before and last.is_file()
+
+
+def test_eval_writes_its_own_folder_and_never_touches_the_run(finished_run, tmp_path):
+    before = _snapshot(finished_run)
+    outputs = tmp_path / "outputs"
+    res = train_py(f"ckpt_path={finished_run}", f"paths.output_dir={outputs}", script="eval.py")
+    assert res.returncode == 0, res.stderr[-3000:]
+    evals = list((outputs / "refcoco" / "evals").iterdir())
+    assert len(evals) == 1 and {"config.yaml", "metrics.json"} <= {p.name for p in evals[0].iterdir()}
+    metrics = json.loads((evals[0] / "metrics.json").read_text())
+    run_metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["val/acc@0.5"] == pytest.approx(run_metrics["val/acc@0.5"], abs=1e-6)
+    assert "eval" in (evals[0] / "config.yaml").read_text()
+    assert _snapshot(finished_run) == before
+    # a file that is not a checkpoint: one paragraph, no evals folder left behind
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    junk = copy / "checkpoints" / "junk.ckpt"  # inside a run folder, so its config.yaml is found
+    junk.write_bytes(b"\x00" * 64)
+    res = train_py(f"ckpt_path={junk}", f"paths.output_dir={tmp_path / 'out2'}", script="eval.py")
+    _one_paragraph_error(res, "is not a checkpoint train.py wrote")
+    assert not any(p.is_file() for p in (tmp_path / "out2").rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("rank=-3", ["rank must be a positive integer", "got -3"]),
+        ("rank=abc", ["rank must be a positive integer", "got 'abc'"]),
+        ("peft=lorax", ["peft=lorax: no such option", "did you mean peft=lora?", "cola"]),
+        ("trainer.max_step=3", ["trainer.max_step: no such key", "did you mean trainer.max_steps"]),
+        ("task=refcocoo", ["task=refcocoo: no such option", "refcoco"]),
+        ("peft.propagation=progresive", ["propagation must be one of", "progresive"]),
+    ],
+)
+def test_configuration_errors_are_one_paragraph_exit_2(override, words, tmp_path):
+    res = train_py(override, "debug=fast", f"hydra.run.dir={tmp_path / 'run'}")
+    _one_paragraph_error(res, *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_root_that_is_a_file_says_so(tmp_path):
+    f = tmp_path / "refer.zip"
+    f.write_bytes(b"zip")
+    res = train_py(f"data.root={f}", "debug=fast", f"hydra.run.dir={tmp_path / 'run'}")
+    _one_paragraph_error(res, "is a file, not a folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_any_positive_rank_runs(synthetic_refcoco, tmp_path):
+    run = tmp_path / "run"
+    res = train_py(*cli_args(synthetic_refcoco, run, "peft=lora", "rank=12"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = (run / "config.yaml").read_text()
+    assert "rank: 12" in cfg and "alpha: 6" in cfg
+    assert REPO.exists()
