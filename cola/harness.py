@@ -426,6 +426,45 @@ def attach_file_log(run_dir: Path, name: str = "train.log") -> None:
     root.addHandler(handler)
 
 
+BANNERS = ("💡 Tip:",)  # Lightning's advertising lines (litlogger / litmodels)
+
+
+class _DropBanners(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(BANNERS)
+
+
+def single_log_lines() -> None:
+    """Every log line once: ``import lightning`` gives its logger a console handler of its own on top of the root
+    handler its records propagate to (Hydra's job logging), so each Lightning line printed twice."""
+    import lightning  # noqa: F401  (adds the handler being removed)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if type(h) is logging.StreamHandler:
+                logger.removeHandler(h)
+        logger.propagate = True
+
+
+def quiet_third_party(enabled: bool = True) -> None:
+    """Silences library banners that bury the run's own output (``third_party_logs=false``, the default): the
+    transformers load reports and progress bars, Lightning's tips and its "few dataloader workers" hints. Warnings
+    and errors of every library still show; ``third_party_logs=true`` brings everything back."""
+    if not enabled:
+        return
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropBanners) for f in logger.filters):
+            logger.addFilter(_DropBanners())
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
 def keep_csv_history(run_dir: Path) -> None:
     """Before a resumed run's CSVLogger starts (it deletes an existing ``metrics.csv``), renames the interrupted
     run's log to ``metrics.<n>.csv``."""
@@ -470,10 +509,21 @@ def _mask_checkpoint(cfg: DictConfig, trainer) -> str | None:
 
 
 def reference_metrics(datamodule) -> dict[str, float]:
-    """Scores of trivial predictors on the same splits, for reference (grounding: one fixed box)."""
-    if hasattr(datamodule, "fixed_box_baseline"):
-        return datamodule.fixed_box_baseline()
-    return {}
+    """Scores of trivial predictors on the evaluated splits, computed from the data: the floors a model must clear.
+
+    ``datamodule.floor_metrics()`` (grounding: ``<split>/acc@0.5_fixed_box``, one fixed box; AVE:
+    ``<split>/acc_majority``, the training majority class; AVS: ``<split>/miou_fixed_mask`` and
+    ``<split>/fscore_fixed_mask``, the thresholded mean training mask); ``{}`` for a DataModule without one.
+    A floor that cannot be computed is a warning: it never costs the run its ``metrics.json``.
+    """
+    floor_metrics = getattr(datamodule, "floor_metrics", None)
+    if not callable(floor_metrics):
+        return {}
+    try:
+        return dict(floor_metrics())
+    except (OSError, ValueError, RuntimeError) as e:
+        log.warning("the floor metrics could not be computed (%s: %s); metrics.json has none", type(e).__name__, e)
+        return {}
 
 
 def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | None = None) -> None:
@@ -490,9 +540,9 @@ def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | Non
         table.add_row(s, *[f"{metrics[f'{s}/{n}']:.4f}" if f"{s}/{n}" in metrics else "-" for n in names])
     console = Console()
     console.print(table)
-    if run_dir is not None:
-        console.print(f"run folder: {run_dir}")
     console.print(f"trainable parameters: {metrics.get('params/trainable', 0):,} of {metrics.get('params/total', 0):,}")
+    if run_dir is not None:
+        console.print(f"run folder: {run_dir}")  # the last line: where everything above was written
 
 
 def _finish_wandb() -> None:
@@ -535,6 +585,8 @@ def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Trains and tests one configuration; returns the flat metrics written to ``metrics.json``."""
     t0 = time.time()
+    single_log_lines()
+    quiet_third_party(not cfg.get("third_party_logs", False))
     try:
         ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
         datamodule, module = setup(cfg, run_dir, resuming=ckpt is not None)
@@ -606,10 +658,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
             )
             atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-            print_metrics_table(metrics, f"{cfg.task.name} | {cfg.peft.method}", run_dir)
-        return metrics
     finally:
         _finish_wandb()
+    if trainer.is_global_zero:  # after W&B's own closing lines: the table and the run folder end the output
+        print_metrics_table(metrics, f"{cfg.task.name} | {cfg.peft.method}", run_dir)
+    return metrics
 
 
 def find_run_config(ckpt_path: Path) -> Path:
@@ -656,6 +709,8 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     """Evaluates a saved run on its val and test splits (``eval.py``)."""
     from cola.io import atomic_write_text
 
+    single_log_lines()
+    quiet_third_party(not cfg.get("third_party_logs", False))
     try:
         keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.", "task=", "model=", "peft="))]
         merged, datamodule, module, ckpt = load_run(cfg.ckpt_path, run_dir, keep)
@@ -671,7 +726,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         counts = module.parameter_counts()
         metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-        print_metrics_table(metrics, f"eval of {cfg.ckpt_path}")
-        return metrics
     finally:
         _finish_wandb()
+    print_metrics_table(metrics, f"eval of {cfg.ckpt_path}", run_dir)
+    return metrics

@@ -4,6 +4,7 @@
 - ``${cola.audio_frames:AUDIO_INPUT,TARGET_FRAMES}``: the AST ``max_length`` of a data setting
   (:func:`cola.data.audio.audio_frames`): 1024 with ``pad`` (the pretrained grid), ``TARGET_FRAMES`` with
   ``interpolate``; ``configs/model/*.yaml`` pass ``data.audio_input`` and ``data.audio_target_frames``.
+- ``${cola.assets:}``: the repo's ``assets/`` folder (small files the repo's scripts made, e.g. the tiny ViT).
 - ``${cola.run_task:${ckpt_path},DEFAULT}``: the task of the run an ``eval.py ckpt_path`` belongs to (its
   ``config.yaml``), so evaluations land in ``outputs/<that task>/evals/``.
 - ``${cola.rank:${rank},DEFAULT}`` / ``${cola.alpha:${rank},DEFAULT}``: the top-level ``rank=R`` (any positive
@@ -65,11 +66,22 @@ def _run_task(ckpt_path: Any, default: str) -> str:
     return default
 
 
+def _assets() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1] / "assets")
+
+
 def register() -> None:
     """Registers the resolvers (idempotent)."""
     if not OmegaConf.has_resolver("cola.minilm"):
         OmegaConf.register_new_resolver("cola.minilm", _minilm, use_cache=True)
-    for name, fn in (("cola.rank", _rank), ("cola.alpha", _alpha), ("cola.run_task", _run_task)):
+    for name, fn in (
+        ("cola.rank", _rank),
+        ("cola.alpha", _alpha),
+        ("cola.run_task", _run_task),
+        ("cola.assets", _assets),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     if not OmegaConf.has_resolver("cola.audio_frames"):

@@ -4,9 +4,10 @@ A random-init frozen tower gives an adapter nothing to adapt, so the tiny vision
 its own (no text, no grounding labels): images of random coloured shapes on textured backgrounds, with a
 dense objective — every patch predicts the colour and the shape of the object under it (or background) —
 which teaches it what real pretrained towers know about images: colour, shape, where things are. Its
-weights are cached as a timm state dict in safetensors and rebuilt by ``train.py`` when missing.
+weights ship with the repo as ``assets/tiny_vit.safetensors`` (made by this script, float16) and are rebuilt by
+``train.py`` when missing.
 
-    python scripts/pretrain_tiny_vit.py data/checkpoints/tiny_vit.safetensors [--steps 150] [--seed 0]
+    python scripts/pretrain_tiny_vit.py assets/tiny_vit.safetensors --dtype float16   # rebuilds the shipped file
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def make_batch(rng: np.random.Generator, n: int, size: int, patch: int) -> tuple
     return x, lab[:, c::patch, c::patch].reshape(n, -1)
 
 
-def pretrain(out: Path, *, steps: int = 150, batch: int = 32, seed: int = 0, lr: float = 1e-3) -> Path:
+def pretrain(
+    out: Path, *, steps: int = 150, batch: int = 32, seed: int = 0, lr: float = 1e-3, dtype: str = "float32"
+) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = timm.create_model(**TINY_VIT)
@@ -115,8 +118,9 @@ def pretrain(out: Path, *, steps: int = 150, batch: int = 32, seed: int = 0, lr:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     os.close(fd)
     try:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata={"arch": str(TINY_VIT), "steps": str(steps), "seed": str(seed)})
+        state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
+        meta = {"arch": str(TINY_VIT), "steps": str(steps), "seed": str(seed), "dtype": dtype}
+        save_file(state, tmp, metadata=meta)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
@@ -131,11 +135,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="storage dtype (the shipped assets/tiny_vit.safetensors is float16: half the size, loaded as float32)",
+    )
     args = parser.parse_args()
     if args.out.exists():
         print(f"{args.out} exists; nothing to do")
         return
-    path = pretrain(args.out, steps=args.steps, batch=args.batch, seed=args.seed)
+    path = pretrain(args.out, steps=args.steps, batch=args.batch, seed=args.seed, dtype=args.dtype)
     print(f"wrote {path}")
 
 

@@ -133,3 +133,17 @@ def test_any_positive_rank_runs(synthetic_refcoco, tmp_path):
     cfg = (run / "config.yaml").read_text()
     assert "rank: 12" in cfg and "alpha: 6" in cfg
     assert REPO.exists()
+
+
+def test_console_prints_each_line_once_and_ends_with_the_run_folder(synthetic_refcoco, tmp_path):
+    run = tmp_path / "run"
+    res = train_py(*cli_args(synthetic_refcoco, run, "peft=lora", "trainer.enable_progress_bar=false"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    lines = [line for line in out.splitlines() if line.strip()]
+    log_lines = [line for line in lines if "] - " in line]  # timestamped: a record printed twice repeats exactly
+    assert log_lines and len(log_lines) == len(set(log_lines)), "a log line was printed twice"
+    assert not any(line.startswith("INFO: ") for line in lines)  # lightning's own second console handler
+    assert "💡" not in out and "LOAD REPORT" not in out  # library banners are off by default
+    assert res.stdout.strip().splitlines()[-1] == f"run folder: {run}"
+    assert "Trainer.fit" in (run / "train.log").read_text()  # the file log has the run's lines too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pickle
 import shutil
@@ -420,6 +421,10 @@ def test_polygon_and_rle_segmentations_decode(synth):
         )
         seen.add(type(ann["segmentation"]).__name__)
     assert seen == {"list", "dict"}
+    # a known polygon: the rectangle x 1..4, y 1..3 covers the pixels of columns 1-3 and rows 1-2
+    rectangle = np.zeros((5, 6), dtype=bool)
+    rectangle[1:3, 1:4] = True
+    np.testing.assert_array_equal(segmentation_to_mask([[1, 1, 4, 1, 4, 3, 1, 3]], 5, 6), rectangle)
     # uncompressed RLE (COCO crowd annotations): counts as a list of run lengths, column-major
     target = np.zeros((7, 5), dtype=np.uint8)
     target[2:5, 1:4] = 1
@@ -469,16 +474,27 @@ def test_transvg_reader(synth, tokenizer_path, tmp_path, dm):
     assert batch["pixel_values"].shape[1:] == (3, IMAGE, IMAGE)
     assert all(m["expression"] == m["expression"].lower() for m in batch["meta"])
     ds = tv.val_dataset
+    by_box = {tuple(a["bbox"]): a for a in instances["annotations"]}
+    boxes_only = 0
     for i, s in enumerate(ds.samples):
         item = ds[i]
         x, y, w, h = s.bbox
         torch.testing.assert_close(item["orig_box"], torch.tensor([x, y, x + w, y + h]))
         extent = mask_bbox(item["orig_mask"])
         torch.testing.assert_close(extent, item["orig_box"], atol=1.5, rtol=0)
-        if s.segmentation is None:  # no polygon: the mask is the filled box
-            assert item["orig_mask"].float().mean() > 0 and iou(item["orig_mask"], item["orig_mask"]) == 1
-            area = float(item["orig_mask"].sum())
-            assert abs(area - w * h) < (w + h) * 1.5
+        height, width = item["orig_mask"].shape
+        if s.segmentation is None:  # no polygon: the mask is the filled box, rasterised here by hand: the pixels
+            # whose centre (col + 0.5, row + 0.5) lies in [x, x + w] x [y, y + h]
+            expected = torch.zeros(height, width, dtype=torch.bool)
+            expected[
+                math.ceil(y - 0.5) : math.floor(y + h - 0.5) + 1, math.ceil(x - 0.5) : math.floor(x + w - 0.5) + 1
+            ] = 1
+            assert torch.equal(item["orig_mask"], expected)
+            boxes_only += 1
+        else:  # the polygon read from the .pth entry gives the annotation's own mask (its COCO area, to a pixel)
+            ann = by_box[tuple(s.bbox)]
+            assert abs(int(item["orig_mask"].sum()) - ann["area"]) <= 1 and ann["area"] < 0.95 * w * h
+    assert 0 < boxes_only < len(ds)
     # a missing split file is listed with its path
     (folder / "unc_testB.pth").unlink()
     with pytest.raises(FileNotFoundError, match=r"unc_testB\.pth"):
@@ -571,7 +587,7 @@ def test_augment_config_defaults():
     assert cfg.active and cfg.scale == (0.8, 1.0)
 
 
-def test_fixed_box_baseline_hand_case(tmp_path):
+def test_fixed_box_floor_hand_case(tmp_path):
     """Mean training box in relative coordinates, scaled per image: one hit (IoU 1) and one miss (IoU 1/7)."""
     from types import SimpleNamespace
 
@@ -584,13 +600,13 @@ def test_fixed_box_baseline_hand_case(tmp_path):
         "testA": [sample((5, 5, 10, 10), 20, 20, "testA")],  # relative (.25,.25,.75,.75): a hit
     }
     fake = SimpleNamespace(samples=index.__getitem__, train_split="train", val_split="val", test_splits=["testA"])
-    out = RefCOCODataModule.fixed_box_baseline(fake)
+    out = RefCOCODataModule.floor_metrics(fake)
     assert out == {"val/acc@0.5_fixed_box": 0.5, "testA/acc@0.5_fixed_box": 1.0}
     index["val"][0] = sample((25, 15, 50, 30), None, None, "val")  # sizes unknown (TransVG files): no baseline
-    assert RefCOCODataModule.fixed_box_baseline(fake) == {}
+    assert RefCOCODataModule.floor_metrics(fake) == {}
 
 
-def test_fixed_box_baseline_on_the_synthetic_set(dm):
-    out = dm.fixed_box_baseline()
+def test_fixed_box_floor_on_the_synthetic_set(dm):
+    out = dm.floor_metrics()
     assert set(out) == {f"{s}/acc@0.5_fixed_box" for s in ("val", "testA", "testB")}
     assert all(0.0 <= v < 0.5 for v in out.values()), out  # objects sit left / middle / right: no box fits all

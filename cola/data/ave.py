@@ -213,6 +213,11 @@ def category_index(name: str) -> int:
         raise ValueError(f"unknown AVE category {name!r}; expected one of {list(AVE_CATEGORIES)}") from None
 
 
+def row_key(row: AVERow) -> str:
+    """The id of a row in skip bookkeeping: ``video_id (file, line N)`` (a video may sit in several rows)."""
+    return f"{row.video_id} ({row.where()})"
+
+
 def segment_labels(row: AVERow, *, num_seconds: int = NUM_SECONDS) -> torch.Tensor:
     """Per-second class ids of a row: its category where ``Start <= t < End``, else background (28).
 
@@ -347,7 +352,7 @@ class AVEDataset(Dataset):
             return self.load(index)
         except (OSError, ValueError, SyntaxError, EOFError) as err:  # PIL decode errors; AudioReadError is a ValueError
             row = self.rows[index]
-            self.skipped[f"{row.video_id} ({row.where()})"] = f"{type(err).__name__}: {err}"
+            self.skipped[row_key(row)] = f"{type(err).__name__}: {err}"
             log.warning(
                 "%s: skipping video %r, a prepared file could not be read (%s: %s); %d sample(s) skipped so far",
                 self.name,
@@ -580,8 +585,37 @@ class AVEDataModule(SplitDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Samples skipped at load time because a file could not be decoded (counted in this process)."""
-        return sum(len(d.skipped) for d in self.datasets.values())
+        """Distinct rows skipped at load time because a file could not be decoded (counted in this process).
+
+        A row counts once however many passes (validation every epoch, the final validation and test) skipped it.
+        """
+        return len({key for d in self.datasets.values() for key in d.skipped})
+
+    def floor_metrics(self) -> dict[str, float]:
+        """The floor a model must clear: ``acc`` of always predicting the training split's most frequent class.
+
+        The class is counted over every second of the training rows (background included; ties go to the lower
+        class id) and scored on every second of each evaluated split (:attr:`eval_splits`), leaving out the rows
+        skipped at load time as the model's evaluation does. Reads the annotations only.
+
+        Returns:
+            ``{"<split>/acc_majority": accuracy}`` per evaluated split (a split whose rows were all skipped has
+            no entry).
+        """
+        self.validate()
+        assert self.rows is not None
+        counts = torch.zeros(NUM_CLASSES, dtype=torch.int64)  # (29,)
+        for row in self.rows["train"]:
+            counts += torch.bincount(segment_labels(row), minlength=NUM_CLASSES)
+        majority = int(counts.argmax())  # the first maximum: the lower class id on a tie
+        out: dict[str, float] = {}
+        for split in self.eval_splits:
+            skipped = self.datasets[split].skipped if split in self.datasets else {}
+            rows = [r for r in self.rows[split] if row_key(r) not in skipped]
+            if rows:
+                labels = torch.stack([segment_labels(r) for r in rows])  # (N, 10)
+                out[f"{split}/acc_majority"] = float((labels == majority).double().mean())
+        return out
 
     # ------------------------------------------------------------------------------------------ datasets
     def dataset(self, split: str) -> AVEDataset:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # the csv columns we read, by header name (S4 also has a start-time column, unused)
 META_COLUMNS = {"s4": ("name", "category", "split"), "ms3": ("video_id", "split")}
 MAX_LISTED = 5  # how many missing clips a warning names
+FLOOR_CLIPS_PER_UPDATE = 16  # clips scored at once by floor_metrics (bounds its memory)
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,7 @@ class AVSDataModule(SplitDataModule):
         self.clips: dict[str, list[AVSClip]] | None = None
         self.dropped: list[tuple[AVSClip, Path]] = []
         self.datasets: dict[str, AVSDataset] = {}
+        self._mean_train_mask: torch.Tensor | None = None
 
     # -------------------------------------------------------------------------------------------- checks
     def expected_paths(self) -> dict[str, Path]:
@@ -479,8 +481,82 @@ class AVSDataModule(SplitDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Clips skipped at load time because a file could not be decoded (counted in this process)."""
-        return sum(len(d.skipped) for d in self.datasets.values())
+        """Distinct clips skipped at load time because a file could not be decoded (counted in this process).
+
+        A clip counts once however many passes (validation every epoch, the final validation and test) skipped it.
+        """
+        return len({(split, video_id) for split, d in self.datasets.items() for video_id in d.skipped})
+
+    def mean_train_mask(self) -> torch.Tensor:
+        """(S, S) float64: the average of every annotated training mask at ``image_size`` (the resolution the
+        masks are scored at), read once and cached. Unreadable masks are left out."""
+        if self._mean_train_mask is None:
+            self.validate()
+            assert self.clips is not None
+            s = self.image_size
+            total, count = np.zeros((s, s), dtype=np.float64), 0
+            for clip in self.clips["train"]:
+                for path in clip.masks:
+                    if path is None:  # S4 training clips annotate frame 1 only
+                        continue
+                    try:
+                        total += _load_mask(path, s)
+                    except (OSError, ValueError, SyntaxError, EOFError):
+                        continue
+                    count += 1
+            self._mean_train_mask = torch.from_numpy(total / max(count, 1))
+        return self._mean_train_mask
+
+    def floor_metrics(self) -> dict[str, float]:
+        """The floor a model must clear: ``miou`` and ``fscore`` of one fixed mask for every frame.
+
+        The mask is :meth:`mean_train_mask` thresholded at 0.5 (foreground where more than half of the training
+        masks are); it is scored with :class:`cola.metrics.AVSMIoU` and :class:`cola.metrics.AVSFScore` as the
+        task scores a model: per clip, on the frames with ground truth (``mask_valid``), on each evaluated split
+        (the validation and test splits), leaving out the clips skipped at load time. Reads the masks only.
+
+        Returns:
+            ``{"<split>/miou_fixed_mask": ..., "<split>/fscore_fixed_mask": ...}`` per evaluated split (a split
+            whose clips were all skipped or unreadable has no entry).
+        """
+        from cola.metrics import AVSFScore, AVSMIoU
+
+        self.validate()
+        assert self.clips is not None
+        logits = torch.where(self.mean_train_mask() > 0.5, 1e4, -1e4).float()  # (S, S); sigmoid: exactly 1 and 0
+        out: dict[str, float] = {}
+        for split in dict.fromkeys([self.val_split, *self.test_splits]):
+            skipped = self.datasets[split].skipped if split in self.datasets else {}
+            metrics = {"miou": AVSMIoU(), "fscore": AVSFScore()}
+            for target, valid in self._eval_masks([c for c in self.clips[split] if c.video_id not in skipped]):
+                pred = logits.expand(target.shape)  # (V, F, S, S): the same mask for every frame
+                for metric in metrics.values():
+                    metric.update(pred, target, valid)
+            if int(metrics["miou"].videos):
+                out.update({f"{split}/{name}_fixed_mask": float(m.compute()) for name, m in metrics.items()})
+        return out
+
+    def _eval_masks(self, clips: Sequence[AVSClip]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ground truth of ``clips`` as the task scores it, ``FLOOR_CLIPS_PER_UPDATE`` clips at a time:
+        ``(masks (V, F, S, S) bool, mask_valid (V, F) bool)``, one row per clip; a clip with an unreadable mask
+        is left out (the dataset skips it too)."""
+        s = self.image_size
+        masks: list[np.ndarray] = []
+        valid: list[list[bool]] = []
+        for i, clip in enumerate(clips):
+            frames = np.zeros((NUM_FRAMES, s, s), dtype=bool)  # (F, S, S), empty where not annotated
+            try:
+                for k, path in enumerate(clip.masks):
+                    if path is not None:
+                        frames[k] = _load_mask(path, s)
+            except (OSError, ValueError, SyntaxError, EOFError):
+                frames = None
+            if frames is not None:
+                masks.append(frames)
+                valid.append([path is not None for path in clip.masks])
+            if masks and (len(masks) == FLOOR_CLIPS_PER_UPDATE or i == len(clips) - 1):
+                yield torch.from_numpy(np.stack(masks)), torch.tensor(valid)
+                masks, valid = [], []
 
     # ------------------------------------------------------------------------------------------ datasets
     def dataset(self, split: str) -> AVSDataset:

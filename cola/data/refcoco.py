@@ -724,9 +724,13 @@ class RefCOCODataModule(L.LightningDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Samples skipped at load time because their image could not be read (counted in this process)."""
+        """Distinct samples skipped at load time because their image could not be read (counted in this process).
+
+        A sample counts once however often it was skipped: in every validation pass, and in both the validation
+        and the test loader when the validation split is also a test split.
+        """
         datasets = [self.train_dataset, self.val_dataset, *self.test_datasets]
-        return sum(len(d.skipped) for d in dict.fromkeys(d for d in datasets if d is not None))
+        return len({(d.samples[i].split, i) for d in datasets if d is not None for i in d.skipped})
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -743,12 +747,12 @@ class RefCOCODataModule(L.LightningDataModule):
             raise ValueError(f"split {split!r} is not loaded; loaded splits: {list(self._index)}")
         return self._index[split]
 
-    def fixed_box_baseline(self) -> dict[str, float]:
-        """``acc@0.5`` of a model that ignores image and text: one constant box for every sample.
+    def floor_metrics(self) -> dict[str, float]:
+        """The floor a model must clear: ``acc@0.5`` of one constant box for every sample, ignoring image and text.
 
         The box is the mean training box in relative image coordinates (x0/W, y0/H, x1/W, y1/H), scaled to each
         evaluated image. Returns ``{"<split>/acc@0.5_fixed_box": acc}`` for the val and test splits, or ``{}``
-        when image sizes are not in the annotations (TransVG files).
+        when image sizes are not in the annotations (TransVG files). Reads the annotations only (no image).
         """
         from cola.metrics.grounding import box_iou_xyxy
 
