@@ -330,18 +330,38 @@ def test_perfect_predictions_score_one_at_original_resolution(datamodule):
     assert values["acc@0.5"] == 0.0 and values["miou"] < 0.05 and values["oiou"] < 0.05, values
 
 
-@pytest.mark.parametrize("method", ["cola", "lora", "moka", "frozen"])
-def test_fast_dev_run_with_refcoco_datamodule(method, datamodule, tmp_path):
+def grounding_short_run(method: str, datamodule, tmp_path, seed: int = 0):
+    """6 epochs of the 6 training samples (18 steps), no validation, then the test splits: (test metrics of every
+    split, mean training loss per epoch, the fixed-box floors)."""
+    import lightning as L
 
-    task = make_task(method, val_split="val", test_splits=datamodule.test_splits)
-    trainer = fast_dev_trainer(tmp_path)
+    from tests.test_av_tasks import EpochLosses
+
+    task = make_task(
+        method, seed=seed, val_split="val", test_splits=datamodule.test_splits, lr_adapters=3e-3, lr_heads=3e-3
+    )
+    L.seed_everything(seed, workers=True)  # the training order
+    losses = EpochLosses()
+    trainer = fast_dev_trainer(
+        tmp_path, fast_dev_run=False, max_epochs=6, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[losses]
+    )
     trainer.fit(task, datamodule=datamodule)
     results = trainer.test(task, datamodule=datamodule, verbose=False)
-    assert len(results) == len(datamodule.test_splits)
-    for split, res in zip(datamodule.test_splits, results):
-        for name in ("acc@0.5", "miou", "oiou"):
-            value = res[f"{split}/{name}"]
-            assert 0.0 <= value <= 1.0
+    assert len(results) == len(datamodule.test_splits) and len(losses.epoch_means()) == 6
+    metrics = {k: v for res in results for k, v in res.items()}
+    return metrics, losses.epoch_means(), datamodule.floor_metrics()
+
+
+@pytest.mark.parametrize("method", ["cola", "lora", "moka", "frozen"])
+def test_short_run_with_refcoco_datamodule_learns(method, datamodule, tmp_path):
+    """18 steps on 6 samples cannot beat the fixed-box floor reliably (acc@0.5 0 on most splits, like the floor);
+    what they do reliably is lower the training loss (epoch means over the same 6 samples: the last 0.82-0.88 of
+    the first over seeds 0-2 and the four methods)."""
+    metrics, losses, floor = grounding_short_run(method, datamodule, tmp_path)
+    for split in datamodule.test_splits:
+        assert {f"{split}/{name}" for name in ("acc@0.5", "miou", "oiou")} <= set(metrics)
+        assert f"{split}/acc@0.5_fixed_box" in floor
+    assert losses[-1] < 0.92 * losses[0], losses
 
 
 class _FakeTower(torch.nn.Module):

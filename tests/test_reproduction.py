@@ -58,3 +58,13 @@ def test_avs_card_parameters_at_real_shapes():
     assert card["param_matched_rank"] == 64 and card["param_matched_alpha"] == 32
     assert abs(adapters["lora_param_matched"] / adapters["cola"] - 1) < 0.05
     assert adapters["frozen"] == 0 and card["params"]["frozen"] > 0  # the decoder trains under every method
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_builds_its_datamodule(experiment, tmp_path):
+    """Every data key an experiment sets reaches a constructor that takes it (a dry run stopped at its first job)."""
+    from hydra.utils import instantiate
+
+    for debug in ([], ["debug=fast"]):
+        cfg = compose([f"experiment={experiment}", "peft=cola", f"data.root={tmp_path}", *debug])
+        assert instantiate(cfg.data, _convert_="all") is not None
