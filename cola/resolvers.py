@@ -4,7 +4,8 @@
 - ``${cola.audio_frames:AUDIO_INPUT,TARGET_FRAMES}``: the AST ``max_length`` of a data setting
   (:func:`cola.data.audio.audio_frames`): 1024 with ``pad`` (the pretrained grid), ``TARGET_FRAMES`` with
   ``interpolate``; ``configs/model/*.yaml`` pass ``data.audio_input`` and ``data.audio_target_frames``.
-- ``${cola.assets:}``: the repo's ``assets/`` folder (small files the repo's scripts made, e.g. the tiny ViT).
+- ``${cola.repo_dir:}``: the folder of this checkout (``paths.repo_dir``; its ``assets/`` holds small files the
+  repo's scripts made, e.g. the tiny ViT's weights).
 - ``${cola.run_task:${ckpt_path},DEFAULT}``: the task of the run an ``eval.py ckpt_path`` belongs to (its
   ``config.yaml``), so evaluations land in ``outputs/<that task>/evals/``.
 - ``${cola.rank:${rank},DEFAULT}`` / ``${cola.alpha:${rank},DEFAULT}``: the top-level ``rank=R`` (any positive
@@ -66,10 +67,10 @@ def _run_task(ckpt_path: Any, default: str) -> str:
     return default
 
 
-def _assets() -> str:
+def _repo_dir() -> str:
     from pathlib import Path
 
-    return str(Path(__file__).resolve().parents[1] / "assets")
+    return str(Path(__file__).resolve().parents[1])
 
 
 def register() -> None:
@@ -80,7 +81,7 @@ def register() -> None:
         ("cola.rank", _rank),
         ("cola.alpha", _alpha),
         ("cola.run_task", _run_task),
-        ("cola.assets", _assets),
+        ("cola.repo_dir", _repo_dir),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -100,7 +100,7 @@ def setting_of(cfg: dict[str, Any]) -> dict[str, Any]:
     """The run's setting: its flattened config (dotted keys) without the seed and the run-specific keys."""
     flat = flatten(cfg)
     paths = [(k, str(v)) for k, v in flat.items() if k.startswith("paths.") and isinstance(v, str)]
-    paths = sorted((p for p in paths if p[1] not in ("", "/")), key=lambda p: -len(p[1]))
+    paths = sorted((p for p in paths if p[1] not in ("", "/")), key=lambda p: (-len(p[1]), p[0]))  # longest first
     return {k: _relative_to_paths(v, paths) for k, v in flat.items() if not _ignored(k)}
 
 

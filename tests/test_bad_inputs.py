@@ -134,8 +134,10 @@ def test_bad_configuration_fails_before_work(case, synthetic_refcoco, tmp_path, 
 
 def test_unknown_group_option_is_hydras_error_naming_it():
     res = train_py("peft=colaa", "hydra.run.dir=/nonexistent/never")
-    assert res.returncode != 0
-    assert "colaa" in res.stderr and "Available options" in res.stderr and "lora" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (
+        "error: peft=colaa: no such option (did you mean peft=cola?); choices: cola, frozen, full, lora" in res.stderr
+    )
 
 
 def test_train_py_refuses_a_used_run_folder_in_one_paragraph(synthetic_refcoco, tmp_path):
@@ -425,7 +427,9 @@ def test_damaged_dataset_is_rejected_dropped_or_skipped(case, synthetic_refcoco,
     assert dm.num_skipped >= case.count
     kept = sum(len(b[next(iter(b))]) for b in batches if b is not None)
     total = sum(len(loader.dataset) for loader in _loaders(dm))
-    assert kept == total - dm.num_skipped
+    # a sample is counted once however many loaders read it (RefCOCO's val is also a test split: 2 loaders)
+    skipped_loads = sum(len(loader.dataset.skipped) for loader in _loaders(dm))
+    assert kept == total - skipped_loads and dm.num_skipped <= skipped_loads
 
 
 def test_corrupt_mp4_is_reported_by_the_preparation_not_fatal(tmp_path):

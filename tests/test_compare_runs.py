@@ -216,11 +216,17 @@ def test_run_specific_keys_and_moved_checkout_do_not_split_groups(mod):
     b = run_config("task=ave", "peft=cola", "seed=1")
     assert a["run_name"] != b["run_name"] and a["logger"]["wandb"] is None
     # seed 1 ran from another checkout, resumed, with another W&B project and tags
-    b["paths"] = {"root_dir": "/elsewhere", "data_dir": "/elsewhere/data", "output_dir": "/elsewhere/outputs"}
+    b["paths"] = {
+        "root_dir": "/elsewhere",
+        "data_dir": "/elsewhere/data",
+        "output_dir": "/elsewhere/outputs",
+        "repo_dir": "/elsewhere",
+    }
     b["data"]["root"] = "/elsewhere/data/synthetic_ave"
     b["task"]["synthetic"]["root"] = "/elsewhere/data/synthetic_ave"
-    b["model"]["vision"]["checkpoint_path"] = "/elsewhere/data/checkpoints/tiny_vit.safetensors"
-    b["model"]["assets"][0]["path"] = "/elsewhere/data/checkpoints/tiny_vit.safetensors"
+    b["model"]["vision"]["checkpoint_path"] = "/elsewhere/assets/tiny_vit.safetensors"
+    b["model"]["assets"][0]["path"] = "/elsewhere/assets/tiny_vit.safetensors"
+    b["model"]["tokenizer"] = b["model"]["tokenizer"].replace(a["paths"]["repo_dir"], "/elsewhere")  # its .venv
     b.update(ckpt_path="last", tags=["rerun"], experiment_name="other")
     b["logger"] = {"csv": True, "wandb": {"project": "x", "name": "y", "tags": ["z"]}}
     assert mod.setting_of(a) == mod.setting_of(b)
