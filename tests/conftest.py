@@ -71,6 +71,42 @@ def synthetic_refcoco(tmp_path_factory) -> Path:
     return root
 
 
+def load_script(name: str):
+    """Imports ``scripts/<name>.py`` as a module (the scripts are command-line files, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def ave_root(tmp_path_factory) -> Path:
+    """A small synthetic AVE release (6 videos, 4 categories), prepared into frames and wavs."""
+    root = tmp_path_factory.mktemp("ave") / "AVE_Dataset"
+    load_script("make_synthetic_ave").make_synthetic_ave(root, num_videos=6, seed=0, num_categories=4)
+    load_script("prepare_ave").prepare_ave(root, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def avs_root(tmp_path_factory) -> Path:
+    """A small synthetic AVSBench (6 S4 and 5 MS3 clips)."""
+    return load_script("make_synthetic_avs").make_synthetic_avs(
+        tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=6, num_ms3=5, seed=0
+    )
+
+
+def refcoco_datamodule(root: Path, *, image_size: int, **kwargs):
+    """A RefCOCO DataModule on a synthetic set with the MiniLM tokenizer, short expressions and no augmentation."""
+    from cola.data.refcoco import RefCOCODataModule
+    from cola.models import minilm_path
+
+    args = dict(root=str(root), image_size=image_size, max_query_len=12, tokenizer=minilm_path(), augment=None)
+    return RefCOCODataModule(**{**args, **kwargs})
+
+
 def resolve_all(cfg: DictConfig) -> dict:
     """Resolves every interpolation of the job config (the ``hydra`` node needs a running job, so it is left out)."""
     from omegaconf import OmegaConf

@@ -3,7 +3,6 @@ untouched) next to ``interpolate`` (fbank padded to audio_target_frames, grid in
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -175,28 +174,6 @@ def test_pretrained_ast_keeps_its_position_embeddings_with_pad(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- data modules
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def ave_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ave") / "AVE_Dataset"
-    _script("make_synthetic_ave").make_synthetic_ave(root, num_videos=6, seed=0, num_categories=4)
-    _script("prepare_ave").prepare_ave(root, workers=1, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def avs_root(tmp_path_factory) -> Path:
-    return _script("make_synthetic_avs").make_synthetic_avs(
-        tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=6, num_ms3=5, seed=0
-    )
-
-
 def test_ave_datamodule_pad_batches(ave_root):
     dm = AVEDataModule(root=ave_root, image_size=56, batch_size=2, audio_input="pad")
     assert dm.audio_frames == AST_FRAMES and dm.audio_windows == "official"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -353,28 +352,6 @@ def test_avs_gradients_reach_heads_and_adapters_only():
 
 
 # ----------------------------------------------------------------------------------------------- with the data
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def ave_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ave") / "AVE_Dataset"
-    _script("make_synthetic_ave").make_synthetic_ave(root, num_videos=6, seed=0, num_categories=4)
-    _script("prepare_ave").prepare_ave(root, workers=1, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def avs_root(tmp_path_factory) -> Path:
-    return _script("make_synthetic_avs").make_synthetic_avs(
-        tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=6, num_ms3=5, seed=0
-    )
-
-
 class EpochLosses(L.Callback):
     """Collects the training loss of every batch, per epoch."""
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from cola.models.heads.grounding import MASK_HEADS, GroundingHead, MaskDecoder, TokenMaskHead
 from cola.models.losses import dice_loss, sigmoid_focal_loss
-from tests.conftest import compose_cfg, fast_dev_trainer
+from tests.conftest import compose_cfg, fast_dev_trainer, refcoco_datamodule
 from tests.test_grounding_task import IMAGE, hand_batch, make_task
 
 
@@ -178,19 +178,7 @@ def test_grounding_task_with_the_official_mask_head_trains_one_step():
 
 
 def test_grounding_task_with_the_official_mask_head_runs_a_lightning_training_step(synthetic_refcoco, tmp_path):
-    from cola.data.refcoco import RefCOCODataModule
-    from cola.models import minilm_path
-
-    dm = RefCOCODataModule(
-        root=str(synthetic_refcoco),
-        image_size=IMAGE,
-        max_query_len=12,
-        tokenizer=minilm_path(),
-        batch_size=2,
-        eval_batch_size=2,
-        augment=None,
-        limit_per_split=2,
-    )
+    dm = refcoco_datamodule(synthetic_refcoco, image_size=IMAGE, batch_size=2, eval_batch_size=2, limit_per_split=2)
     task = make_task("cola", mask_head="official", val_split="val", test_splits=["val"])
     trainer = fast_dev_trainer(tmp_path, limit_val_batches=0)
     trainer.fit(task, datamodule=dm)

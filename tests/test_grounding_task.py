@@ -9,7 +9,7 @@ import torch
 
 from cola.models.heads import GroundingHead
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
-from tests.conftest import fast_dev_trainer
+from tests.conftest import fast_dev_trainer, refcoco_datamodule
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -263,19 +263,7 @@ def test_overfits_one_batch():
 # ----------------------------------------------------------------------------------------------- with the data
 @pytest.fixture(scope="module")
 def datamodule(synthetic_refcoco):
-    from cola.data.refcoco import RefCOCODataModule
-    from cola.models import minilm_path
-
-    dm = RefCOCODataModule(
-        root=str(synthetic_refcoco),
-        image_size=IMAGE,
-        max_query_len=12,
-        tokenizer=minilm_path(),
-        batch_size=2,
-        eval_batch_size=3,
-        augment=None,
-        limit_per_split=6,
-    )
+    dm = refcoco_datamodule(synthetic_refcoco, image_size=IMAGE, batch_size=2, eval_batch_size=3, limit_per_split=6)
     dm.setup("fit")
     return dm
 
