@@ -1,9 +1,11 @@
-"""The paper's official training settings (SPEC §9) and how this repo's experiment configs resolve them.
+"""The paper's official training settings (docs/official_settings.md) and how this repo's experiment configs resolve
+them.
 
-``OFFICIAL`` transcribes SPEC §9's table per task family (grounding, AVE, AVS); :func:`experiment_card` composes
-an ``experiment=`` file the way ``train.py`` does and lists, for every setting, the resolved value, the official
-one and whether they match. Where this repo deliberately differs (SPEC appendix: other towers, letterbox resize,
-a light AVS decoder), the row says so instead of matching. ``scripts/reproduction_card.py`` prints the card and
+``OFFICIAL`` transcribes the table of docs/official_settings.md#settings per task family (grounding, AVE, AVS);
+:func:`experiment_card` composes an ``experiment=`` file the way ``train.py`` does and lists, for every setting,
+the resolved value, the official one and whether they match. Where this repo deliberately differs
+(docs/official_settings.md#deliberate-differences: other towers, letterbox resize, a light AVS decoder), the row says so
+instead of matching. ``scripts/reproduction_card.py`` prints the card and
 writes ``docs/reproduction.md``; ``tests/test_reproduction.py`` asserts that every ``main_*`` / ablation /
 controls file matches, so a demo default (``configs/train.yaml``) can never leak into a reproduction again.
 """
@@ -31,7 +33,8 @@ FAMILIES = {
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of SPEC §9: a name, how to read it from the composed configs, the official value per family.
+    """One row of docs/official_settings.md#settings: a name, how to read it from the composed configs, the official
+    value per family.
 
     ``read`` gets ``{method: cfg}`` (the experiment composed with ``peft=cola`` and ``peft=lora``).
     """
@@ -159,16 +162,19 @@ SETTINGS: list[Setting] = [
 ]
 
 DEVIATIONS: dict[str, dict[str, str]] = {
-    # SPEC appendix: what this repo deliberately does differently, by family and setting name
+    # docs/official_settings.md#deliberate-differences: what this repo deliberately does differently, by family and
+    # setting name
     G: {
-        "towers": "SPEC appendix: DINOv2-B/14 replaces ViTDet (EEVG token elimination not implemented)",
-        "input resize": "SPEC appendix: letterbox keeps the aspect ratio (data.resize=stretch is the official resize)",
+        "towers": "docs/official_settings.md#deliberate-differences: DINOv2-B/14 replaces ViTDet (EEVG token elimination not implemented)",
+        "input resize": "docs/official_settings.md#deliberate-differences: letterbox keeps the aspect ratio (data.resize=stretch is the official resize)",
     },
-    AVE: {"towers": "SPEC appendix: DINOv2-B/14 replaces ViT-B/16, AST replaces SSLAM (not on pip)"},
+    AVE: {
+        "towers": "docs/official_settings.md#deliberate-differences: DINOv2-B/14 replaces ViT-B/16, AST replaces SSLAM (not on pip)"
+    },
     AVS: {
-        "towers": "SPEC appendix: DINOv2-B/14 @ 224 replaces SwinV2-L @ 192, AST replaces SSLAM",
-        "image size": "SPEC appendix: DINOv2 at 224 (SwinV2-L runs at 192)",
-        "AVS head": "SPEC appendix: a light decoder replaces TPAVI",
+        "towers": "docs/official_settings.md#deliberate-differences: DINOv2-B/14 @ 224 replaces SwinV2-L @ 192, AST replaces SSLAM",
+        "image size": "docs/official_settings.md#deliberate-differences: DINOv2 at 224 (SwinV2-L runs at 192)",
+        "AVS head": "docs/official_settings.md#deliberate-differences: a light decoder replaces TPAVI",
     },
 }
 
@@ -181,7 +187,9 @@ TOWER_SETTINGS = {
 
 def family_of(task: str) -> str:
     if task not in FAMILIES:
-        raise ValueError(f"task {task!r} has no official settings; tasks with SPEC §9 settings: {sorted(FAMILIES)}")
+        raise ValueError(
+            f"task {task!r} has no official settings; tasks with official settings (docs/official_settings.md): {sorted(FAMILIES)}"
+        )
     return FAMILIES[task]
 
 
@@ -230,7 +238,8 @@ def settings_table(cfgs: dict[str, DictConfig]) -> dict[str, dict[str, Any]]:
 
 
 def mismatches(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Settings that differ from the official value without a deviation named in the SPEC appendix."""
+    """Settings that differ from the official value without a deviation listed in
+    docs/official_settings.md#deliberate-differences."""
     return [k for k, row in table.items() if not row["match"] and not row.get("note")]
 
 

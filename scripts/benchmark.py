@@ -5,9 +5,9 @@
     python scripts/benchmark.py --tiny --json out.json   # tiny shapes, seconds on 2 CPU cores
     python scripts/benchmark.py --device cuda --dtype bf16 --batch 8 --compile
 
-Every method gets the same random-init towers (same seed), the same adapted layers (SPEC §5) and rank, and a
-small trainable head (a linear layer on the mean-pooled tokens of both streams, MSE to a fixed random target)
-so there is a loss. All adapter methods except ``peft_lora`` run through :class:`cola.models.DualEncoder`
+Every method gets the same random-init towers (same seed), the same adapted layers (docs/method.md#targets) and
+rank, and a small trainable head (a linear layer on the mean-pooled tokens of both streams, MSE to a fixed random
+target) so there is a loss. All adapter methods except ``peft_lora`` run through :class:`cola.models.DualEncoder`
 (block by block in lockstep); ``peft_lora`` is HF peft's ``LoraConfig`` injected into the same towers, run in
 the same lockstep loop (a ``frozen`` DualEncoder, so no condition is exchanged, exactly as our ``lora``), so
 the two LoRA rows differ only in the layer implementation. Our ``lora`` uses ``split_fused: false`` by default
@@ -31,7 +31,7 @@ each round) after ``--warmup`` steps of every method:
   ``config.model_mb``;
 - ``params_trainable``: trainable parameters (adapters + head; ``frozen`` trains the head only).
 
-The JSON follows SPEC §10: ``{"config", "results", "ratios"}`` with ratios ``<cola variant>/lora``,
+The JSON layout (README.md#performance): ``{"config", "results", "ratios"}`` with ratios ``<cola variant>/lora``,
 ``moka/lora`` and ``lora/peft_lora`` (see ``docs/benchmarks/README.md``).
 """
 
@@ -79,11 +79,11 @@ METHODS = (
     "cola_full",
     "moka",
 )
-SPEC_METHODS = ("frozen", "lora", "peft_lora", "cola", "moka")  # the methods SPEC §10's JSON names
+SPEC_METHODS = ("frozen", "lora", "peft_lora", "cola", "moka")  # the methods every JSON report names (README.md)
 COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
 PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
-TEXT_LEN = 40  # max query length of the grounding task (SPEC appendix)
+TEXT_LEN = 40  # max query length of the grounding task (docs/official_settings.md#deliberate-differences)
 MEMORY_STEPS = 2  # training steps of a memory probe: the second one runs with the AdamW state allocated
 MMAP_THRESHOLD = 128 * 1024  # glibc mmap threshold of the memory helper (see _memory_env)
 RESULT_TAG = "BENCHMARK_MEMORY "  # prefix of the memory helper's result lines
@@ -623,7 +623,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.alpha = args.rank / 2
     if args.device == "cuda" and not args.memory_host and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    if args.methods is None:  # --tiny: the SPEC's methods only, so that the quick check stays under a minute
+    if args.methods is None:  # --tiny: the reported methods only, so that the quick check stays under a minute
         args.methods = list(SPEC_METHODS if args.tiny else METHODS)
     args.methods = list(dict.fromkeys(args.methods))  # order kept, duplicates dropped
     return args

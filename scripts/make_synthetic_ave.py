@@ -4,7 +4,7 @@ Usage::
 
     python scripts/make_synthetic_ave.py ROOT [--num-videos 60] [--num-categories 5] [--seed 0]
 
-``ROOT`` then looks like the release's ``AVE_Dataset/`` (SPEC §7): ``AVE/<video_id>.mp4`` (10-s H.264
+``ROOT`` then looks like the release's ``AVE_Dataset/`` (docs/data.md#ave): ``AVE/<video_id>.mp4`` (10-s H.264
 videos, 64 x 64 at 8 fps, with a stereo 44.1 kHz AAC track like the YouTube sources), ``Annotations.txt``
 (with the release's header line ``Category&VideoID&Quality&Start&End``), ``trainSet.txt``, ``valSet.txt``,
 ``testSet.txt`` (no header), ``categories.txt`` and ``ReadMe.txt``. Prepare it like the real data with

@@ -5,7 +5,7 @@ Usage::
     python scripts/make_synthetic_avs.py ROOT [--num-s4 40] [--num-ms3 24] [--num-videos N] [--seed 0]
 
 ``ROOT`` then holds ``Single-source/`` and ``Multi-sources/`` exactly as the AVSBench release does
-(SPEC §7), so ``train.py task=avs_s4 data.root=ROOT`` reads it with the same code as the real data.
+(docs/data.md#avsbench), so ``train.py task=avs_s4 data.root=ROOT`` reads it with the same code as the real data.
 
 What makes it learnable: each category has its own shape + colour and its own tone (a fundamental and its
 octave). Every frame shows 2-3 objects of different categories on a plain background; the ground-truth mask

@@ -1,4 +1,5 @@
-"""Writes a synthetic visual-grounding set in the exact RefCOCO ``refer`` layout (SPEC §7), for the demo and tests.
+"""Writes a synthetic visual-grounding set in the exact RefCOCO ``refer`` layout (docs/data.md#refcoco), for the
+demo and tests.
 
 Usage::
 

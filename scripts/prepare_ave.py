@@ -1,4 +1,5 @@
-"""Prepares the AVE release for training: one frame per second and a 16 kHz mono wav per video (SPEC §7, §10).
+"""Prepares the AVE release for training: one frame per second and a 16 kHz mono wav per video
+(docs/data.md#preparing-ave).
 
 Usage::
 

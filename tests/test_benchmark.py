@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: the SPEC §10 JSON report at tiny shapes, and what each measured model is."""
+"""scripts/benchmark.py: the JSON report (README.md#performance) at tiny shapes, and what each measured model is."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""cola.models.DualEncoder: identity at init for every method, the SPEC §4 propagation table, masked pooling,
-gradients across streams, layer maps for towers of unequal depth. Tiny random towers, no network."""
+"""cola.models.DualEncoder: identity at init for every method, the propagation table (docs/method.md#propagation),
+masked pooling, gradients across streams, layer maps for towers of unequal depth. Tiny random towers, no network."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ TARGETS = {
 SPLITS = {"vit": {"attn.qkv": 3}, "bert": {}, "ast": {}}
 SHARINGS = ["none", "shared_a", "shared_b", "full"]
 PROPAGATIONS = ["uniform", "module_wise", "progressive"]
-# SPEC §4: which state of the other stream each stage receives.
+# docs/method.md#propagation: which state of the other stream each stage receives.
 TABLE = {
     "uniform": {"qkv": "x", "proj": "x", "mlp": "x"},
     "module_wise": {"qkv": "x", "proj": "x", "mlp": "x_attn"},
@@ -212,7 +212,8 @@ def test_audio_visual_identity_at_init(method):
 # --------------------------------------------------------------------------------------------- propagation
 @pytest.mark.parametrize("propagation", PROPAGATIONS)
 def test_conditions_follow_the_propagation_table(propagation):
-    """Each adapted layer of stream m gets exactly pool(state of m′) named by SPEC §4's table, both ways."""
+    """Each adapted layer of stream m gets exactly pool(state of m′) named by the table of
+    docs/method.md#propagation, both ways."""
     enc = _encoder(_cola(propagation=propagation))
     _perturb_adapters(enc)
     ia, ib = _inputs("vit"), _inputs("bert")

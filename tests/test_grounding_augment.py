@@ -1,4 +1,5 @@
-"""``data.augment: official``: the official grounding training augmentation (SPEC §9) and its plumbing."""
+"""``data.augment: official``: the official grounding training augmentation
+(docs/official_settings.md#grounding-augmentation) and its plumbing."""
 
 from __future__ import annotations
 

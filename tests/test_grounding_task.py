@@ -168,7 +168,8 @@ def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2
 
 
 def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Training fields of the RefCOCO batch (SPEC contract) with box-shaped masks consistent with the boxes."""
+    """Training fields of the RefCOCO batch (as :mod:`cola.data.refcoco` documents them) with box-shaped masks
+    consistent with the boxes."""
     g = torch.Generator().manual_seed(seed)
     wh = 0.2 + 0.4 * torch.rand(batch_size, 2, generator=g)
     centre = wh / 2 + (1 - wh) * torch.rand(batch_size, 2, generator=g)

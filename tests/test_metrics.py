@@ -1,4 +1,4 @@
-"""cola.metrics against hand-computed cases and plain-Python references (SPEC §8)."""
+"""cola.metrics against hand-computed cases and plain-Python references (docs/metrics.md)."""
 
 from __future__ import annotations
 

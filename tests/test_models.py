@@ -189,7 +189,7 @@ def test_block_steps_on_real_minilm_bert():
 def test_stage_of_every_linear_of_a_block(family, expected):
     tower = _tower(family)
     linears = {n for n, m in tower.blocks[0].named_modules() if isinstance(m, nn.Linear)}
-    assert linears == set(expected)  # the installed libraries' module names (SPEC §5)
+    assert linears == set(expected)  # the installed libraries' module names (docs/method.md#targets)
     assert {n: tower.stage_of(n) for n in linears} == expected
     assert tower.stage_of(next(iter(expected)) + ".base_layer") == expected[next(iter(expected))]
     with pytest.raises(ValueError, match="belongs to no stage"):

@@ -1,4 +1,5 @@
-"""Optimiser and schedule options of the task base class (SPEC §9: AdamW / Adam, poly per epoch, no warm-up)."""
+"""Optimiser and schedule options of the task base class (docs/official_settings.md#settings: AdamW / Adam, poly per
+epoch, no warm-up)."""
 
 from __future__ import annotations
 

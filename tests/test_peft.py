@@ -52,7 +52,7 @@ def _perturb(layer: nn.Module, seed: int = 1) -> None:
 
 
 def _cola_reference(layer: CoLALinear, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """SPEC §2 written independently with einsum, slice by slice."""
+    """The CoLA layer of docs/method.md#cola-layer written independently with einsum, slice by slice."""
     cfg, s, r = layer.config, layer.out_splits, layer.config.rank
     w, b = layer.base_layer.weight, layer.base_layer.bias
     a_l, b_l = layer.lora_A, layer.lora_B

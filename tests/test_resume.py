@@ -1,5 +1,6 @@
-"""Resumption (SPEC §10): a run interrupted mid-epoch and resumed with ``ckpt_path=last`` ends with the metrics of
-an uninterrupted run; SIGTERM saves ``last.ckpt``; SLURM requeues resume from Lightning's hpc checkpoint."""
+"""Resumption (README.md#sweeps-several-gpus-slurm): a run interrupted mid-epoch and resumed with ``ckpt_path=last``
+ends with the metrics of an uninterrupted run; SIGTERM saves ``last.ckpt``; SLURM requeues resume from Lightning's hpc
+checkpoint."""
 
 from __future__ import annotations
 

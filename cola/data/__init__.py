@@ -1,4 +1,4 @@
-"""Data modules (one per dataset family) and their transforms; see SPEC §7 for the layouts they read."""
+"""Data modules (one per dataset family) and their transforms; see docs/data.md for the layouts they read."""
 
 from cola.data.audio import AudioReadError, audio_clip_features, kaldi_fbank, load_audio
 from cola.data.ave import AVE_CATEGORIES, NUM_CLASSES, AVEDataModule, AVEDataset, parse_annotations, segment_labels

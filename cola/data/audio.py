@@ -1,4 +1,4 @@
-"""Audio loading and the Kaldi-compatible log-mel features AST expects (SPEC §7, "Audio features").
+"""Audio loading and the Kaldi-compatible log-mel features AST expects (docs/data.md#audio-features).
 
 Audio Spectrogram Transformer (AST, Gong et al. 2021) was trained on ``torchaudio.compliance.kaldi.fbank``
 features of 16 kHz audio in [-1, 1]: 25 ms Hann windows every 10 ms, per-frame DC removal, pre-emphasis 0.97,

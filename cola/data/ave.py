@@ -1,6 +1,6 @@
 """AVE (Audio-Visual Event localisation, Tian et al. 2018): per-second event classification of 10-s videos.
 
-One sample is one annotation row ``Category&VideoID&Quality&Start&End`` (SPEC §7): second t = 0..9 is
+One sample is one annotation row ``Category&VideoID&Quality&Start&End`` (docs/data.md#ave): second t = 0..9 is
 labelled with the row's category when ``Start <= t < End`` (end exclusive), else background. The label
 space is fixed: the 28 events of :data:`AVE_CATEGORIES` (their order of first appearance in the release's
 ``Annotations.txt``) and ``background`` = 28, 29 classes. A video id may sit in several rows (different
@@ -512,7 +512,7 @@ class AVEDataModule(SplitDataModule):
         raise FileNotFoundError(
             f"AVE data at data.root={root} is incomplete:\n  " + "\n  ".join(problems) + "\n"
             "expected layout: AVE/<id>.mp4, Annotations.txt, trainSet.txt, valSet.txt, testSet.txt, "
-            "frames/<id>/<t>.jpg (t = 0..9), audio/<id>.wav (SPEC §7)"
+            "frames/<id>/<t>.jpg (t = 0..9), audio/<id>.wav (docs/data.md#ave)"
         )
 
     def validate(self) -> None:

@@ -5,7 +5,7 @@ default audio second k; the official input is a 1.95-s window per frame, the 5 w
 ``audio_clip_seconds=1.95`` with ``audio_input='pad'``, see :mod:`cola.data.audio`), and a binary mask of the sounding object(s) per frame. The release annotates only frame 1 of S4 training clips;
 ``mask_valid`` tells the task which frames have ground truth so losses use annotated frames only.
 
-Layout under ``root`` (SPEC §7)::
+Layout under ``root`` (docs/data.md#avsbench)::
 
     Single-source/s4_meta_data.csv                                 name, start time, category, split
     Single-source/s4_data/visual_frames/<split>/<category>/<name>/<name>_<k>.png
@@ -424,7 +424,7 @@ class AVSDataModule(SplitDataModule):
 
     # -------------------------------------------------------------------------------------------- checks
     def expected_paths(self) -> dict[str, Path]:
-        """The csv and folders this subset needs (SPEC §7)."""
+        """The csv and folders this subset needs (docs/data.md#avsbench)."""
         return subset_paths(self.root, self.subset)
 
     def validate(self) -> None:

@@ -1,6 +1,6 @@
 """RefCOCO / RefCOCO+ / RefCOCOg referring-expression data (REC boxes + RES masks), read from the `refer` layout.
 
-Layout under ``root`` (SPEC §7; what RefCOCO users download)::
+Layout under ``root`` (docs/data.md#refcoco; what RefCOCO users download)::
 
     refcoco/refs(unc).p      refcoco/instances.json
     refcoco+/refs(unc).p     refcoco+/instances.json
@@ -540,7 +540,7 @@ class RefCOCODataModule(L.LightningDataModule):
     """RefCOCO / RefCOCO+ / RefCOCOg for grounding (REC + RES), `refer` layout or TransVG split files.
 
     Args:
-        root: folder holding ``refcoco/``, ``refcoco+/``, ``refcocog/`` and ``images/`` (SPEC §7).
+        root: folder holding ``refcoco/``, ``refcoco+/``, ``refcocog/`` and ``images/`` (docs/data.md#refcoco).
         dataset: ``refcoco`` | ``refcoco+`` | ``refcocog``.
         split_by: ``unc`` (refcoco, refcoco+) | ``umd`` | ``google`` (refcocog).
         image_dir: the COCO train2014 image folder (default ``<root>/images/mscoco/images/train2014``).
@@ -556,8 +556,8 @@ class RefCOCODataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         resize: ``letterbox`` (keep aspect, pad) | ``stretch`` (official anisotropic resize).
         augment: training augmentation (train split only): a dict (``scale``, ``color_jitter``, ``hflip``; the
-            demo), the string ``official`` (the official recipe, SPEC §9, :class:`cola.data.transforms.OfficialAugment`)
-            or ``None``.
+            demo), the string ``official`` (the official recipe, docs/official_settings.md#grounding-augmentation,
+            :class:`cola.data.transforms.OfficialAugment`) or ``None``.
         format: ``refer`` | ``transvg``.
         split_root: folder of the TransVG split folders (``format=transvg``; default ``root``).
         train_split: split used for training.

@@ -2,7 +2,8 @@
 
 The forward transform (:class:`GroundingTransform`) turns one original sample (PIL image, xyxy box in pixels,
 (H, W) mask, expression) into the model's square input frame and records in ``meta`` everything needed to
-undo it, so that evaluation runs at each image's ORIGINAL resolution (SPEC §6, §8):
+undo it, so that evaluation runs at each image's ORIGINAL resolution
+(docs/metrics.md#grounding):
 :func:`boxes_to_original` and :func:`masks_to_original` are the exact inverses of the geometry.
 
 Resize modes (``data.resize``):
@@ -11,7 +12,7 @@ Resize modes (``data.resize``):
   bottom and right to S x S. The image keeps its top-left corner at the origin, so the input frame is the
   original frame times one scale factor (plus the padding, which maps back to nothing).
 - ``stretch``: resize anisotropically to S x S, the official (TransVG-style) resize. Box IoU is invariant to it,
-  mask IoU is not (SPEC, Appendix).
+  mask IoU is not (docs/official_settings.md#deliberate-differences).
 
 Pixels are normalised with the ImageNet mean/std and the padding is 0 *after* normalisation (the mean colour).
 
@@ -22,9 +23,10 @@ Training augmentation (``data.augment``, all optional):
 - ``color_jitter: j``: brightness, contrast and saturation factors each ~ U(1 - j, 1 + j);
 - ``hflip: p``: with probability p mirror image, box and mask and swap the whole WORDS left <-> right
   (and leftmost <-> rightmost) in the expression. The official code swaps substrings, which turns "bright"
-  into "bleft"; here "bright" stays "bright" (SPEC, Appendix).
+  into "bleft"; here "bright" stays "bright"
+  (docs/official_settings.md#deliberate-differences).
 
-``data.augment: official`` selects instead the official recipe (SPEC §9 official grounding augmentation;
+``data.augment: official`` selects instead the official recipe (docs/official_settings.md#grounding-augmentation;
 :class:`OfficialAugment`, training split only, the eval transform is unchanged). Image, box and mask move
 together through every step:
 
@@ -129,7 +131,8 @@ class AugmentConfig:
 
         Args:
             augment: a mapping with keys ``scale``, ``color_jitter``, ``hflip`` (the demo augmentation), ``None``
-                (no augmentation) or the string ``official`` (:class:`OfficialAugment`, SPEC §9).
+                (no augmentation) or the string ``official`` (:class:`OfficialAugment`,
+                docs/official_settings.md#grounding-augmentation).
 
         Raises:
             ValueError: another string or type, an unknown key or a value out of range (names ``data.augment``).
@@ -206,7 +209,8 @@ def _resize_sample(
 
 @dataclass(frozen=True)
 class OfficialAugment:
-    """The official grounding training augmentation (``data.augment: official``, SPEC §9).
+    """The official grounding training augmentation (``data.augment: official``,
+    docs/official_settings.md#grounding-augmentation).
 
     See the module docstring for the recipe; the defaults are the official values.
 
@@ -428,7 +432,8 @@ class GroundingTransform:
     def _official(
         self, aug: OfficialAugment, img: torch.Tensor, box_xyxy: torch.Tensor, mask: torch.Tensor, text: str
     ) -> dict[str, Any]:
-        """The official recipe (SPEC §9): geometry branch, colour jitter, flip, then the input resize."""
+        """The official recipe (docs/official_settings.md#grounding-augmentation): geometry branch, colour jitter, flip,
+        then the input resize."""
         height, width = img.shape[-2:]
         box = torch.as_tensor(box_xyxy, dtype=torch.float32)
         img, m, box, branch = aug.geometry(img, mask.to(torch.float32), box, text)

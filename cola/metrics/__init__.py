@@ -1,4 +1,4 @@
-"""Metrics of SPEC §8 as ``torchmetrics.Metric`` subclasses (logged as ``<split>/<name>``).
+"""Metrics of docs/metrics.md as ``torchmetrics.Metric`` subclasses (logged as ``<split>/<name>``).
 
 | task | key | class | ``update`` inputs |
 |---|---|---|---|

@@ -1,4 +1,4 @@
-"""AVSBench metrics (SPEC §8): per-video mIoU and the max-over-thresholds F-score (beta^2 = 0.3).
+"""AVSBench metrics (docs/metrics.md#avs): per-video mIoU and the max-over-thresholds F-score (beta^2 = 0.3).
 
 Both take ``(V, F, H, W)`` logits and masks, one row per video (the official evaluation runs one video per
 batch); the sigmoid is applied inside. Their states are sums of per-video scores and a count of videos, so the
@@ -122,9 +122,9 @@ class AVSFScore(Metric):
     thresholds are float32 as in the official evaluation (so the last threshold rounds to exactly 1.0);
     counts and ratios are float64.
 
-    A video whose (valid) frames all have empty masks has no F-curve: ``empty_video="skip"`` (default, SPEC §8)
-    leaves it out, ``"zero"`` counts it as 0, which is what the official evaluation does. ``compute()`` returns
-    0 before any video was counted.
+    A video whose (valid) frames all have empty masks has no F-curve: ``empty_video="skip"`` (default,
+    docs/metrics.md#avs) leaves it out, ``"zero"`` counts it as 0, which is what the official evaluation does.
+    ``compute()`` returns 0 before any video was counted.
 
     ``update(logits, target, frame_mask=None)``: ``logits`` and ``target`` (V, F, H, W), ``frame_mask`` (V, F)
     bool (see the module docstring).

@@ -1,4 +1,4 @@
-"""AVE segment accuracy (SPEC §8): correctly classified seconds / all seconds of the split.
+"""AVE segment accuracy (docs/metrics.md#ave): correctly classified seconds / all seconds of the split.
 
 A thin layer over torchmetrics' ``MulticlassAccuracy(average="micro")`` that takes the task's per-second
 layout, (B, T, C) logits and (B, T) class indices, so callers cannot mix up the class and time axes.

@@ -1,4 +1,5 @@
-"""Grounding metrics (SPEC §8): box accuracy at an IoU threshold, mask mIoU and oIoU, plus box helpers.
+"""Grounding metrics (docs/metrics.md#grounding): box accuracy at an IoU threshold, mask mIoU and oIoU, plus box
+helpers.
 
 - ``acc@0.5`` (:class:`BoxAccuracy`): fraction of samples whose predicted box has IoU >= 0.5 with the target.
 - ``miou`` (:class:`MaskMIoU`): mean over samples of IoU(prob >= 0.5, target); empty prediction and empty

@@ -3,7 +3,8 @@
 - :mod:`cola.models.encoders` builds the unmodified towers (DINOv2 ViT, BERT, AST);
 - :mod:`cola.models.block_steps` runs a block in three stages with its own submodules and wraps a model
   as a :class:`Tower`;
-- :mod:`cola.models.dual_encoder` runs two towers in lockstep and hands each adapter its condition (SPEC §4).
+- :mod:`cola.models.dual_encoder` runs two towers in lockstep and hands each adapter its condition
+  (docs/method.md#dual-encoder).
 """
 
 from .block_steps import ASTLayerSteps, BertLayerSteps, BlockSteps, Tower, ViTBlockSteps, build_tower

@@ -1,4 +1,4 @@
-"""Block steps: run a backbone block in three stages by calling its own submodules (SPEC §4).
+"""Block steps: run a backbone block in three stages by calling its own submodules (docs/method.md#dual-encoder).
 
 The dual encoder needs each block's intermediate states to hand conditions across streams between its
 sub-steps, so every backbone family gets one small class that splits a block's ``forward`` into

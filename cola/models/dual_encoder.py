@@ -1,4 +1,4 @@
-"""Dual encoder: two frozen towers run block by block in lockstep, exchanging conditions (SPEC §4).
+"""Dual encoder: two frozen towers run block by block in lockstep, exchanging conditions (docs/method.md#dual-encoder).
 
 For each pair of blocks (block i of stream a, block j of stream b; see ``layer_map``) the encoder runs the
 three stages of :mod:`cola.models.block_steps` on both streams in turn and, before each stage, hands every
@@ -412,7 +412,8 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------ building
     def _param_matched_lora(self, cola_cfg: CoLAConfig, specs, lone_specs, lone_cfg: LoRAConfig, *, split_fused: bool):
-        """LoRA whose rank gives the parameter count closest to the CoLA run on the same layers (SPEC §3).
+        """LoRA whose rank gives the parameter count closest to the CoLA run on the same layers
+        (docs/method.md#lora-param-matched).
 
         The CoLA run's count includes the plain LoRA adapters of unpaired blocks; the matched LoRA adapts every
         layer the CoLA run adapts.
@@ -459,7 +460,7 @@ class DualEncoder(nn.Module):
         return None
 
     def _pair(self, k, block_a, block_b, xa, xb, am_a, am_b, wa, wb, km_a, km_b):
-        """One block pair in lockstep (SPEC §4 table)."""
+        """One block pair in lockstep (docs/method.md#propagation)."""
         sa, sb = self.tower_a.steps, self.tower_b.steps
         ga, gb = self._groups_a.get(k), self._groups_b.get(k)
         if ga is None:  # nothing to exchange in this pair

@@ -228,7 +228,8 @@ def build_ast(
         max_length: input frames: 1024 with ``data.audio_input=pad`` (clips zero-padded to the AudioSet
             checkpoints' own length: their positional embeddings are left untouched; a tiny model gets the
             12 x 101 patch grid), or ``data.audio_target_frames`` with ``interpolate`` (100 = one second at a
-            10 ms shift, SPEC §7); pretrained positional embeddings of another length are resized to it with
+            10 ms shift, docs/data.md#audio-features); pretrained positional embeddings of another length are
+            resized to it with
             :func:`resize_ast_position_embeddings`. ``configs/model/*.yaml`` derive it from the data keys
             (``${cola.audio_frames:...}``).
         num_mel_bins: mel bins of the input features (128, as AST expects); must match a pretrained model.

@@ -7,7 +7,8 @@ over P pixels, and p = sigmoid(z):
 - ``giou``  = 1/B Σ_i (1 - GIoU(xyxy(b_i), xyxy(b*_i)));
 - ``focal`` = 1/B Σ_i 1/P Σ_p -α_t (1 - p_t)^γ log(p_t), with p_t = p if t = 1 else 1 - p and
   α_t = α if t = 1 else 1 - α (Lin et al., 2017). The sigmoid is applied ONCE, to logits: the official CoLA
-  code passes sigmoid probabilities into a loss that applies the sigmoid again (SPEC, Appendix);
+  code passes sigmoid probabilities into a loss that applies the sigmoid again
+  (docs/official_settings.md#deliberate-differences);
 - ``dice``  = 1/B Σ_i [1 - (2 Σ_p p t + 1) / (Σ_p p + Σ_p t + 1)] (Milletari et al., 2016; +1 smoothing).
 """
 

@@ -1,6 +1,6 @@
 """Validated configuration dataclasses for the adapters of :mod:`cola.peft`.
 
-Every field name matches SPEC §2-3 and the ``peft.*`` keys of ``configs/peft/*.yaml``; errors name the
+Every field name matches docs/method.md and the ``peft.*`` keys of ``configs/peft/*.yaml``; errors name the
 field, the value and the accepted choices so a typo on the command line is fixed in one go.
 """
 
@@ -37,7 +37,8 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _check_per_stream(name: str, value: Any, check: Callable[[str, Any], None]) -> None:
-    """A setting that is one value or a mapping ``{stream: value}`` (SPEC §2, §4), each value checked."""
+    """A setting that is one value or a mapping ``{stream: value}`` (docs/method.md#hypernetwork, #pooling), each
+    value checked."""
     if isinstance(value, Mapping):
         if not value:
             raise ValueError(f"{name} is an empty mapping; give one value or {{stream: value}} for {list(STREAMS)}")
@@ -111,7 +112,8 @@ class LoRAConfig(_AdapterConfig):
 
 @dataclass
 class CoLAConfig(_AdapterConfig):
-    """CoLA (SPEC §2): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``, ``s = alpha / rank``.
+    """CoLA (docs/method.md#cola-layer): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``,
+    ``s = alpha / rank``.
 
     Attributes:
         rank: r for both paths; Phi(c) is r x r.
@@ -122,7 +124,7 @@ class CoLAConfig(_AdapterConfig):
         lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding).
         sharing: ``none`` | ``shared_a`` (A_C = A_L) | ``shared_b`` (B_C = B_L) | ``full`` (both).
         condition: ``pooled`` | ``shuffled`` (derangement of the batch) | ``zero`` | ``random_frozen``.
-        propagation: which hidden state of the other stream conditions each sub-step (SPEC §4).
+        propagation: which hidden state of the other stream conditions each sub-step (docs/method.md#propagation).
         condition_pooling: ``mean`` (real tokens, prefix tokens excluded) | ``mean_with_padding`` (official
             grounding: every position) | ``cls``; or a mapping keyed by the *source* stream the condition is pooled
             from (official AVS: ``{vision: mean, audio: cls}``).
@@ -180,7 +182,7 @@ class CoLAConfig(_AdapterConfig):
 
 @dataclass
 class MoKAConfig(_AdapterConfig):
-    """MokA adapted to two streams (SPEC §3); see :class:`cola.peft.layers.MoKALinear` for the formula.
+    """MokA adapted to two streams (docs/method.md#moka); see :class:`cola.peft.layers.MoKALinear` for the formula.
 
     Attributes:
         rank: r of the self and cross down-projections.

@@ -1,4 +1,5 @@
-"""The hypernetwork Phi of CoLA (SPEC §2): a per-sample r x r core from the other stream's condition.
+"""The hypernetwork Phi of CoLA (docs/method.md#hypernetwork): a per-sample r x r core from the other stream's
+condition.
 
     Phi(c) = LN2( reshape_{r x r}( drop( fc2( LN1( drop( GELU( fc1(c) ) ) ) ) ) ) )
 

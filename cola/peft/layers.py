@@ -37,7 +37,8 @@ def _flatten_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _repeat_for_windows(t: torch.Tensor, batch: int, name: str, dim: int = 0) -> torch.Tensor:
-    """Repeats a per-sample tensor k times when the layer sees a windowed batch of k * B rows (SPEC §2)."""
+    """Repeats a per-sample tensor k times when the layer sees a windowed batch of k * B rows
+    (docs/method.md#cola-layer)."""
     n = t.shape[dim]
     if batch == n:
         return t
@@ -159,7 +160,7 @@ class LoRALinear(AdapterLinear):
 
 
 class CoLALinear(AdapterLinear):
-    """CoLA layer (SPEC §2): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``.
+    """CoLA layer (docs/method.md#cola-layer): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``.
 
     Args:
         base_layer: the frozen linear layer W0 (d_out, d_in).
@@ -319,7 +320,7 @@ class CoLALinear(AdapterLinear):
 
 
 class MoKALinear(AdapterLinear):
-    """MokA (Wei et al., 2025) adapted to two streams (SPEC §3).
+    """MokA (Wei et al., 2025) adapted to two streams (docs/method.md#moka).
 
     For x (B, N, d_in) of stream S and the other stream's tokens y (B, M, d_o) with key mask m::
 

@@ -1,4 +1,4 @@
-"""AVE: audio-visual event classification of every second of a 10-s video (SPEC §6).
+"""AVE: audio-visual event classification of every second of a 10-s video (docs/metrics.md#tasks).
 
 The dual encoder runs once per (frame t, audio second t) pair: the (B, T) videos x seconds are flattened into
 B * T samples, stream a = vision ``{"pixel_values": (B*T, 3, S, S)}``, stream b = audio ``{"input_values":
@@ -15,7 +15,7 @@ Loss: ``loss="ce"`` (default), the cross-entropy of every second, averaged over 
 it. Both push the same softmax towards the label; CE on logits is the numerically stable standard (the
 official BCE clamps log(0) at -100).
 
-Metric ``acc`` (SPEC §8): correctly classified seconds / all seconds of the split
+Metric ``acc`` (docs/metrics.md#ave): correctly classified seconds / all seconds of the split
 (:class:`cola.metrics.SegmentAccuracy`, micro accuracy over the flattened (B * T,) seconds).
 """
 

@@ -1,4 +1,4 @@
-"""AVS (AVSBench S4 / MS3): segment the sounding object(s) in each of a clip's 5 frames (SPEC §6).
+"""AVS (AVSBench S4 / MS3): segment the sounding object(s) in each of a clip's 5 frames (docs/metrics.md#tasks).
 
 Per frame k, the dual encoder runs on (frame k, audio second k): the (B, F) clips x frames are flattened into
 B * F samples, stream a = vision, stream b = audio. The outputs of ``decoder_layers`` vision blocks feed
@@ -15,8 +15,8 @@ BCE is averaged over the pixels of every valid frame; the soft IoU (Jaccard) los
 averaged over the valid frames. The official CoLA AVS code trains with the BCE term alone
 (``audio_visual/avs/CoLA/loss.py``, ``F1_IoU_BCELoss``); ``w_iou=0`` reproduces it.
 
-Metrics (SPEC §8): ``miou`` (:class:`cola.metrics.AVSMIoU`) and ``fscore`` (:class:`cola.metrics.AVSFScore`) on
-(V, F, H, W) logits, one row per clip, restricted to valid frames (val/test annotate every frame).
+Metrics (docs/metrics.md#avs): ``miou`` (:class:`cola.metrics.AVSMIoU`) and ``fscore`` (:class:`cola.metrics.AVSFScore`)
+on (V, F, H, W) logits, one row per clip, restricted to valid frames (val/test annotate every frame).
 """
 
 from __future__ import annotations

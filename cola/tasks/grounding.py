@@ -1,11 +1,13 @@
-"""Visual grounding (REC + RES, multi-task) on the dual encoder: vision stream "a", text stream "b" (SPEC §6).
+"""Visual grounding (REC + RES, multi-task) on the dual encoder: vision stream "a", text stream "b"
+(docs/metrics.md#tasks).
 
 Loss (official weighting, every weight configurable):
 ``loss = loss_alpha * (w_l1 * l1 + w_giou * giou) + w_focal * focal + w_dice * dice`` with ``loss_alpha = 0.1``;
-the terms are defined in :mod:`cola.models.losses` (the focal loss takes logits once; SPEC, Appendix).
+the terms are defined in :mod:`cola.models.losses` (the focal loss takes logits once;
+docs/official_settings.md#deliberate-differences).
 
-Metrics (SPEC §8) are computed at ORIGINAL image resolution: predicted boxes and mask probabilities are mapped
-back through the data's resize (letterbox or stretch) with :func:`cola.data.transforms.boxes_to_original` and
+Metrics (docs/metrics.md#grounding) are computed at ORIGINAL image resolution: predicted boxes and mask probabilities
+are mapped back through the data's resize (letterbox or stretch) with :func:`cola.data.transforms.boxes_to_original` and
 :func:`cola.data.transforms.masks_to_original`, then compared with ``orig_box`` / ``orig_mask``.
 """
 

@@ -31,7 +31,8 @@ one-hot labels (``loss=softmax_bce`` of the AVE task). ``d_model``, ``dropout``,
 4. prediction: conv, a 1x1 conv to one logit, bilinear upsampling to the input resolution S x S.
 
 The official AVS code uses PVT-v2 + TPAVI (a temporal audio-visual attention inside an FPN decoder); this is
-the "light decoder" of SPEC §9 for the DINOv2 + AST towers. GroupNorm, not BatchNorm: AVS batches are small.
+the "light decoder" of docs/official_settings.md#settings for the DINOv2 + AST towers. GroupNorm, not BatchNorm:
+AVS batches are small.
 """
 
 from __future__ import annotations

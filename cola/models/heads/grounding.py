@@ -1,4 +1,4 @@
-"""Vision-language fusion with a box head (REC) and a mask head (RES) for visual grounding (SPEC §6).
+"""Vision-language fusion with a box head (REC) and a mask head (RES) for visual grounding (docs/metrics.md#tasks).
 
 The visual patch tokens (prefix tokens such as CLS/registers dropped) and the text tokens are projected to
 ``d_fusion`` and concatenated after a learnable [REG] token; a few pre-norm transformer encoder layers fuse
