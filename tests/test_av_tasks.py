@@ -431,3 +431,21 @@ def test_short_run_with_avs_datamodule(subset, method, avs_root, tmp_path):
 @pytest.mark.parametrize(("subset", "method"), [("s4", "lora"), ("ms3", "cola")])
 def test_short_run_with_avs_datamodule_more(subset, method, avs_root, tmp_path):
     test_short_run_with_avs_datamodule(subset, method, avs_root, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["ave", "avs"])
+def test_av_tasks_hand_the_rows_per_video_to_the_encoder(family):
+    """The shuffled control takes each row's condition from another video: the tasks tell the encoder how many
+    consecutive rows (AVE: 10 seconds, AVS: 5 frames) belong to one video."""
+    task = make_ave() if family == "ave" else make_avs()
+    batch = ave_batch(seconds=3) if family == "ave" else avs_batch()
+    seen = {}
+    forward = task.encoder.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    task.encoder.forward = spy
+    task(batch)
+    assert seen["rows_per_sample"] == (3 if family == "ave" else 5)
