@@ -313,6 +313,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 RESUME_MAY_CHANGE = (
     "ckpt_path",
     "resume_finished",
+    "third_party_logs",
     "trainer.",
     "callbacks.",
     "logger.",
