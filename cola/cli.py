@@ -65,8 +65,8 @@ def precheck(config_name: str, args: list[str]) -> None:
     """Composes ``configs/<config_name>.yaml`` with the command line's overrides (the first value of each sweep)
     and exits with one paragraph on any Hydra error. Hydra's own flags (``-m``, ``--cfg``, ``--help`` ...) are left
     to Hydra; a run with ``--config-dir``/``-cn`` is not prechecked."""
-    if any(a in ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir") for a in args):
-        return
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return  # Hydra's own flags (--cfg job, --info, -cn NAME, --help ...): Hydra parses and reports those
     if os.environ.get("COLA_TRACEBACK"):
         return
     overrides = [a for a in args if not a.startswith("-")]

@@ -147,3 +147,9 @@ def test_console_prints_each_line_once_and_ends_with_the_run_folder(synthetic_re
     assert "💡" not in out and "LOAD REPORT" not in out  # library banners are off by default
     assert res.stdout.strip().splitlines()[-1] == f"run folder: {run}"
     assert "Trainer.fit" in (run / "train.log").read_text()  # the file log has the run's lines too
+
+
+def test_hydra_flags_still_reach_hydra(tmp_path):
+    res = train_py("task=ave", "debug=fast", "--cfg", "job")  # prints the composed job config, runs nothing
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "task:" in res.stdout and "name: ave" in res.stdout
