@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -52,14 +51,24 @@ def peft_dict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_commands(commands, what: str, **fmt: Any) -> None:
-    """Runs repo scripts (``[script, *args]`` with ``{root}``/``{path}`` filled) with this Python."""
+    """Runs repo scripts (``[script, *args]`` with ``{root}``/``{path}`` filled) in this process, as
+    ``python script args`` would (``runpy``): no second interpreter re-importing torch and Lightning, which made
+    up most of a fresh ``debug=fast`` run's data generation."""
+    import runpy
+
     for command in commands:
-        args = [sys.executable, str(REPO_ROOT / command[0]), *[str(a).format(**fmt) for a in command[1:]]]
-        log.info("building %s: %s", what, " ".join(args))
-        # output streams through, so a long build (the tiny tower's pretraining) shows its progress
-        res = subprocess.run(args, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if res.returncode != 0:
-            raise SetupError(f"building {what} failed (exit code {res.returncode}, output above): {' '.join(args)}")
+        script = REPO_ROOT / command[0]
+        args = [str(a).format(**fmt) for a in command[1:]]
+        log.info("building %s: python %s %s", what, command[0], " ".join(args))
+        argv = sys.argv
+        sys.argv = [str(script), *args]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as e:  # argparse errors and explicit exits
+            if e.code not in (None, 0):
+                raise SetupError(f"building {what} failed (exit code {e.code}, output above): {command[0]}") from None
+        finally:
+            sys.argv = argv
 
 
 def ensure_assets(cfg: DictConfig) -> None:

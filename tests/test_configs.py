@@ -62,7 +62,7 @@ def test_every_experiment_is_a_sweep_that_composes(experiment):
 @pytest.mark.parametrize("experiment", ["main_refcoco", "main_avs_s4"])
 def test_debug_fast_switches_experiments_to_tiny_cpu(experiment):
     cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tiny=False)
-    assert cfg.model.name == "tiny" and cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps == 4
+    assert cfg.model.name == "tiny" and cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps == 1
     # one CPU process in fp32, whatever devices / strategy / precision the official settings ask for
     assert cfg.trainer.devices == 1 and cfg.trainer.strategy == "auto" and cfg.trainer.precision == "32-true"
     assert (

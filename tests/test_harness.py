@@ -17,6 +17,11 @@ from tests.conftest import REPO, TINY_TEST_OVERRIDES, compose_cfg
 # A small grounding run on the synthetic set: the conftest's tiny towers, a narrow fusion head, a few batches.
 FAST_RUN = [
     "debug=fast",
+    # a few batches per stage, as these tests were written for (debug=fast alone runs one per stage)
+    "trainer.max_steps=4",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
     "data.limit_per_split=8",
     "data.batch_size=4",
     "data.eval_batch_size=8",
