@@ -27,9 +27,14 @@ def fail(message: str, code: int = EXIT_CONFIG) -> None:
 
 
 def remove_if_empty(run_dir: Path) -> None:
-    """Removes ``run_dir`` when a run stopped before writing anything into it (Hydra creates it up front)."""
+    """Removes ``run_dir`` when a run stopped before writing anything into it (Hydra creates it up front), and its
+    ``runs/`` (``evals/``) and task folders if that left them empty."""
+    run_dir = Path(run_dir)
     try:
         run_dir.rmdir()  # only succeeds on an empty folder
+        if run_dir.parent.name in ("runs", "evals"):  # outputs/<task>/runs/<ts>: the layout Hydra made for it
+            run_dir.parent.rmdir()
+            run_dir.parent.parent.rmdir()
     except OSError:
         pass
 
@@ -49,7 +54,8 @@ def _explain(error: Exception, config_keys: list[str]) -> str:
     missing = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     options = re.search(r"Could not find '([^'/]+)/([^']+)'.*?Available options in '[^']+':(.*)", text, re.S)
     if options:
-        group, value, choices = options.group(1), options.group(2), options.group(3).split()
+        listed = re.split(r"\n\s*\n|Config search path", options.group(3))[0]  # Hydra appends its search path
+        group, value, choices = options.group(1), options.group(2), listed.split()
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f" (did you mean {group}={close[0]}?)" if close else ""
         return f"{group}={value}: no such option{hint}; choices: {', '.join(choices)}"

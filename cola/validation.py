@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -40,8 +41,8 @@ def validate_config(cfg: DictConfig) -> None:
     try:
         peft = OmegaConf.to_container(cfg.peft, resolve=True)
     except InterpolationResolutionError as e:  # e.g. rank=-3: the resolver's own message names the key
-        cause = e.__cause__ or e
-        raise SetupError(str(cause).split("\n")[0]) from e
+        first = str(e.__cause__ or e).split("\n")[0]
+        raise SetupError(re.sub(r"^\w+ raised while resolving interpolation: ", "", first)) from e
     method = peft.get("method")
     if method not in PEFT_METHODS:
         raise SetupError(f"peft.method must be one of {list(PEFT_METHODS)}, got {method!r}")
