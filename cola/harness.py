@@ -381,20 +381,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_checkpoint(path: str | Path, module) -> None:
     """The checkpoint's peft config and tensors match ``module`` (what Lightning would find only mid-load)."""
-    ckpt = read_checkpoint(path)
-    saved, current = ckpt["cola_peft_config"], module.peft_config
-    if saved != current:
-        diffs = [f"{d}" for d in config_differences(saved, current)]
-        raise SetupError(f"ckpt_path={str(path)!r} was made with another peft config: " + "; ".join(diffs))
-    keys = set(ckpt["state_dict"])
-    want = module.trainable_state_keys()
-    missing, unexpected = sorted(want - keys), sorted(keys - want)
-    if missing or unexpected:
-        raise SetupError(
-            f"ckpt_path={str(path)!r} does not fit this model: {len(missing)} trainable tensors missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it made with another "
-            "task or model?"
-        )
+    try:
+        module.check_checkpoint_fits(read_checkpoint(path), exact=True)
+    except ValueError as e:
+        raise SetupError(f"ckpt_path={str(path)!r}: {e}") from None
 
 
 def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str, module) -> None:

@@ -426,6 +426,11 @@ class DualStreamTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("cola_rng_states")  # applied when a resumed fit starts
+        self.check_checkpoint_fits(checkpoint)
+
+    def check_checkpoint_fits(self, checkpoint: dict[str, Any], *, exact: bool = False) -> None:
+        """Raises ``ValueError`` if ``checkpoint`` was made with another peft config or lacks trainable tensors of
+        this model (with ``exact``, also if it holds tensors this model does not have)."""
         saved = checkpoint.get("cola_peft_config")
         if saved is not None and self.peft_config and saved != self.peft_config:
             diffs = [
@@ -434,9 +439,11 @@ class DualStreamTask(L.LightningModule):
                 if saved.get(k) != self.peft_config.get(k)
             ]
             raise ValueError("checkpoint was made with another peft config: " + "; ".join(diffs))
-        missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
-        if missing:
+        want, keys = self.trainable_state_keys(), set(checkpoint["state_dict"])
+        missing, unexpected = sorted(want - keys), sorted(keys - want) if exact else []
+        if missing or unexpected:
             raise ValueError(
-                f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]}); "
-                "was it made with another task, model or peft config?"
+                f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. {missing[:3]})"
+                + (f" and holds {len(unexpected)} it does not have (e.g. {unexpected[:3]})" if unexpected else "")
+                + "; was it made with another task, model or peft config?"
             )
