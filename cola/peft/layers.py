@@ -85,19 +85,35 @@ class AdapterLinear(nn.Module):
             )
 
     def _add_up(self, out: torch.Tensor, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``out + per-slice up-projection of z``, the add fused into one GEMM (no (..., d_out) temporary).
+        """``out + per-slice up-projection of z``: slice s of the output gets ``z_s B_s^T``.
 
-        z (..., S*k) holds S slices of width k; b (d_out, k) holds the S row blocks of the slices' B. The slices
-        become one block-diagonal (d_out, S*k) matrix, so a fused layer is one ``addmm`` too.
+        z (..., S*k) holds S slices of width k; b (d_out, k) holds the S row blocks of the slices' B. A fused
+        layer multiplies each slice by its own block (one batched GEMM), never a block-diagonal (d_out, S*k)
+        matrix whose zero blocks would triple the up-projection's cost (and its backward's) for q/k/v.
+
+        Under autograd the add is out of place: accumulating into the base layer's output in place would make
+        autograd's backward copy the whole (N, d_out) gradient several times (CopySlices), which costs more
+        than the forward copy it saves (docs/benchmarks/). Without autograd (eval, merged inference) the GEMM
+        accumulates into the fresh base output in place. In-place ops are outside autocast, so the operands take
+        the output's dtype (bf16 under autocast).
         """
-        s, k = self.out_splits, b.shape[1]
-        w = b if s == 1 else torch.block_diag(*b.reshape(s, -1, k))  # (d_out, S*k)
-        # In place: the GEMM accumulates into the base layer's fresh output (out-of-place addmm would first copy
-        # the whole (N, d_out) output). Safe for autograd: nn.Linear's backward does not read its output. In-place
-        # ops are outside autocast, so the operands take the output's dtype (bf16 under autocast).
-        flat = out.reshape(-1, self.out_features)
-        flat.addmm_(z.reshape(-1, s * k).to(flat.dtype), w.t().to(flat.dtype))
-        return flat.view(out.shape)
+        s, k, d = self.out_splits, b.shape[1], self.out_features
+        n = out.numel() // d
+        z, b = z.to(out.dtype), b.to(out.dtype)
+        track = torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or b.requires_grad)
+        if s == 1:
+            flat = out.view(n, d)  # the base layer's fresh (contiguous) output
+            if track:
+                return torch.addmm(flat, z.reshape(n, k), b.t()).view(out.shape)
+            flat.addmm_(z.reshape(n, k), b.t())
+            return out
+        zs = z.reshape(n, s, k).transpose(0, 1)  # (S, N, k)
+        bs = b.reshape(s, d // s, k).transpose(1, 2)  # (S, k, d_out / S)
+        per_slice = out.view(n, s, d // s)
+        if track:
+            return (per_slice + torch.bmm(zs, bs).transpose(0, 1)).view(out.shape)
+        per_slice.transpose(0, 1).baddbmm_(zs, bs)  # slice s of every row: a strided (N, d_out / S) block
+        return out
 
     def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Block-diagonal product B A for the S slices: (d_out, d_in)."""
