@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package with its test tools
 
-demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads, <=10 min on 2 CPU cores)
+demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads, <=5 min on 2 idle CPU cores)
 	HF_HUB_OFFLINE=1 $(PY) train.py
 
 train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft=cola rank=8"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -41,11 +42,11 @@ def _cos(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
 
 
 def cola_layers(module: torch.nn.Module) -> list[tuple[str, CoLALinear]]:
-    """(short name, layer) of every CoLA layer: ``a.blocks.3.attn.qkv`` style names."""
+    """(short name, layer) of every CoLA layer: ``vision.blocks.3.attn.qkv`` style names."""
     out = []
     for name, m in module.named_modules():
         if isinstance(m, CoLALinear):
-            short = name.replace("encoder.", "").replace("tower_a.model.", "a.").replace("tower_b.model.", "b.")
+            short = re.sub(r"^(encoder\.)?towers\.(\w+)\.model\.", r"\2.", name)
             out.append((short, m))
     return out
 

@@ -4,6 +4,9 @@
 - ``${cola.audio_frames:AUDIO_INPUT,TARGET_FRAMES}``: the AST ``max_length`` of a data setting
   (:func:`cola.data.audio.audio_frames`): 1024 with ``pad`` (the pretrained grid), ``TARGET_FRAMES`` with
   ``interpolate``; ``configs/model/*.yaml`` pass ``data.audio_input`` and ``data.audio_target_frames``.
+- ``${cola.targets:FAMILY,STAGES}`` / ``${cola.out_splits:FAMILY}``: a backbone family's adapter targets in the
+  given block stages and its fused layers (:func:`cola.models.family_targets`, :func:`cola.models.family_out_splits`);
+  ``configs/model/*.yaml`` pass ``model.target_stages``, which ``configs/targets/*.yaml`` set.
 - ``${cola.repo_dir:}``: the folder of this checkout (``paths.repo_dir``; its ``assets/`` holds small files the
   repo's scripts made, e.g. the tiny ViT's weights).
 - ``${cola.run_task:${ckpt_path},DEFAULT}``: the task of the run an ``eval.py ckpt_path`` belongs to (its
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def _minilm() -> str:
@@ -31,6 +34,21 @@ def _audio_frames(audio_input: str, target_frames: int) -> int:
     from cola.data.audio import audio_frames
 
     return audio_frames(str(audio_input), int(target_frames))
+
+
+# The two below return config nodes, not a list / dict: OmegaConf.resolve (``--cfg job --resolve``, the saved
+# config.yaml) can only write a container back in place of an interpolation when it gets one.
+def _targets(family: str, stages: Any) -> ListConfig:
+    from cola.models.targets import family_targets
+
+    stages = OmegaConf.to_object(stages) if isinstance(stages, ListConfig) else stages
+    return OmegaConf.create(family_targets(str(family), stages))
+
+
+def _out_splits(family: str) -> DictConfig:
+    from cola.models.targets import family_out_splits
+
+    return OmegaConf.create(family_out_splits(str(family)))
 
 
 def _check_rank(rank: Any) -> int:
@@ -82,6 +100,8 @@ def register() -> None:
         ("cola.alpha", _alpha),
         ("cola.run_task", _run_task),
         ("cola.repo_dir", _repo_dir),
+        ("cola.targets", _targets),
+        ("cola.out_splits", _out_splits),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

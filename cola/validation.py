@@ -9,28 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cola.peft import config_from_dict
-
-PEFT_METHODS = ("cola", "lora", "lora_param_matched", "moka", "frozen", "full")
-# Fields each method's layer config accepts; the rest of the peft node is read by the DualEncoder.
-ENCODER_KEYS = {"method", "layers", "layer_map", "propagation", "condition_pooling", "bidirectional"}
+from cola.peft import build_peft
 
 
 class SetupError(RuntimeError):
     """A bad configuration, dataset or run folder, found before training; train.py prints it without a traceback."""
-
-
-def _peft_layer_fields(peft: dict) -> dict:
-    method = peft["method"]
-    if method in ("frozen", "full"):
-        return {}
-    if method == "lora_param_matched":
-        method = "cola"  # the fields describe the CoLA run to match
-    from cola.peft import CoLAConfig, LoRAConfig, MoKAConfig
-
-    cls = {"cola": CoLAConfig, "lora": LoRAConfig, "moka": MoKAConfig}[method]
-    known = set(cls.__dataclass_fields__)
-    return {"method": method, **{k: v for k, v in peft.items() if k in known}}
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -43,14 +26,10 @@ def validate_config(cfg: DictConfig) -> None:
     except InterpolationResolutionError as e:  # e.g. rank=-3: the resolver's own message names the key
         first = str(e.__cause__ or e).split("\n")[0]
         raise SetupError(re.sub(r"^\w+ raised while resolving interpolation: ", "", first)) from e
-    method = peft.get("method")
-    if method not in PEFT_METHODS:
-        raise SetupError(f"peft.method must be one of {list(PEFT_METHODS)}, got {method!r}")
-    if method not in ("frozen", "full"):
-        try:
-            config_from_dict(_peft_layer_fields(peft))
-        except ValueError as e:
-            raise SetupError(f"peft: {e}") from e
+    try:
+        build_peft(**peft)  # the parse the encoder runs
+    except ValueError as e:
+        raise SetupError(str(e) if str(e).startswith("peft") else f"peft: {e}") from e
     modality = cfg.task.get("modality")
     if modality not in cfg.model or cfg.model.get(modality) is None:
         towers = [k for k in ("text", "audio") if cfg.model.get(k) is not None]
@@ -82,14 +61,14 @@ def validate_adapter_targets(tower, *, targets: list[str], out_splits: dict[str,
         targets: ``model.targets[family]`` (name suffixes).
         out_splits: fused layers (``{"attn.qkv": 3}``): their output is split before comparing.
         peft: the resolved ``peft`` node.
-        stream: ``a`` or ``b``, for the message.
+        stream: the stream name (``vision``, ``text``, ``audio``), for the message.
 
     Raises:
         SetupError: a target matches no ``nn.Linear`` (naming the closest module names) or the rank is too large.
     """
-    from cola.peft.inject import find_targets
+    from cola.peft import find_targets, get_method
 
-    if peft.get("method") in ("frozen", "full"):
+    if not get_method(peft.get("method")).injects:
         return
     try:
         found = find_targets(tower, list(targets))

@@ -63,7 +63,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python scripts/benchmark.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from cola.models import DualEncoder, Tower, build_ast, build_bert, build_vit  # noqa: E402
+from cola.models import (  # noqa: E402
+    DualEncoder,
+    Tower,
+    build_ast,
+    build_bert,
+    build_vit,
+    family_out_splits,
+    family_targets,
+)
 from cola.peft import merge_adapters  # noqa: E402
 
 log = logging.getLogger("benchmark")
@@ -88,23 +96,10 @@ MEMORY_STEPS = 2  # training steps of a memory probe: the second one runs with t
 MMAP_THRESHOLD = 128 * 1024  # glibc mmap threshold of the memory helper (see _memory_env)
 RESULT_TAG = "BENCHMARK_MEMORY "  # prefix of the memory helper's result lines
 
-VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
-BERT_TARGETS = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-]
-AST_TARGETS = [
-    "attention.q_proj",
-    "attention.k_proj",
-    "attention.v_proj",
-    "attention.o_proj",
-    "mlp.fc1",
-    "mlp.fc2",
-]
+VIT_TARGETS = family_targets("vit")  # every linear layer of a block (docs/method.md#targets)
+BERT_TARGETS = family_targets("bert")
+AST_TARGETS = family_targets("ast")
+VIT_SPLITS = family_out_splits("vit")  # fused qkv: one adapter per q, k, v slice
 TINY_VIT = dict(name="vit_small_patch14_dinov2", img_size=112, embed_dim=192, depth=4, num_heads=3)
 TINY_TRANSFORMER = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768)
 
@@ -135,6 +130,11 @@ class PairSpec:
     image_size: int
     pooling: str
     describe: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """The stream names of the two towers (vision first)."""
+        return ("vision", "text" if self.family_b == "bert" else "audio")
 
 
 def pair_spec(pair: str, *, tiny: bool) -> PairSpec:
@@ -190,8 +190,8 @@ def pair_spec(pair: str, *, tiny: bool) -> PairSpec:
     )
 
 
-def make_inputs(spec: PairSpec, batch: int, device: torch.device) -> tuple[dict, dict, torch.Tensor]:
-    """Deterministic random inputs of both towers and the head's regression target (B, HEAD_DIM)."""
+def make_inputs(spec: PairSpec, batch: int, device: torch.device) -> tuple[dict[str, dict], torch.Tensor]:
+    """Deterministic random inputs of both towers, keyed by stream, and the head's regression target (B, HEAD_DIM)."""
     g = torch.Generator().manual_seed(1234)
     inputs_a = {"pixel_values": torch.randn(batch, 3, spec.image_size, spec.image_size, generator=g)}
     if spec.family_b == "bert":
@@ -204,7 +204,7 @@ def make_inputs(spec: PairSpec, batch: int, device: torch.device) -> tuple[dict,
         inputs_b = {"input_values": torch.randn(batch, 100, 128, generator=g)}  # (B, T, mel)
     target = torch.randn(batch, HEAD_DIM, generator=g)
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-    return move(inputs_a), move(inputs_b), target.to(device)
+    return dict(zip(spec.streams, (move(inputs_a), move(inputs_b)), strict=True)), target.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -214,13 +214,13 @@ class BenchModel(nn.Module):
     def __init__(self, encoder: DualEncoder) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.hidden_size_a + encoder.hidden_size_b, HEAD_DIM)
+        self.head = nn.Linear(sum(t.hidden_size for t in encoder.towers.values()), HEAD_DIM)
 
-    def forward(self, inputs_a: dict[str, torch.Tensor], inputs_b: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.encoder(inputs_a, inputs_b)
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        out = self.encoder(inputs)
         pooled = []
-        for tokens, mask in ((out.tokens_a, out.mask_a), (out.tokens_b, out.mask_b)):
-            w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+        for stream, tokens in out.tokens.items():
+            w = out.masks[stream].to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
             pooled.append((tokens * w).sum(1) / w.sum(1).clamp_min(1.0))  # (B, C)
         return self.head(torch.cat(pooled, dim=-1))  # (B, HEAD_DIM)
 
@@ -251,13 +251,12 @@ def build_model(method: str, spec: PairSpec, args: argparse.Namespace, device: t
     """One method's model on ``device``; every method starts from the same tower weights (seed 0)."""
     torch.manual_seed(0)
     tower_a, tower_b = Tower(spec.build_a(), "vit"), Tower(spec.build_b(), spec.family_b)
+    vision, second = spec.streams
     encoder = DualEncoder(
-        tower_a,
-        tower_b,
+        {vision: tower_a, second: tower_b},
         peft=peft_node(method, args, spec.pooling),
-        targets_a=spec.targets_a,
-        targets_b=spec.targets_b,
-        out_splits_a={"attn.qkv": 3},
+        targets={vision: spec.targets_a, second: spec.targets_b},
+        out_splits={vision: VIT_SPLITS},
         gradient_checkpointing=args.gradient_checkpointing,
     )
     if method == "peft_lora":
@@ -307,7 +306,7 @@ class Runner:
         # "fused" is what cola.tasks builds; "default": torch picks a per-tensor loop on CPU, multi-tensor on CUDA.
         kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.optimizer]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, **kw)
-        self.inputs_a, self.inputs_b, self.target = make_inputs(spec, args.batch, device)
+        self.inputs, self.target = make_inputs(spec, args.batch, device)
         self.forward = torch.compile(self.model) if args.compile else self.model
         dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
         self.autocast = (
@@ -318,7 +317,7 @@ class Runner:
     def train_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            pred = self.forward(self.inputs_a, self.inputs_b)  # (B, HEAD_DIM)
+            pred = self.forward(self.inputs)  # (B, HEAD_DIM)
         loss = F.mse_loss(pred.float(), self.target)
         loss.backward()
         self.optimizer.step()
@@ -332,7 +331,7 @@ class Runner:
 
     def eval_step(self) -> None:
         with torch.no_grad(), self.autocast():
-            self.forward(self.inputs_a, self.inputs_b)
+            self.forward(self.inputs)
 
     def timed(self, step: Callable[[], None]) -> float:
         """Milliseconds of one step, the device synchronised on both sides."""
@@ -693,7 +692,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "methods": args.methods,
         "targets_a": spec.targets_a,
         "targets_b": spec.targets_b,
-        "out_splits_a": {"attn.qkv": 3},
+        "out_splits_a": VIT_SPLITS,
         "condition_pooling": spec.pooling,
         "propagation": "progressive",
         "lora_split_fused": args.lora_split_fused,

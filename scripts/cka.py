@@ -25,29 +25,25 @@ from cola.validation import SetupError
 
 
 def _inputs(module, batch):
-    """The two streams' inputs of a batch, as the task module feeds the encoder."""
+    """The streams' inputs of a batch (keyed by stream), as the task module feeds the encoder."""
     return module.encoder_inputs(batch)
 
 
 @torch.no_grad()
 def collect(module, loader, max_batches: int) -> dict[str, list[torch.Tensor]]:
     enc = module.encoder
-    depth_a, depth_b = enc.tower_a.depth, enc.tower_b.depth
     feats: dict[str, list[torch.Tensor]] = {}
     module.eval()
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        inputs_a, inputs_b = _inputs(module, batch)
-        out = enc(inputs_a, inputs_b, return_layers=list(range(depth_a)), return_layers_b=list(range(depth_b)))
-        for stream, layers, mask, prefix in (
-            ("a", out.layers_a, out.mask_a, enc.num_prefix_a),
-            ("b", out.layers_b, out.mask_b, enc.num_prefix_b),
-        ):
+        out = enc(_inputs(module, batch), return_layers={s: list(range(t.depth)) for s, t in enc.towers.items()})
+        for stream, layers in out.layers.items():
+            mask, prefix = out.masks[stream], out.num_prefix[stream]
             w = mask[:, prefix:].float()
             for j, h in enumerate(layers):
                 pooled = (h[:, prefix:] * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
-                feats.setdefault(f"{stream}{j}", []).append(pooled.float().cpu())
+                feats.setdefault(f"{stream}/{j}", []).append(pooled.float().cpu())
     return feats
 
 
@@ -82,16 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     table = {k: linear_cka(torch.cat(feats[0][k]), torch.cat(feats[1][k])) for k in feats[0] if k in feats[1]}
     args.out.write_text(json.dumps(table, indent=2))
     for k, v in table.items():
-        print(f"{'vision' if k[0] == 'a' else 'other'} block {k[1:]:>2}: CKA {v:.3f}")
+        stream, block = k.split("/")
+        print(f"{stream} block {block:>2}: CKA {v:.3f}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for stream, label in (("a", "vision"), ("b", "text / audio")):
-        keys = sorted(int(k[1:]) for k in table if k[0] == stream)
-        ax.plot(keys, [table[f"{stream}{j}"] for j in keys], marker="o", label=label)
+    for stream in dict.fromkeys(k.split("/")[0] for k in table):
+        keys = sorted(int(k.split("/")[1]) for k in table if k.startswith(f"{stream}/"))
+        ax.plot(keys, [table[f"{stream}/{j}"] for j in keys], marker="o", label=stream)
     ax.set_xlabel("block")
     ax.set_ylabel("linear CKA")
     ax.set_ylim(0, 1.05)

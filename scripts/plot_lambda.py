@@ -34,7 +34,9 @@ COMPONENTS = [
     ("output.dense", ("fc2",)),
 ]
 ORDER = ("q", "k", "v", "o", "fc1", "fc2")
-STREAMS = {"tower_a": "vision", "tower_b": "text / audio"}
+STREAMS = {"towers.vision": "vision", "towers.text": "text", "towers.audio": "audio"}
+# adapter files written before the towers were named by stream
+STREAMS |= {"tower_a": "vision", "tower_b": "text / audio"}
 
 
 def lambdas_from_state(state: dict) -> dict[str, dict[str, dict[int, float]]]:

@@ -59,43 +59,31 @@ def compose_cfg(
 @pytest.fixture(scope="session")
 def synthetic_refcoco(tmp_path_factory) -> Path:
     """A small synthetic grounding set in the refer layout, generated once per session."""
-    import importlib.util
+    from cola.data.synthetic import make_synthetic_refcoco
 
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_refcoco", REPO / "scripts" / "make_synthetic_refcoco.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     root = tmp_path_factory.mktemp("synthetic_refcoco")
-    mod.make_synthetic_refcoco(root, num_images=40, seed=0)
+    make_synthetic_refcoco(root, num_images=40, seed=0)
     return root
-
-
-def load_script(name: str):
-    """Imports ``scripts/<name>.py`` as a module (the scripts are command-line files, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def ave_root(tmp_path_factory) -> Path:
     """A small synthetic AVE release (6 videos, 4 categories), prepared into frames and wavs."""
     root = tmp_path_factory.mktemp("ave") / "AVE_Dataset"
-    load_script("make_synthetic_ave").make_synthetic_ave(root, num_videos=6, seed=0, num_categories=4)
-    load_script("prepare_ave").prepare_ave(root, workers=1, progress=False)
+    from cola.data.ave_prepare import prepare_ave
+    from cola.data.synthetic import make_synthetic_ave
+
+    make_synthetic_ave(root, num_videos=6, seed=0, num_categories=4)
+    prepare_ave(root, workers=1, progress=False)
     return root
 
 
 @pytest.fixture(scope="session")
 def avs_root(tmp_path_factory) -> Path:
     """A small synthetic AVSBench (6 S4 and 5 MS3 clips)."""
-    return load_script("make_synthetic_avs").make_synthetic_avs(
-        tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=6, num_ms3=5, seed=0
-    )
+    from cola.data.synthetic import make_synthetic_avs
+
+    return make_synthetic_avs(tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=6, num_ms3=5, seed=0)
 
 
 def refcoco_datamodule(root: Path, *, image_size: int, **kwargs):

@@ -86,9 +86,9 @@ def _cola_model(seed=0):
     torch.manual_seed(seed)
     model = nn.Module()
     model.encoder = nn.Module()
-    model.encoder.tower_a = nn.Module()
-    model.encoder.tower_a.model = nn.Module()
-    model.encoder.tower_a.model.blocks = nn.ModuleList([_Block(), _Block()])
+    model.encoder.towers = nn.ModuleDict({"vision": nn.Module()})
+    model.encoder.towers.vision.model = nn.Module()
+    model.encoder.towers.vision.model.blocks = nn.ModuleList([_Block(), _Block()])
     report = inject_adapters(
         model,
         CoLAConfig(rank=2, reduction=2, lambda_init=0.1),
@@ -102,7 +102,7 @@ def _cola_model(seed=0):
 def test_plot_lambda_from_adapter_file(tmp_path):
     model, report = _cola_model()
     with torch.no_grad():
-        report.modules["encoder.tower_a.model.blocks.1.attn.qkv"].cola_lambda.copy_(torch.tensor([0.5, 0.6, 0.7]))
+        report.modules["encoder.towers.vision.model.blocks.1.attn.qkv"].cola_lambda.copy_(torch.tensor([0.5, 0.6, 0.7]))
     path = save_adapters(tmp_path / "adapter.safetensors", model)
     mod = _script("plot_lambda")
     assert mod.main([str(path), "--json", str(tmp_path / "l.json")]) == 0
@@ -127,7 +127,7 @@ def test_probes_are_finite_and_cosines_in_range():
     assert len([k for k in values if k.endswith("grad_intra")]) == 8
     assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
     assert all(-1.0 <= v <= 1.0 for k, v in values.items() if "/cos_" in k)
-    assert lambda_values(model)["a.blocks.0.attn.qkv"] == pytest.approx([0.1, 0.1, 0.1])
+    assert lambda_values(model)["vision.blocks.0.attn.qkv"] == pytest.approx([0.1, 0.1, 0.1])
 
 
 def test_linear_cka_properties():

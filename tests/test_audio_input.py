@@ -206,7 +206,7 @@ def test_avs_datamodule_pad_batches(avs_root, subset, clip_seconds, frames):
 
 def test_ave_training_step_with_a_tiny_pad_ast(ave_root, tmp_path):
     """The tiny towers run one fit/test batch on 1024-frame clips (12 x 101 patches)."""
-    from cola.models import DualEncoder, build_tower
+    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
     from cola.tasks.av_classification import AVEClassificationTask
 
     dm = AVEDataModule(root=ave_root, image_size=28, batch_size=1, audio_input="pad")
@@ -215,12 +215,10 @@ def test_ave_training_step_with_a_tiny_pad_ast(ave_root, tmp_path):
     audio = build_tower(family="ast", tiny=TINY_AST, max_length=audio_frames("pad", 100))
     peft = {"method": "lora", "rank": 2, "alpha": 4, "condition_pooling": "cls"}
     encoder = DualEncoder(
-        vision,
-        audio,
+        {"vision": vision, "audio": audio},
         peft=dict(peft),
-        targets_a=["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
-        targets_b=["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"],
-        out_splits_a={"attn.qkv": 3},
+        targets={"vision": family_targets("vit"), "audio": family_targets("ast", ["qkv", "proj"])},
+        out_splits={"vision": family_out_splits("vit")},
         anchor=None,
     )
     task = AVEClassificationTask(

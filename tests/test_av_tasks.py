@@ -23,8 +23,6 @@ from tests.conftest import fast_dev_trainer
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = 56  # 4 x 4 patches of 14
 AUDIO_FRAMES = 100  # AST max_length: 1-s clips at a 10 ms shift
-VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
-AST_TARGETS = ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"]
 PEFT = {
     "cola": {"method": "cola", "rank": 4, "alpha": 8, "lambda_init": 0.1, "condition_pooling": "cls"},
     "lora": {"method": "lora", "rank": 4, "alpha": 8, "condition_pooling": "cls"},
@@ -33,7 +31,7 @@ PEFT = {
 
 
 def make_encoder(method: str = "cola", *, seed: int = 0):
-    from cola.models import DualEncoder, build_tower
+    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
 
     torch.manual_seed(seed)
     vision = build_tower(
@@ -42,12 +40,10 @@ def make_encoder(method: str = "cola", *, seed: int = 0):
     tiny_ast = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
     audio = build_tower(family="ast", tiny=tiny_ast, max_length=AUDIO_FRAMES)
     return DualEncoder(
-        vision,
-        audio,
+        {"vision": vision, "audio": audio},
         peft=dict(PEFT[method]),
-        targets_a=VIT_TARGETS,
-        targets_b=AST_TARGETS,
-        out_splits_a={"attn.qkv": 3},
+        targets={"vision": family_targets("vit"), "audio": family_targets("ast")},
+        out_splits={"vision": family_out_splits("vit")},
         anchor=None,
     )
 
@@ -266,7 +262,7 @@ def _assert_grads_on_heads_and_adapters(task, loss):
     assert all(is_adapter_param(n) for n in trainable if n.startswith("encoder."))
     assert all(named[n].grad is None for n in named if n not in trainable)  # towers stay untouched
     assert all(named[n].grad is not None for n in trainable), [n for n in trainable if named[n].grad is None]
-    for prefix in ("head.", "encoder.tower_a.", "encoder.tower_b."):
+    for prefix in ("head.", "encoder.towers.vision.", "encoder.towers.audio."):
         total = sum(named[n].grad.abs().sum() for n in trainable if n.startswith(prefix))
         assert total > 0, f"no gradient reaches {prefix}"
 

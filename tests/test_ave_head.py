@@ -113,7 +113,7 @@ def test_ave_task_with_the_official_head_trains_one_step():
     torch.manual_seed(0)
     task = make_ave("cola", temporal="official", loss="softmax_bce")
     assert [type(m) for m in task.head.classifier] == [nn.Linear, nn.Linear]
-    assert task.head.classifier[0].in_features == task.encoder.hidden_size_a + task.encoder.hidden_size_b
+    assert task.head.classifier[0].in_features == sum(t.hidden_size for t in task.encoder.towers.values())
     batch = ave_batch(batch_size=2)
     out = task(batch)
     assert out["logits"].shape == (2, 10, 29)
@@ -128,7 +128,9 @@ def test_ave_task_with_the_official_head_trains_one_step():
     loss.backward()
     for n, p in task.head.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in task.named_parameters() if "tower_b" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in task.named_parameters() if "towers.audio." in n
+    )
     opt.step()
     for n, p in task.head.named_parameters():
         assert not torch.equal(p.detach(), before[n]), n

@@ -31,7 +31,7 @@ from cola.metrics import BoxAccuracy
 from cola.models.encoders import minilm_path
 from cola.models.losses import box_losses
 from cola.validation import SetupError
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import compose_cfg
 from tests.test_harness import FAST_RUN, cli_args, fast_cfg, train_py
 
 
@@ -387,12 +387,9 @@ LOGGERS = {"refcoco": "cola.data.refcoco", "avs": "cola.data.avs", "ave": "cola.
 
 @pytest.fixture(scope="module")
 def avs_root(tmp_path_factory) -> Path:
-    import importlib.util
+    from cola.data.synthetic import make_synthetic_avs
 
-    spec = importlib.util.spec_from_file_location("make_synthetic_avs", REPO / "scripts" / "make_synthetic_avs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_synthetic_avs(tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=5, num_ms3=3)
+    return make_synthetic_avs(tmp_path_factory.mktemp("avs") / "AVSBench", num_s4=5, num_ms3=3)
 
 
 @pytest.fixture(scope="module")
@@ -433,11 +430,8 @@ def test_damaged_dataset_is_rejected_dropped_or_skipped(case, synthetic_refcoco,
 
 
 def test_corrupt_mp4_is_reported_by_the_preparation_not_fatal(tmp_path):
-    import importlib.util
+    from cola.data import ave_prepare as prepare
 
-    spec = importlib.util.spec_from_file_location("prepare_ave", REPO / "scripts" / "prepare_ave.py")
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
     root = make_prepared_ave(tmp_path / "AVE_Dataset")
     (root / "AVE").mkdir()
     (root / "AVE" / "brokenvideo.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")

@@ -96,13 +96,15 @@ def test_eval_merges_ours_and_peft_lora_without_changing_outputs(bench):
                     p.normal_(std=0.02)
         runner.model.eval()
         with torch.no_grad():
-            before = runner.model(runner.inputs_a, runner.inputs_b)
-        weight = runner.model.encoder.tower_a.model.blocks[0].mlp.fc1.base_layer.weight.clone()
+            before = runner.model(runner.inputs)
+        weight = runner.model.encoder.towers["vision"].model.blocks[0].mlp.fc1.base_layer.weight.clone()
         runner.prepare_eval()
-        changed = not torch.equal(runner.model.encoder.tower_a.model.blocks[0].mlp.fc1.base_layer.weight, weight)
+        changed = not torch.equal(
+            runner.model.encoder.towers["vision"].model.blocks[0].mlp.fc1.base_layer.weight, weight
+        )
         assert changed, f"{method}: eval ran unmerged"
         with torch.no_grad():
-            after = runner.model(runner.inputs_a, runner.inputs_b)
+            after = runner.model(runner.inputs)
         torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
 
 
@@ -110,9 +112,9 @@ def test_av_pair_builds_ast_with_its_targets(bench):
     args = bench.parse_args(["--tiny", "--pair", "av", "--batch", "2"])
     spec = bench.pair_spec("av", tiny=True)
     runner = bench.Runner("cola", spec, args, torch.device("cpu"))
-    assert runner.inputs_b["input_values"].shape == (2, 100, 128)
+    assert runner.inputs["audio"]["input_values"].shape == (2, 100, 128)
     report = runner.model.encoder.report
-    assert all(n == 4 for n in report.b.per_target.values())  # every AST target in each of the 4 layers
+    assert all(n == 4 for n in report.towers["audio"].per_target.values())  # every AST target in each of the 4 layers
     runner.train_step()
     assert all(torch.isfinite(p.grad).all() for p in runner.model.parameters() if p.grad is not None)
 

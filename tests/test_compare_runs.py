@@ -214,7 +214,7 @@ def test_the_script_on_a_mixed_folder(outputs, tmp_path):
 def test_run_specific_keys_and_moved_checkout_do_not_split_groups(mod):
     a = run_config("task=ave", "peft=cola", "seed=0")
     b = run_config("task=ave", "peft=cola", "seed=1")
-    assert a["run_name"] != b["run_name"] and a["logger"]["wandb"] is None
+    assert a["run_name"] != b["run_name"] and "wandb" not in a["logger"]  # logger=csv: no W&B entry
     # seed 1 ran from another checkout, resumed, with another W&B project and tags
     b["paths"] = {
         "root_dir": "/elsewhere",

@@ -147,3 +147,69 @@ def test_rank_wins_over_the_experiment_files():
             assert cfg.peft.rank == rank and cfg.peft.alpha == rank / 2
     assert compose_cfg(["experiment=main_avs_s4", "peft=lora"], tiny=False).peft.alpha == 84
     assert compose_cfg(["experiment=main_avs_s4", "peft=lora", "rank=8"], tiny=False).peft.alpha == 4
+
+
+# The adapted layers each targets option gave when every model and targets file listed them by hand: the families
+# now own the names (cola.models.block_steps) and the targets files pick stages, with the same result.
+VIT = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+BERT = [f"attention.self.{n}" for n in ("query", "key", "value")] + ["attention.output.dense"]
+BERT += ["intermediate.dense", "output.dense"]
+AST = ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"]
+TARGETS_BEFORE = {
+    "all": {"vit": VIT, "bert": BERT, "ast": AST},
+    "attention": {"vit": VIT[:2], "bert": BERT[:4], "ast": AST[:4]},
+    "ffn": {"vit": VIT[2:], "bert": BERT[4:], "ast": AST[4:]},
+}
+
+
+@pytest.mark.parametrize("model", ["tiny", "dinov2_bert", "dinov2_ast"])
+@pytest.mark.parametrize("targets", [None, "all", "attention", "ffn"])
+def test_targets_select_the_same_layers_for_every_family(model, targets):
+    from cola.models import family_targets
+
+    cfg = compose_cfg([f"model={model}"] + ([f"targets={targets}"] if targets else []), tiny=False)
+    model_cfg = resolve_all(cfg)["model"]
+    expected = TARGETS_BEFORE[targets or "all"]
+    for family in ("vit", "bert", "ast"):
+        assert model_cfg["targets"][family] == expected[family]
+        assert family_targets(family, model_cfg["target_stages"]) == expected[family]
+    assert model_cfg["out_splits"] == {"vit": {"attn.qkv": 3}}
+
+
+def test_one_family_list_can_still_be_set_by_hand():
+    cfg = compose_cfg(["model.targets.vit=[attn.qkv]"], tiny=False)
+    model_cfg = resolve_all(cfg)["model"]
+    assert model_cfg["targets"]["vit"] == ["attn.qkv"] and model_cfg["targets"]["bert"] == BERT
+
+
+def test_bad_target_stage_names_the_key_and_choices():
+    with pytest.raises(Exception, match=r"model.target_stages must be a subset of \['qkv', 'proj', 'mlp'\]"):
+        resolve_all(compose_cfg(["model.target_stages=[qkv,ffn]"], tiny=False))
+
+
+# The grounding head and query length each (task, model) pair composed to when they sat in the model configs.
+HEAD_BEFORE = {
+    "tiny": dict(d_fusion=128, fusion_layers=2, d_ff=512, fusion_heads=4, box_head="spatial", mask_head="conv"),
+    "dinov2_bert": dict(d_fusion=256, fusion_layers=3, d_ff=1024, fusion_heads=8, box_head="mlp", mask_head="official"),
+}
+HEAD_BEFORE["dinov2_ast"] = HEAD_BEFORE["dinov2_bert"]
+QUERY_LEN_BEFORE = {"tiny": 20, "dinov2_bert": 40, "dinov2_ast": 40}
+
+
+@pytest.mark.parametrize("task", ["refcoco", "refcoco+", "refcocog"])
+@pytest.mark.parametrize("model", ["tiny", "dinov2_bert", "dinov2_ast"])
+def test_grounding_head_preset_follows_the_model(task, model):
+    resolved = resolve_all(compose_cfg([f"task={task}", f"model={model}"], tiny=False))
+    assert {k: resolved["task"]["module"][k] for k in HEAD_BEFORE[model]} == HEAD_BEFORE[model]
+    assert resolved["data"]["max_query_len"] == QUERY_LEN_BEFORE[model]
+    assert "grounding_head" not in resolved["model"] and "max_query_len" not in resolved["model"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "dinov2_bert"])
+def test_grounding_experiments_fix_the_official_head(model):
+    """The official head wins over the model's preset (also under debug=fast, which switches to tiny towers)."""
+    overrides = ["experiment=main_refcoco", "debug=fast"] if model == "tiny" else ["experiment=main_refcoco"]
+    resolved = resolve_all(compose_cfg(overrides, tiny=False))
+    assert resolved["model"]["name"] == model
+    assert {k: resolved["task"]["module"][k] for k in HEAD_BEFORE["dinov2_bert"]} == HEAD_BEFORE["dinov2_bert"]
+    assert resolved["data"]["max_query_len"] == 40

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import av
@@ -27,25 +26,19 @@ from cola.data.ave import (
     parse_annotations,
     segment_labels,
 )
+from cola.data.ave_prepare import prepare_ave
+from cola.data.synthetic import make_synthetic_ave
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE_ANNOTATIONS = REPO / "tests" / "data" / "ave" / "Annotations.txt"
 
 
-def _load_script(name: str):
-    """Imports ``scripts/<name>.py`` (registered in sys.modules so pool workers can pickle its functions)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+def _prepare_script():
+    """``scripts/prepare_ave.py`` as a module, for its command-line tests."""
+    spec = importlib.util.spec_from_file_location("prepare_ave_script", REPO / "scripts" / "prepare_ave.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-make_synthetic_ave = _load_script("make_synthetic_ave").make_synthetic_ave
-prepare_mod = _load_script("prepare_ave")
-prepare_ave = prepare_mod.prepare_ave
 
 
 # ------------------------------------------------------------------------------------------ annotations
@@ -336,6 +329,7 @@ def test_corrupt_and_short_videos_are_reported(tmp_path):
 
 
 def test_prepare_cli(prepared, tmp_path, capsys):
+    prepare_mod = _prepare_script()
     assert prepare_mod.main([str(tmp_path / "nowhere"), "--no-progress"]) == 2
     root = tmp_path / "copy"
     shutil.copytree(prepared, root)

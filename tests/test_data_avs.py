@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -14,6 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+import cola.data.synthetic.avs
 from cola.data.audio import audio_clip_features, load_audio
 from cola.data.avs import IMAGENET_MEAN, IMAGENET_STD, AVSDataModule, collate_avs
 
@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_S4, NUM_MS3 = 6, 5  # S4: 4/1/1 clips, clip 2 (train) is short and stereo; MS3: 3/1/1
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_synthetic_avs", REPO / "scripts" / "make_synthetic_avs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_script()
+gen = cola.data.synthetic.avs
 
 
 @pytest.fixture(scope="module")

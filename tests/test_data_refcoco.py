@@ -48,18 +48,11 @@ IMAGE_DIR = Path("images/mscoco/images/train2014")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_refcoco", REPO / "scripts" / "make_synthetic_refcoco.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def gen():
-    return _generator()
+    import cola.data.synthetic.refcoco
+
+    return cola.data.synthetic.refcoco
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +230,13 @@ def test_generation_is_deterministic_and_atomic(gen, tmp_path):
         gen.make_synthetic_refcoco(tmp_path / "e", num_images=3)
 
 
-def test_generator_cli(gen, tmp_path):
-    assert gen.main([str(tmp_path / "cli"), "--num-images", "8", "--seed", "1"]) == 0
+def test_generator_cli(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_refcoco", REPO / "scripts" / "make_synthetic_refcoco.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)  # the script is a command-line wrapper of cola.data.synthetic.refcoco
+    assert cli.main([str(tmp_path / "cli"), "--num-images", "8", "--seed", "1"]) == 0
     assert (tmp_path / "cli" / "refcocog" / "refs(google).p").is_file()
 
 
@@ -589,7 +587,7 @@ def test_augment_config_defaults():
 
 def test_fixed_box_floor_hand_case(tmp_path):
     """Mean training box in relative coordinates, scaled per image: one hit (IoU 1) and one miss (IoU 1/7)."""
-    from types import SimpleNamespace
+    from cola.data.base import CoLADataModule
 
     def sample(bbox, w, h, split):
         return GroundingSample(tmp_path / "x.jpg", "thing", bbox, None, h, w, split, 1, 1, 1, 1)
@@ -599,11 +597,24 @@ def test_fixed_box_floor_hand_case(tmp_path):
         "val": [sample((25, 15, 50, 30), 100, 60, "val"), sample((0, 0, 150, 100), 300, 200, "val")],
         "testA": [sample((5, 5, 10, 10), 20, 20, "testA")],  # relative (.25,.25,.75,.75): a hit
     }
-    fake = SimpleNamespace(samples=index.__getitem__, train_split="train", val_split="val", test_splits=["testA"])
-    out = RefCOCODataModule.floor_metrics(fake)
+
+    class Indexed(RefCOCODataModule):  # the floor on a hand-made index: no files
+        def __init__(self):
+            CoLADataModule.__init__(self)
+            self.val_split, self.test_splits = "val", ["testA"]
+
+        def validate(self):
+            pass
+
+        def samples(self, split):
+            return index[split]
+
+    out = Indexed().floor_metrics()
     assert out == {"val/acc@0.5_fixed_box": 0.5, "testA/acc@0.5_fixed_box": 1.0}
-    index["val"][0] = sample((25, 15, 50, 30), None, None, "val")  # sizes unknown (TransVG files): no baseline
-    assert RefCOCODataModule.floor_metrics(fake) == {}
+    index["val"][0] = sample((25, 15, 50, 30), None, None, "val")  # sizes unknown (TransVG files): no floor
+    assert Indexed().floor_metrics() == {"testA/acc@0.5_fixed_box": 1.0}
+    index["train"][0] = sample((0, 0, 50, 40), None, None, "train")
+    assert Indexed().floor_metrics() == {}
 
 
 def test_fixed_box_floor_on_the_synthetic_set(dm):

@@ -7,22 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from cola.models import DualEncoder, Tower, build_tower, pool_tokens, pooling_weights, resolve_layer_pairs
+from cola.models import (
+    DualEncoder,
+    Tower,
+    build_tower,
+    family_out_splits,
+    family_targets,
+    pool_tokens,
+    pooling_weights,
+    resolve_layer_pairs,
+)
 from cola.peft import CoLALinear, LoRALinear, MoKALinear, is_adapter_param
 
-TARGETS = {
-    "vit": ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
-    "bert": [
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ],
-    "ast": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"],
-}
-SPLITS = {"vit": {"attn.qkv": 3}, "bert": {}, "ast": {}}
+TARGETS = {f: family_targets(f) for f in ("vit", "bert", "ast")}  # every linear layer of a block
+SPLITS = {f: family_out_splits(f) for f in ("vit", "bert", "ast")}
 SHARINGS = ["none", "shared_a", "shared_b", "full"]
 PROPAGATIONS = ["uniform", "module_wise", "progressive"]
 # docs/method.md#propagation: which state of the other stream each stage receives.
@@ -86,8 +84,29 @@ def _cola(**kw) -> dict:
     return {"method": "cola", "rank": 4, "alpha": 2, "reduction": 4, "condition_pooling": "mean", **kw}
 
 
-def _encoder(peft, a="vit", b="bert", depth_a=2, depth_b=2, **kw) -> DualEncoder:
+def _dual(tower_a: Tower, tower_b: Tower, *, targets_a=(), targets_b=(), out_splits_a=None, out_splits_b=None, **kw):
+    """A vision tower and a second tower (text or audio), keyed by their streams."""
+    a, b = tower_a.modality, tower_b.modality
     return DualEncoder(
+        {a: tower_a, b: tower_b},
+        targets={a: targets_a, b: targets_b},
+        out_splits={a: out_splits_a or {}, b: out_splits_b or {}},
+        **kw,
+    )
+
+
+def _streams(enc: DualEncoder, inputs_a: dict, inputs_b: dict) -> dict[str, dict]:
+    """Inputs of the first and second stream, keyed by stream name."""
+    return dict(zip(enc.streams, (inputs_a, inputs_b), strict=True))
+
+
+def _second(x) -> str:
+    """The second stream of an encoder or of its output."""
+    return x.streams[1] if isinstance(x, DualEncoder) else list(x.tokens)[1]
+
+
+def _encoder(peft, a="vit", b="bert", depth_a=2, depth_b=2, **kw) -> DualEncoder:
+    return _dual(
         _tower(a, depth_a, seed=0),
         _tower(b, depth_b, seed=1),
         peft=peft,
@@ -176,7 +195,7 @@ def test_output_equals_frozen_towers_at_init(method, sharing, propagation):
     a, b = _tower("vit", seed=0), _tower("bert", seed=1)
     ia, ib = _inputs("vit"), _inputs("bert")
     ref_a, ref_b = _reference(a, ia), _reference(b, ib)
-    enc = DualEncoder(
+    enc = _dual(
         a,
         b,
         peft=_peft(method, sharing, propagation),
@@ -184,16 +203,16 @@ def test_output_equals_frozen_towers_at_init(method, sharing, propagation):
         targets_b=TARGETS["bert"],
         out_splits_a=SPLITS["vit"],
     ).eval()
-    out = enc(ia, ib)
-    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
-    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
-    assert out.mask_b.tolist()[0] == [True] * 3 + [False] * 4 and bool(out.mask_a.all())
-    assert (out.num_prefix_a, out.num_prefix_b) == (1, 1)
+    out = enc(_streams(enc, ia, ib))
+    torch.testing.assert_close(out.tokens["vision"], ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens[_second(out)], ref_b, rtol=0, atol=TOL)
+    assert out.masks[_second(out)].tolist()[0] == [True] * 3 + [False] * 4 and bool(out.masks["vision"].all())
+    assert (out.num_prefix["vision"], out.num_prefix[_second(out)]) == (1, 1)
     n_adapted = sum(isinstance(m, (CoLALinear, LoRALinear, MoKALinear)) for m in enc.modules())
     assert n_adapted == (0 if method in ("frozen", "full") else 2 * (4 + 6))
     if method not in ("frozen", "full"):  # and the adapters matter once B is non-zero
         _perturb_adapters(enc)
-        assert not torch.allclose(enc(ia, ib).tokens_a, ref_a, atol=1e-4)
+        assert not torch.allclose(enc(_streams(enc, ia, ib)).tokens["vision"], ref_a, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["cola", "moka", "lora"])
@@ -202,11 +221,11 @@ def test_audio_visual_identity_at_init(method):
     ia, ib = _inputs("vit"), _inputs("ast")
     ref_a, ref_b = _reference(a, ia), _reference(b, ib)
     peft = _peft(method, "none", "progressive") | ({"condition_pooling": "cls"} if method == "cola" else {})
-    enc = DualEncoder(a, b, peft=peft, targets_a=TARGETS["vit"], targets_b=TARGETS["ast"], out_splits_a=SPLITS["vit"])
-    out = enc.eval()(ia, ib)
-    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
-    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
-    assert out.num_prefix_b == 2
+    enc = _dual(a, b, peft=peft, targets_a=TARGETS["vit"], targets_b=TARGETS["ast"], out_splits_a=SPLITS["vit"])
+    out = enc.eval()(_streams(enc, ia, ib))
+    torch.testing.assert_close(out.tokens["vision"], ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens[_second(out)], ref_b, rtol=0, atol=TOL)
+    assert out.num_prefix[_second(out)] == 2
 
 
 # --------------------------------------------------------------------------------------------- propagation
@@ -217,15 +236,18 @@ def test_conditions_follow_the_propagation_table(propagation):
     enc = _encoder(_cola(propagation=propagation))
     _perturb_adapters(enc)
     ia, ib = _inputs("vit"), _inputs("bert")
-    cond_a, h1 = _record_conditions(enc.tower_a)
-    cond_b, h2 = _record_conditions(enc.tower_b)
-    states_a, h3 = _record_states(enc.tower_a)
-    states_b, h4 = _record_states(enc.tower_b)
-    out = enc(ia, ib)
+    cond_a, h1 = _record_conditions(enc.towers["vision"])
+    cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
+    states_a, h3 = _record_states(enc.towers["vision"])
+    states_b, h4 = _record_states(enc.towers[enc.streams[1]])
+    out = enc(_streams(enc, ia, ib))
     for h in h1 + h2 + h3 + h4:
         h.remove()
     assert len(cond_a) == 2 * 4 and len(cond_b) == 2 * 6
-    for conds, states, other_mask, prefix in ((cond_a, states_b, out.mask_b, 1), (cond_b, states_a, out.mask_a, 1)):
+    for conds, states, other_mask, prefix in (
+        (cond_a, states_b, out.masks[_second(out)], 1),
+        (cond_b, states_a, out.masks["vision"], 1),
+    ):
         for (i, name), (stage, c) in conds.items():
             kind = TABLE[propagation][stage]
             expected = _masked_mean(states[(i, kind)], other_mask, prefix)
@@ -244,15 +266,15 @@ def test_perturbing_the_other_stream_changes_exactly_the_table_conditions(propag
     enc = _encoder(_cola(propagation=propagation))
     _perturb_adapters(enc)
     ia, ib = _inputs("vit"), _inputs("bert")
-    cond, handles = _record_conditions(enc.tower_a)
-    enc(ia, ib)
+    cond, handles = _record_conditions(enc.towers["vision"])
+    enc(_streams(enc, ia, ib))
     base = dict(cond)
     # ctx: add a delta to b's value projection in block 0 (changes ctx′ and x′_attn, not x′);
     # mlp: add a delta inside b's feed-forward of block 0 (changes only its output x′_out).
-    block_b = enc.tower_b.blocks[0]
+    block_b = enc.towers[enc.streams[1]].blocks[0]
     module = block_b.attention.self.value if where == "ctx" else block_b.intermediate.dense
     handles.append(module.register_forward_hook(lambda mod, args, out: out + 0.5))
-    enc(ia, ib)
+    enc(_streams(enc, ia, ib))
     for h in handles:
         h.remove()
     changed = {(i, stage) for (i, name), (stage, c) in cond.items() if not torch.allclose(c, base[(i, name)][1])}
@@ -269,15 +291,15 @@ def test_masked_pooling_ignores_padding_tokens():
     for pooling, should_change in (("mean", False), ("mean_with_padding", True)):
         enc = _encoder(_cola(condition_pooling=pooling))
         _perturb_adapters(enc)
-        cond, handles = _record_conditions(enc.tower_a)
-        out1 = enc(ia, ib)
+        cond, handles = _record_conditions(enc.towers["vision"])
+        out1 = enc(_streams(enc, ia, ib))
         first = dict(cond)
-        out2 = enc(ia, ib2)
+        out2 = enc(_streams(enc, ia, ib2))
         for h in handles:
             h.remove()
         same = all(torch.allclose(c, first[k][1], atol=1e-6) for k, (_, c) in cond.items())
         assert same != should_change, pooling
-        assert torch.allclose(out1.tokens_a, out2.tokens_a, atol=1e-6) != should_change
+        assert torch.allclose(out1.tokens["vision"], out2.tokens["vision"], atol=1e-6) != should_change
 
 
 def test_pooling_functions():
@@ -294,7 +316,7 @@ def test_pooling_functions():
 
 def test_conditions_are_cleared_after_forward_and_on_error():
     enc = _encoder(_cola())
-    enc(_inputs("vit"), _inputs("bert"))
+    enc(_streams(enc, _inputs("vit"), _inputs("bert")))
     layers = [m for m in enc.modules() if isinstance(m, CoLALinear)]
     assert layers and all(m._condition is None for m in layers)
 
@@ -304,9 +326,9 @@ def test_conditions_are_cleared_after_forward_and_on_error():
         set_mid_forward.append(sum(m._condition is not None for m in layers))
         raise RuntimeError("boom")
 
-    handle = enc.tower_b.blocks[1].intermediate.dense.register_forward_pre_hook(boom)
+    handle = enc.towers[enc.streams[1]].blocks[1].intermediate.dense.register_forward_pre_hook(boom)
     with pytest.raises(RuntimeError, match="boom"):
-        enc(_inputs("vit"), _inputs("bert"))
+        enc(_streams(enc, _inputs("vit"), _inputs("bert")))
     handle.remove()
     assert set_mid_forward[0] > 0
     assert all(m._condition is None for m in layers)
@@ -330,47 +352,49 @@ def _record_contexts(tower: Tower) -> tuple[dict, list]:
 @pytest.mark.parametrize("propagation", PROPAGATIONS)
 def test_moka_vision_queries_text_tokens(propagation):
     enc = _encoder({"method": "moka", "rank": 4, "alpha": 2, "propagation": propagation})
-    assert enc.anchor == "b"
-    a_layers = [m for m in enc.tower_a.modules() if isinstance(m, MoKALinear)]
-    b_layers = [m for m in enc.tower_b.modules() if isinstance(m, MoKALinear)]
+    assert enc.anchor == "text"
+    a_layers = [m for m in enc.towers["vision"].modules() if isinstance(m, MoKALinear)]
+    b_layers = [m for m in enc.towers[enc.streams[1]].modules() if isinstance(m, MoKALinear)]
     assert all(m.context_dim == 32 for m in a_layers) and all(m.context_dim is None for m in b_layers)
     _perturb_adapters(enc)
-    ctx, h1 = _record_contexts(enc.tower_a)
-    states_b, h2 = _record_states(enc.tower_b)
-    out = enc(_inputs("vit"), _inputs("bert"))
+    ctx, h1 = _record_contexts(enc.towers["vision"])
+    states_b, h2 = _record_states(enc.towers[enc.streams[1]])
+    out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
     for h in h1 + h2:
         h.remove()
     assert len(ctx) == 2 * 4
     for (i, _), (stage, y, key_mask) in ctx.items():
         torch.testing.assert_close(y, states_b[(i, TABLE[propagation][stage])], rtol=0, atol=1e-6)
-        assert key_mask.dtype == torch.bool and torch.equal(key_mask, out.mask_b)
+        assert key_mask.dtype == torch.bool and torch.equal(key_mask, out.masks[_second(out)])
 
 
 def test_moka_directions():
     bi = _encoder({"method": "moka", "rank": 4, "alpha": 2, "bidirectional": True})
     assert all(m.context_dim is not None for m in bi.modules() if isinstance(m, MoKALinear))
-    ctx, handles = _record_contexts(bi.tower_b)
-    bi(_inputs("vit"), _inputs("bert"))
+    ctx, handles = _record_contexts(bi.towers[bi.streams[1]])
+    bi(_streams(bi, _inputs("vit"), _inputs("bert")))
     assert len(ctx) == 2 * 6 and all(km is None for _, _, km in ctx.values())  # vision keys: no padding
     av = _encoder({"method": "moka", "rank": 4, "alpha": 2}, b="ast")
     assert av.anchor is None
     assert all(m.context_dim == (32 if i < 8 else 64) for i, m in enumerate(_moka_layers(av)))
-    anchored_a = _encoder({"method": "moka", "rank": 4, "alpha": 2}, anchor="a")
-    assert all(m.context_dim is None for m in anchored_a.tower_a.modules() if isinstance(m, MoKALinear))
+    anchored_a = _encoder({"method": "moka", "rank": 4, "alpha": 2}, anchor="vision")
+    assert all(m.context_dim is None for m in anchored_a.towers["vision"].modules() if isinstance(m, MoKALinear))
     with pytest.raises(ValueError, match="anchor must be one of"):
-        _encoder({"method": "moka"}, anchor="text")
+        _encoder({"method": "moka"}, anchor="audio")
 
 
 def _moka_layers(enc: DualEncoder) -> list[MoKALinear]:
-    return [m for t in (enc.tower_a, enc.tower_b) for m in t.modules() if isinstance(m, MoKALinear)]
+    return [
+        m for t in (enc.towers["vision"], enc.towers[enc.streams[1]]) for m in t.modules() if isinstance(m, MoKALinear)
+    ]
 
 
 # --------------------------------------------------------------------------------------------- gradients
 def test_backward_reaches_exactly_the_trainable_parameters():
     enc = _encoder(_cola()).train()
     _perturb_adapters(enc)
-    out = enc(_inputs("vit"), _inputs("bert"))
-    (out.tokens_a.square().mean() + out.tokens_b.square().mean()).backward()
+    out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
+    (out.tokens["vision"].square().mean() + out.tokens[_second(out)].square().mean()).backward()
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in enc.named_parameters() if p.grad is not None}
     assert trainable == with_grad
@@ -384,9 +408,9 @@ def test_conditions_are_not_detached():
     """A loss on stream a alone reaches stream b's adapters through the conditions b's states produce."""
     enc = _encoder(_cola()).train()
     _perturb_adapters(enc)
-    out = enc(_inputs("vit"), _inputs("bert"))
-    out.tokens_a.square().mean().backward()
-    grad = enc.tower_b.blocks[0].attention.self.query.lora_A.grad
+    out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
+    out.tokens["vision"].square().mean().backward()
+    grad = enc.towers[enc.streams[1]].blocks[0].attention.self.query.lora_A.grad
     assert grad is not None and bool(grad.abs().sum() > 0)
 
 
@@ -404,7 +428,7 @@ def test_conditions_are_not_detached():
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(peft, b, layer_map):
     results = []
     for ckpt in (False, True):
-        enc = DualEncoder(
+        enc = _dual(
             _tower("vit", 4 if layer_map else 2, seed=0),
             _tower(b, 2, seed=1),
             peft=dict(peft),
@@ -416,16 +440,24 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(peft, b, la
         ).train()
         _perturb_adapters(enc)
         recomputed = []
-        handle = enc.tower_a.blocks[-1].attn.qkv.register_forward_pre_hook(lambda m, a, seen=recomputed: seen.append(1))
-        out = enc(_inputs("vit"), _inputs(b), return_layers=[0])
-        (out.tokens_a.square().mean() + out.tokens_b.square().mean() + out.layers_b[0].mean()).backward()
+        handle = (
+            enc.towers["vision"]
+            .blocks[-1]
+            .attn.qkv.register_forward_pre_hook(lambda m, a, seen=recomputed: seen.append(1))
+        )
+        out = enc(_streams(enc, _inputs("vit"), _inputs(b)), return_layers=[0])
+        (
+            out.tokens["vision"].square().mean()
+            + out.tokens[_second(out)].square().mean()
+            + out.layers[_second(out)][0].mean()
+        ).backward()
         handle.remove()
         assert len(recomputed) == (2 if ckpt else 1)  # checkpointed steps run again in backward
         left = [m for m in enc.modules() if getattr(m, "_condition", None) is not None]
         left += [m for m in enc.modules() if isinstance(m, MoKALinear) and m._context is not None]
         assert not left  # no condition of this batch stays referenced after backward
         grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad}
-        results.append((out.tokens_a.detach(), out.tokens_b.detach(), grads))
+        results.append((out.tokens["vision"].detach(), out.tokens[_second(out)].detach(), grads))
     (ta0, tb0, g0), (ta1, tb1, g1) = results
     torch.testing.assert_close(ta1, ta0, rtol=0, atol=1e-6)
     torch.testing.assert_close(tb1, tb0, rtol=0, atol=1e-6)
@@ -438,10 +470,10 @@ def test_gradient_checkpointing_is_off_in_eval_and_without_grad():
     enc = _encoder(_cola(), gradient_checkpointing=True)
     enc.eval()
     with torch.no_grad():
-        ref = enc(_inputs("vit"), _inputs("bert")).tokens_a
+        ref = enc(_streams(enc, _inputs("vit"), _inputs("bert"))).tokens["vision"]
     enc.train()
     with torch.no_grad():  # no autograd graph: nothing to recompute, plain forward
-        torch.testing.assert_close(enc(_inputs("vit"), _inputs("bert")).tokens_a, ref)
+        torch.testing.assert_close(enc(_streams(enc, _inputs("vit"), _inputs("bert"))).tokens["vision"], ref)
     assert "gradient_checkpointing=True" in repr(enc)
 
 
@@ -473,7 +505,7 @@ def test_every_other_layer_map_vision_4_audio_2():
     a, b = _tower("vit", 4, seed=0), _tower("ast", 2, seed=1)
     ia, ib = _inputs("vit"), _inputs("ast")
     ref_a, ref_b = _reference(a, ia), _reference(b, ib)
-    enc = DualEncoder(
+    enc = _dual(
         a,
         b,
         peft=_cola(condition_pooling="cls", layer_map="every_other"),
@@ -482,29 +514,31 @@ def test_every_other_layer_map_vision_4_audio_2():
         out_splits_a=SPLITS["vit"],
     ).eval()
     assert enc.layer_pairs == [(1, 0), (3, 1)]
-    adapted = [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_a.blocks]
+    adapted = [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.towers["vision"].blocks]
     assert adapted == [False, True, False, True]
     # the unpaired vision blocks get plain LoRA at the same rank and alpha (official), nothing else
     for i in (0, 2):
-        layers = [m for m in enc.tower_a.blocks[i].modules() if isinstance(m, (LoRALinear, CoLALinear, MoKALinear))]
+        layers = [
+            m for m in enc.towers["vision"].blocks[i].modules() if isinstance(m, (LoRALinear, CoLALinear, MoKALinear))
+        ]
         assert len(layers) == 4 and all(type(m) is LoRALinear for m in layers)
         assert all(m.config.rank == 4 and m.config.alpha == 2 for m in layers)
-    assert all(any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.tower_b.blocks)
-    out = enc(ia, ib)
-    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
-    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+    assert all(any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in enc.towers[enc.streams[1]].blocks)
+    out = enc(_streams(enc, ia, ib))
+    torch.testing.assert_close(out.tokens["vision"], ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens[_second(out)], ref_b, rtol=0, atol=TOL)
     # Wiring: vision block 2k+1 and audio block k exchange their block inputs at the qkv stage.
     _perturb_adapters(enc)
-    cond_a, h1 = _record_conditions(enc.tower_a)
-    cond_b, h2 = _record_conditions(enc.tower_b)
-    out = enc(ia, ib, return_layers=[0, 2], return_layers_b=[0])
+    cond_a, h1 = _record_conditions(enc.towers["vision"])
+    cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
+    out = enc(_streams(enc, ia, ib), return_layers={"vision": [0, 2], "audio": [0]})
     for h in h1 + h2:
         h.remove()
-    audio_in = enc.tower_b.embed(ib)[0]
+    audio_in = enc.towers[enc.streams[1]].embed(ib)[0]
     torch.testing.assert_close(cond_a[(1, "attn.qkv")][1], audio_in[:, 0])  # cls pooling
-    torch.testing.assert_close(cond_a[(3, "attn.qkv")][1], out.layers_b[0][:, 0])
-    torch.testing.assert_close(cond_b[(0, "attention.q_proj")][1], out.layers_a[0][:, 0])
-    torch.testing.assert_close(cond_b[(1, "attention.q_proj")][1], out.layers_a[1][:, 0])
+    torch.testing.assert_close(cond_a[(3, "attn.qkv")][1], out.layers[_second(out)][0][:, 0])
+    torch.testing.assert_close(cond_b[(0, "attention.q_proj")][1], out.layers["vision"][0][:, 0])
+    torch.testing.assert_close(cond_b[(1, "attention.q_proj")][1], out.layers["vision"][1][:, 0])
     assert {i for i, _ in cond_a} == {1, 3}
 
 
@@ -526,12 +560,12 @@ def test_explicit_layer_map_runs_unpaired_blocks_in_order():
     a, b = _tower("vit", 4, seed=0), _tower("bert", 2, seed=1)
     ia, ib = _inputs("vit"), _inputs("bert")
     ref_a, ref_b = _reference(a, ia), _reference(b, ib)
-    enc = DualEncoder(
+    enc = _dual(
         a, b, peft=_cola(), targets_a=TARGETS["vit"], targets_b=TARGETS["bert"], layer_map=[[0, 0], [2, 1]]
     ).eval()
-    out = enc(ia, ib)
-    torch.testing.assert_close(out.tokens_a, ref_a, rtol=0, atol=TOL)
-    torch.testing.assert_close(out.tokens_b, ref_b, rtol=0, atol=TOL)
+    out = enc(_streams(enc, ia, ib))
+    torch.testing.assert_close(out.tokens["vision"], ref_a, rtol=0, atol=TOL)
+    torch.testing.assert_close(out.tokens[_second(out)], ref_b, rtol=0, atol=TOL)
 
 
 def test_depth_mismatch_without_layer_map_names_both_depths():
@@ -543,11 +577,11 @@ def test_layers_selects_adapted_pairs():
     enc = _encoder(_cola(layers=[1]))
     ia, ib = _inputs("vit"), _inputs("bert")
     assert enc.adapted_pairs == [1]
-    for tower in (enc.tower_a, enc.tower_b):
+    for tower in (enc.towers["vision"], enc.towers[enc.streams[1]]):
         assert [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in tower.blocks] == [False, True]
     _perturb_adapters(enc)
-    cond, handles = _record_conditions(enc.tower_a)
-    enc(ia, ib)
+    cond, handles = _record_conditions(enc.towers["vision"])
+    enc(_streams(enc, ia, ib))
     assert {i for i, _ in cond} == {1}
     assert _encoder(_cola(), layers=[-1]).adapted_pairs == [1]  # the argument wins over peft["layers"]
     with pytest.raises(ValueError, match="peft.layers entries"):
@@ -556,14 +590,16 @@ def test_layers_selects_adapted_pairs():
 
 def test_return_layers_shapes():
     enc = _encoder(_cola())
-    out = enc(_inputs("vit", batch=2), _inputs("bert", batch=2), return_layers=[0, -1])
-    assert [t.shape for t in out.layers_a] == [(2, 5, 64), (2, 5, 64)]
-    assert [t.shape for t in out.layers_b] == [(2, 7, 32), (2, 7, 32)]
-    torch.testing.assert_close(enc.tower_a.finalize(out.layers_a[-1]), out.tokens_a)  # raw block outputs
-    torch.testing.assert_close(out.layers_b[-1], out.tokens_b)  # BERT has no final norm
-    assert enc(_inputs("vit"), _inputs("bert")).layers_a is None
-    with pytest.raises(ValueError, match="return_layers entries"):
-        enc(_inputs("vit"), _inputs("bert"), return_layers=[2])
+    out = enc(_streams(enc, _inputs("vit", batch=2), _inputs("bert", batch=2)), return_layers=[0, -1])
+    assert [t.shape for t in out.layers["vision"]] == [(2, 5, 64), (2, 5, 64)]
+    assert [t.shape for t in out.layers[_second(out)]] == [(2, 7, 32), (2, 7, 32)]
+    torch.testing.assert_close(
+        enc.towers["vision"].finalize(out.layers["vision"][-1]), out.tokens["vision"]
+    )  # raw block outputs
+    torch.testing.assert_close(out.layers[_second(out)][-1], out.tokens[_second(out)])  # BERT has no final norm
+    assert enc(_streams(enc, _inputs("vit"), _inputs("bert"))).layers == {}
+    with pytest.raises(ValueError, match=r"return_layers\[.vision.\] entries"):
+        enc(_streams(enc, _inputs("vit"), _inputs("bert")), return_layers=[2])
 
 
 def test_peft_dict_errors():
@@ -574,13 +610,13 @@ def test_peft_dict_errors():
     with pytest.raises(ValueError, match="propagation must be one of"):
         _encoder(_cola(propagation="progresive"))
     with pytest.raises(ValueError, match="matches no nn.Linear"):
-        DualEncoder(_tower("vit"), _tower("bert"), peft=_cola(), targets_a=["attn.qkvv"], targets_b=TARGETS["bert"])
+        _dual(_tower("vit"), _tower("bert"), peft=_cola(), targets_a=["attn.qkvv"], targets_b=TARGETS["bert"])
 
 
 # --------------------------------------------------------------------------------------------- official settings
 def test_every_other_counts_and_lora_adapts_every_block():
     def enc(peft):
-        return DualEncoder(
+        return _dual(
             _tower("vit", 4, seed=0),
             _tower("ast", 2, seed=1),
             peft={**peft, "layer_map": "every_other"},
@@ -590,10 +626,12 @@ def test_every_other_counts_and_lora_adapts_every_block():
         )
 
     lora = enc({"method": "lora", "rank": 4, "alpha": 2})
-    assert all(any(isinstance(m, LoRALinear) for m in blk.modules()) for blk in lora.tower_a.blocks)
+    assert all(any(isinstance(m, LoRALinear) for m in blk.modules()) for blk in lora.towers["vision"].blocks)
     cola = enc(_cola(condition_pooling="cls"))
-    lone = sum(r.params_added for r in (lora.report.a,)) // 2  # LoRA params of 2 of the 4 vision blocks
-    counted = {n for n, m in cola.tower_a.model.named_modules() if isinstance(m, LoRALinear) and type(m) is LoRALinear}
+    lone = sum(r.params_added for r in (lora.report.towers["vision"],)) // 2  # LoRA params of 2 of the 4 vision blocks
+    counted = {
+        n for n, m in cola.towers["vision"].model.named_modules() if isinstance(m, LoRALinear) and type(m) is LoRALinear
+    }
     assert len(counted) == 8  # 2 unpaired blocks x 4 targets
     matched = enc({**_cola(condition_pooling="cls"), "method": "lora_param_matched"})
     # the CoLA count it matches includes the unpaired blocks' LoRA
@@ -607,25 +645,27 @@ def test_per_stream_reduction_and_pooling():
     enc = _encoder(
         _cola(reduction={"vision": 4, "audio": 2}, condition_pooling={"vision": "mean", "audio": "cls"}), b="ast"
     )
-    for m in enc.tower_a.model.modules():
+    for m in enc.towers["vision"].model.modules():
         if isinstance(m, CoLALinear):
             nets = m.cola_hypernet if isinstance(m.cola_hypernet, nn.ModuleList) else [m.cola_hypernet]
             assert all(n.fc1.in_features == 32 and n.fc1.out_features == 8 for n in nets)
-    for m in enc.tower_b.model.modules():
+    for m in enc.towers[enc.streams[1]].model.modules():
         if isinstance(m, CoLALinear):
             assert m.cola_hypernet.fc1.in_features == 64 and m.cola_hypernet.fc1.out_features == 32
     _perturb_adapters(enc)
     ia, ib = _inputs("vit"), _inputs("ast")
-    cond_a, h1 = _record_conditions(enc.tower_a)
-    cond_b, h2 = _record_conditions(enc.tower_b)
-    enc(ia, ib)
+    cond_a, h1 = _record_conditions(enc.towers["vision"])
+    cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
+    enc(_streams(enc, ia, ib))
     for h in h1 + h2:
         h.remove()
-    xa, mask_a = enc.tower_a.embed(ia)
-    xb, _ = enc.tower_b.embed(ib)
+    xa, mask_a = enc.towers["vision"].embed(ia)
+    xb, _ = enc.towers[enc.streams[1]].embed(ib)
     # block 0: the audio qkv condition is the vision mean (prefix excluded), the vision qkv condition the audio CLS;
     # a CLS condition would be the same for every sample at block 0, a mean is not
-    torch.testing.assert_close(cond_b[(0, "attention.q_proj")][1], _masked_mean(xa, mask_a, enc.num_prefix_a))
+    torch.testing.assert_close(
+        cond_b[(0, "attention.q_proj")][1], _masked_mean(xa, mask_a, enc.towers["vision"].num_prefix_tokens)
+    )
     torch.testing.assert_close(cond_a[(0, "attn.qkv")][1], xb[:, 0])
     assert not torch.allclose(cond_b[(0, "attention.q_proj")][1][0], cond_b[(0, "attention.q_proj")][1][1])
 
@@ -653,15 +693,38 @@ def test_shuffled_control_takes_the_condition_of_another_video():
     def hook(mod, args):
         seen["c"] = mod._effective_condition(mod._condition).detach().clone()
 
-    layer = shuffled.tower_b.blocks[0].get_submodule("attention.q_proj")
+    layer = shuffled.towers[shuffled.streams[1]].blocks[0].get_submodule("attention.q_proj")
     handle = layer.register_forward_pre_hook(hook)
-    shuffled(ia, ib, rows_per_sample=T)
+    shuffled(_streams(shuffled, ia, ib), rows_per_sample=T)
     handle.remove()
-    xa, mask_a = shuffled.tower_a.embed(ia)
-    xa = _masked_mean(xa, mask_a, shuffled.num_prefix_a)  # vision mean per row at block 0
+    xa, mask_a = shuffled.towers["vision"].embed(ia)
+    xa = _masked_mean(xa, mask_a, shuffled.towers["vision"].num_prefix_tokens)  # vision mean per row at block 0
     torch.testing.assert_close(seen["c"], torch.roll(xa, -T, 0))
     for i in range(T * videos):  # never a row of the same video
         j = next(k for k in range(T * videos) if torch.equal(seen["c"][i], xa[k]))
         assert j // T != i // T
     with pytest.raises(ValueError, match="needs a batch of >= 2 samples"):
-        shuffled(_inputs("vit", batch=T), _inputs("ast", batch=T), rows_per_sample=T)
+        shuffled(_streams(shuffled, _inputs("vit", batch=T), _inputs("ast", batch=T)), rows_per_sample=T)
+
+
+def test_state_dicts_with_letter_named_towers_still_load():
+    """Checkpoints and adapter files written when the towers were ``tower_a`` / ``tower_b`` load into the
+    stream-named encoder (``towers.vision`` / ``towers.text``)."""
+    from cola.peft import adapter_state_dict, load_adapter_state_dict
+
+    src = _encoder(_cola())
+    _perturb_adapters(src)
+    new = src.state_dict()
+    old = {k.replace("towers.vision.", "tower_a.").replace("towers.text.", "tower_b."): v for k, v in new.items()}
+    assert any(k.startswith("tower_a.") for k in old) and not any(k.startswith("towers.") for k in old)
+    dst = _encoder(_cola())
+    dst.load_state_dict(old)  # the pre-hook renames
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in new.items())
+    wrapper = nn.Module()
+    wrapper.encoder = _encoder(_cola())
+    adapters = {f"encoder.{k}": v for k, v in adapter_state_dict(src).items()}
+    old_adapters = {
+        k.replace("towers.vision.", "tower_a.").replace("towers.text.", "tower_b."): v for k, v in adapters.items()
+    }
+    load_adapter_state_dict(wrapper, old_adapters)
+    assert all(torch.equal(v, wrapper.state_dict()[k]) for k, v in adapters.items())

@@ -141,8 +141,8 @@ def test_conv_mask_head_is_the_python_default():
 )
 def test_config_plumbs_mask_head_from_the_model(model, expected):
     cfg = compose_cfg(["task=refcoco", f"model={model}"], tiny=False)
-    assert cfg.model.grounding_head.mask_head == expected
-    assert cfg.task.module.mask_head == expected  # ${model.grounding_head.mask_head}
+    assert cfg.task.preset.mask_head == expected  # task.presets row of model.name (official for dinov2_ast)
+    assert cfg.task.module.mask_head == expected  # ${task.preset.mask_head}
 
 
 def test_tiny_default_still_builds_the_conv_head():

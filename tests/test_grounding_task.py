@@ -131,15 +131,6 @@ def test_head_rejects_bad_width():
 
 
 # ----------------------------------------------------------------------------------------------- task
-VIT_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
-BERT_TARGETS = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-]
 VOCAB = 30522  # the MiniLM tokenizer's (BERT uncased) vocabulary, used by the datamodule tests
 IMAGE = 56
 PEFT = {
@@ -151,7 +142,7 @@ PEFT = {
 
 
 def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2", seed: int = 0, **task_kwargs):
-    from cola.models import DualEncoder, build_tower
+    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
     from cola.tasks.grounding import GroundingTask
 
     torch.manual_seed(seed)
@@ -160,7 +151,10 @@ def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2
     text = build_tower(family="bert", tiny=tiny_bert)
     peft = dict(PEFT[method])
     encoder = DualEncoder(
-        vision, text, peft=peft, targets_a=VIT_TARGETS, targets_b=BERT_TARGETS, out_splits_a={"attn.qkv": 3}
+        {"vision": vision, "text": text},
+        peft=peft,
+        targets={"vision": family_targets("vit"), "text": family_targets("bert")},
+        out_splits={"vision": family_out_splits("vit")},
     )
     kwargs = dict(image_size=IMAGE, d_fusion=32, fusion_layers=1, d_ff=64, fusion_heads=4, dropout=0.0)
     kwargs.update(task_kwargs)
@@ -235,11 +229,11 @@ def test_gradients_reach_heads_and_adapters_only():
     named = dict(task.named_parameters())
     trainable = {n for n, p in named.items() if p.requires_grad}
     assert all(is_adapter_param(n) for n in trainable if n.startswith("encoder."))
-    assert any(n.startswith("encoder.tower_a.") for n in trainable)
-    assert any(n.startswith("encoder.tower_b.") for n in trainable)
+    assert any(n.startswith("encoder.towers.vision.") for n in trainable)
+    assert any(n.startswith("encoder.towers.text.") for n in trainable)
     assert all(named[n].grad is None for n in named if n not in trainable)  # towers stay untouched
     assert all(named[n].grad is not None for n in trainable), [n for n in trainable if named[n].grad is None]
-    for prefix in ("head.", "encoder.tower_a.", "encoder.tower_b."):
+    for prefix in ("head.", "encoder.towers.vision.", "encoder.towers.text."):
         total = sum(named[n].grad.abs().sum() for n in trainable if n.startswith(prefix))
         assert total > 0, f"no gradient reaches {prefix}"
 
@@ -375,9 +369,9 @@ def test_grid_size_from_timm_patch_size_or_token_count():
     timm_encoder = make_task("frozen").encoder
     assert vision_grid_size(timm_encoder, 112) == 8
     encoder = torch.nn.Module()
-    encoder.tower_a = _FakeTower(patch=16)
+    encoder.towers = {"vision": _FakeTower(patch=16)}
     assert vision_grid_size(encoder, 64) == 4
-    encoder.tower_a = _FakeTower(patch=7)
+    encoder.towers = {"vision": _FakeTower(patch=7)}
     with pytest.raises(ValueError, match="square"):
         vision_grid_size(encoder, 56)
 
@@ -387,7 +381,7 @@ def test_towers_train_in_train_mode_however_they_were_loaded(datamodule, tmp_pat
     import lightning as L
 
     task = make_task("lora", val_split="val", test_splits=datamodule.test_splits)
-    task.encoder.tower_b.eval()  # as transformers' from_pretrained leaves a loaded BERT
+    task.encoder.towers["text"].eval()  # as transformers' from_pretrained leaves a loaded BERT
     seen = []
 
     class Probe(L.Callback):

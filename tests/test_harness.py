@@ -151,39 +151,37 @@ def test_crash_while_writing_text_keeps_the_previous_file(tmp_path, monkeypatch)
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import torch
 
-    from cola import io
+    from cola.callbacks import checkpoints
 
     target = tmp_path / "last.ckpt"
-    io.AtomicCheckpointIO().save_checkpoint({"global_step": 3}, target)
+    checkpoints.AtomicCheckpointIO().save_checkpoint({"global_step": 3}, target)
 
     def half_save(obj, f):
         f.write(b"PK\x03\x04 half a zip")
         raise RuntimeError("killed while saving")
 
-    monkeypatch.setattr(io.torch, "save", half_save)
+    monkeypatch.setattr(checkpoints.torch, "save", half_save)
     with pytest.raises(RuntimeError, match="killed while saving"):
-        io.AtomicCheckpointIO().save_checkpoint({"global_step": 4}, target)
+        checkpoints.AtomicCheckpointIO().save_checkpoint({"global_step": 4}, target)
     monkeypatch.undo()
     assert torch.load(target, weights_only=True) == {"global_step": 3} and not _leftovers(tmp_path)
 
 
 def test_crash_while_writing_the_adapter_file_keeps_the_previous_one(tmp_path, monkeypatch):
-    import safetensors.torch
     import torch
     from torch import nn
 
-    from cola.peft import LoRAConfig, inject_adapters, read_adapters, save_adapters
+    from cola.peft import LoRAConfig, inject_adapters, read_adapters, save_adapters, state
 
     model = nn.Sequential(nn.Linear(4, 4))
     inject_adapters(model, LoRAConfig(rank=2, alpha=2), ["0"])
     target = save_adapters(tmp_path / "adapter.safetensors", model, config={"method": "lora"})
     before = read_adapters(target)[0]
 
-    def half_save(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\x08\x00 half")
+    def half_written(fd):
         raise RuntimeError("killed while saving")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", half_save)
+    monkeypatch.setattr(state.os, "fsync", half_written)  # the new content is half-way to disk when the crash comes
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "lora_" in n).add_(1.0)
     with pytest.raises(RuntimeError, match="killed while saving"):
@@ -249,7 +247,9 @@ def test_wandb_offline_run_and_resume_keep_one_run_id(synthetic_refcoco, tmp_pat
         assert text.encode() in record, text
     assert "val/acc@0.5" in metrics
     # the run folder's id is reused by the loggers of a resumed run
-    wb = [lg for lg in harness.build_loggers(cfg, run_dir) if type(lg).__name__ == "WandbLogger"]
+    from lightning.pytorch.loggers import WandbLogger
+
+    wb = [lg for lg in harness.instantiate_loggers(cfg) if isinstance(lg, WandbLogger)]
     assert wb and wb[0]._wandb_init["id"] == run_id and wb[0]._wandb_init["resume"] == "allow"
 
 
@@ -265,13 +265,13 @@ def test_monitor_mask_reports_mask_metrics_from_the_best_mask_checkpoint(synthet
     )
     cfg = fast_cfg(synthetic_refcoco, run, *overrides)
     tested = []
-    real_test = harness.__dict__.get("_flat_metrics")
+    real_test = harness.__dict__.get("flat_metrics")
 
     def spy(results):
         tested.append(results)
         return real_test(results)
 
-    monkeypatch.setattr(harness, "_flat_metrics", spy)
+    monkeypatch.setattr(harness, "flat_metrics", spy)
     metrics = harness.train(cfg, run)
     assert (run / "checkpoints" / "best_mask.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     box_run, mask_run = tested[0], tested[1]  # validate + test with best.ckpt, then with best_mask.ckpt
@@ -280,3 +280,29 @@ def test_monitor_mask_reports_mask_metrics_from_the_best_mask_checkpoint(synthet
     assert metrics["val/acc@0.5"] == pytest.approx(val_box["val/acc@0.5"])
     assert metrics["val/miou"] == pytest.approx(val_mask["val/miou"])
     assert metrics["testA/oiou"] == pytest.approx(next(r for r in mask_run if "testA/oiou" in r)["testA/oiou"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ((), ["best", "SaveOnSigterm", "LearningRateMonitor", "LambdaLogger", "ResumeState", "NonFiniteGuard"]),
+        (
+            ("task.monitor_mask=val/miou", "callbacks.model_checkpoint.every_n_train_steps=3", "logger=none"),
+            ["best", "SaveOnSigterm", "best_mask", "periodic", "LambdaLogger", "ResumeState", "NonFiniteGuard"],
+        ),
+        (
+            ("callbacks.early_stopping.patience=2", "analysis.probes=true", "callbacks.lambda_logger=null"),
+            ["best", "SaveOnSigterm", "EarlyStopping", "LearningRateMonitor", "InterferenceProbe", "ResumeState"],
+        ),
+    ],
+)
+def test_callbacks_group_instantiates_the_enabled_entries_in_order(overrides, expected, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = fast_cfg(tmp_path, tmp_path, *overrides)
+    cfg.paths.run_dir = str(tmp_path)
+    callbacks = harness.instantiate_callbacks(cfg)
+    names = [cb.filename or "periodic" if isinstance(cb, ModelCheckpoint) else type(cb).__name__ for cb in callbacks]
+    assert names[: len(expected)] == expected
+    best = callbacks[0]
+    assert best.dirpath == str(tmp_path / "checkpoints") and best.monitor == "val/acc@0.5" and best.save_last

@@ -16,6 +16,7 @@ from cola.models import (
     build_bert,
     build_tower,
     build_vit,
+    family_targets,
     minilm_path,
     resize_ast_position_embeddings,
 )
@@ -191,6 +192,7 @@ def test_stage_of_every_linear_of_a_block(family, expected):
     linears = {n for n, m in tower.blocks[0].named_modules() if isinstance(m, nn.Linear)}
     assert linears == set(expected)  # the installed libraries' module names (docs/method.md#targets)
     assert {n: tower.stage_of(n) for n in linears} == expected
+    assert family_targets(family) == list(expected)  # the family's default targets: every linear, paper order
     assert tower.stage_of(next(iter(expected)) + ".base_layer") == expected[next(iter(expected))]
     with pytest.raises(ValueError, match="belongs to no stage"):
         tower.stage_of("pooler.dense")
@@ -326,3 +328,16 @@ def test_ast_position_resize_crop_and_errors(tmp_path):
         resize_ast_position_embeddings(src, 100, mode="nearest")
     with pytest.raises(ValueError, match="does not match the checkpoint"):
         build_ast(name_or_path=str(tmp_path), num_mel_bins=64)
+
+
+def test_family_targets_select_by_stage():
+    from cola.models import family_out_splits
+
+    assert family_targets("vit") == ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+    assert family_targets("bert", ["proj"]) == ["attention.output.dense"]
+    assert family_targets("ast", "mlp") == ["mlp.fc1", "mlp.fc2"]  # one stage given as a string
+    assert family_out_splits("vit") == {"attn.qkv": 3} and family_out_splits("bert") == {}
+    with pytest.raises(ValueError, match=r"family must be one of \['ast', 'bert', 'vit'\], got 'swin'"):
+        family_targets("swin")
+    with pytest.raises(ValueError, match=r"model.target_stages must be a subset of .*got \['ffn'\]"):
+        family_targets("vit", ["ffn"])

@@ -1,28 +1,56 @@
-"""Optimiser and schedule options of the task base class (docs/official_settings.md#settings: AdamW / Adam, poly per
-epoch, no warm-up)."""
+"""Optimiser and schedule: the ``optim`` partials the task fills (cola/optim.py; docs/official_settings.md#settings:
+AdamW / Adam, poly per epoch, no warm-up)."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from cola.harness import build_module
+from cola.optim import lr_factor, warmup_schedule
+from tests.conftest import compose_cfg
 from tests.test_grounding_task import make_task
 
+TRAINER = SimpleNamespace(max_epochs=150, estimated_stepping_batches=1000)  # what configure_optimizers reads
 
-def _optimizers(**optim):
-    task = make_task("cola", **optim)
-    task._trainer = SimpleNamespace(max_epochs=150, estimated_stepping_batches=1000)  # what configure_optimizers reads
+
+def _configured(task):
+    task._trainer = TRAINER
     conf = task.configure_optimizers()
     return task, conf["optimizer"], conf["lr_scheduler"]
 
 
+def _from_config(*overrides: str):
+    """The optimiser and schedule ``train.py`` builds from ``optim.*`` overrides (through the harness)."""
+    cfg = compose_cfg([f"optim.{o}" for o in overrides])
+    splits = SimpleNamespace(val_split="val", test_splits=["test"])
+    return _configured(build_module(cfg, make_task("cola").encoder, splits))
+
+
+def _old_lr_factor(step, total, *, schedule, warmup_ratio, poly_power, min_lr_ratio):
+    """The schedule as the task base class computed it before the partials (the reference the runs were made with)."""
+    warmup = max(1, int(warmup_ratio * total)) if warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return (1 - progress) ** poly_power
+    return 1.0
+
+
 def test_official_grounding_poly_per_epoch_without_warmup():
-    task, opt, sched = _optimizers(
-        optimizer="adamw", weight_decay=1e-4, decay_1d=True, schedule="poly", schedule_interval="epoch", warmup_ratio=0
-    )
+    task, opt, sched = _from_config(
+        "optimizer=adamw", "weight_decay=1e-4", "decay_1d=true", "schedule=poly", "schedule_interval=epoch",
+        "warmup_ratio=0",
+    )  # fmt: skip
     assert type(opt) is torch.optim.AdamW and sched["interval"] == "epoch"
+    assert all(g["fused"] for g in opt.param_groups) and opt.defaults["betas"] == (0.9, 0.999)
     # one weight decay for every trainable parameter, as the official param groups
     assert {g["weight_decay"] for g in opt.param_groups} == {1e-4}
     lam = sched["scheduler"].lr_lambdas[0]
@@ -31,24 +59,54 @@ def test_official_grounding_poly_per_epoch_without_warmup():
 
 
 def test_official_av_adam_constant_no_decay():
-    _, opt, sched = _optimizers(optimizer="adam", weight_decay=0.0, schedule="constant", warmup_ratio=0.0)
+    _, opt, sched = _from_config("optimizer=adam", "weight_decay=0.0", "schedule=constant", "warmup_ratio=0.0")
     assert type(opt) is torch.optim.Adam and sched["interval"] == "step"
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0}
     assert all(sched["scheduler"].lr_lambdas[0](i) == 1.0 for i in (0, 10, 999))
 
 
-def test_demo_defaults_exempt_1d_parameters_from_decay():
-    task, opt, _ = _optimizers(weight_decay=0.01)
-    decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
-    assert decays["adapters"] == 0.01 and decays["adapters_no_wd"] == 0.0
+def test_demo_defaults_groups_and_fused_as_before():
+    task, opt, sched = _from_config("weight_decay=0.01", "lr_adapters=1e-3", "lr_heads=2e-3")
+    assert type(opt) is torch.optim.AdamW and all(g["fused"] for g in opt.param_groups)
+    groups = {g["name"]: (g["initial_lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups}
+    assert list(groups) == ["adapters", "adapters_no_wd", "heads", "heads_no_wd"]
+    assert [g[:2] for g in groups.values()] == [(1e-3, 0.01), (1e-3, 0.0), (2e-3, 0.01), (2e-3, 0.0)]
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    assert sum(n for *_, n in groups.values()) == len(trainable)
     lambdas = [p for n, p in task.named_parameters() if n.endswith("cola_lambda")]
     no_wd = next(g for g in opt.param_groups if g["name"] == "adapters_no_wd")["params"]
     assert lambdas and all(any(p is q for q in no_wd) for p in lambdas)
 
 
+def test_task_defaults_match_the_config_defaults():
+    _, opt, sched = _configured(make_task("cola"))
+    _, opt_cfg, sched_cfg = _from_config()
+    assert type(opt) is type(opt_cfg) and opt.defaults["betas"] == opt_cfg.defaults["betas"]
+    a, b = sched["scheduler"].lr_lambdas[0], sched_cfg["scheduler"].lr_lambdas[0]
+    assert [a(i) for i in range(0, 1000, 7)] == [b(i) for i in range(0, 1000, 7)]
+
+
+@pytest.mark.parametrize(
+    "schedule,warmup_ratio,total", list(itertools.product(("cosine", "poly", "constant"), (0.0, 0.05, 0.3), (7, 150)))
+)
+def test_lr_per_step_equals_the_old_formula(schedule, warmup_ratio, total):
+    shape = dict(schedule=schedule, warmup_ratio=warmup_ratio, poly_power=2.0, min_lr_ratio=0.1)
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    opt = torch.optim.AdamW([{"params": params[:1], "lr": 1e-3}, {"params": params[1:], "lr": 3e-4}])
+    sched = warmup_schedule(opt, total=total, **shape)
+    for step in range(total + 2):  # the same values per step (or epoch) as before, bit for bit
+        old = _old_lr_factor(step, total, **shape)
+        assert lr_factor(step, total, **shape) == old
+        assert [g["lr"] for g in opt.param_groups] == [1e-3 * old, 3e-4 * old]
+        opt.step()
+        sched.step()
+
+
 def test_bad_optimiser_options_name_the_key():
     with pytest.raises(ValueError, match=r"optim.optimizer must be one of \['adamw', 'adam'\], got 'sgd'"):
-        make_task("cola", optimizer="sgd")
+        _from_config("optimizer=sgd")
+    with pytest.raises(ValueError, match=r"optim.schedule must be one of \['cosine', 'poly', 'constant'\], got 'lin'"):
+        _from_config("schedule=lin")
     with pytest.raises(ValueError, match=r"optim.schedule_interval must be one of \['step', 'epoch'\], got 'batch'"):
         make_task("cola", schedule_interval="batch")
     task = make_task("cola", schedule_interval="epoch")

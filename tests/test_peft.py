@@ -585,3 +585,63 @@ def test_shuffled_groups_take_the_next_sample():
     layer.set_condition(c, group=4)
     with pytest.raises(ValueError, match="6 rows in groups of 4"):
         layer(torch.randn(6, 2, D_IN))
+
+
+# ----------------------------------------------------------------------------------------- the method registry
+def _method_layer(name: str, seed: int = 0) -> nn.Module:
+    """One layer of a registered method on a (D_IN -> 3 * D_OUT) fused base, its exchange input handed over."""
+    from cola.peft import METHODS
+
+    m = METHODS[name]
+    config = m.config(rank=R, alpha=2.0, dropout=0.0) if m.config is not LoRAConfig else LoRAConfig(rank=R)
+    if m.derive is not None:  # a factory: the config it derives for these shapes
+        config = m.derive(config, [(config, D_IN, 3 * D_OUT, D_C, 3)]).config
+    torch.manual_seed(seed)
+    layer = m.layer.build(_base(D_IN, 3 * D_OUT), config, context_dim=D_C, out_splits=3)
+    if m.exchange == "condition":
+        layer.set_condition(torch.randn(2, D_C))
+    elif m.exchange == "tokens":
+        layer.set_context(torch.randn(2, 5, D_C))
+    return layer
+
+
+ADAPTING = [n for n in ("cola", "lora", "lora_param_matched", "moka")]
+
+
+def test_registry_lists_every_method_and_names_the_choices():
+    from cola.peft import METHODS, build_peft, get_method
+
+    assert list(METHODS) == ["cola", "lora", "lora_param_matched", "moka", "frozen", "full"]
+    assert set(ADAPTING) == {n for n, m in METHODS.items() if m.injects}
+    with pytest.raises(ValueError, match=r"peft.method must be one of \['cola'.*got 'dora'"):
+        get_method("dora")
+    spec = build_peft(method="lora_param_matched", rank=4, alpha=2, split_fused=False, layers=[0])
+    assert spec.config.split_fused is False and spec.layers == [0]
+    assert build_peft(method="full").config is None and METHODS["full"].trains_towers
+
+
+@pytest.mark.parametrize("name", ADAPTING)
+def test_every_method_is_the_base_layer_at_init_and_merges_exactly(name):
+    from cola.peft import METHODS
+
+    layer = _method_layer(name)
+    x = torch.randn(2, 5, D_IN)
+    torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=1e-6)  # zero-init = frozen model
+    _perturb(layer)
+    before = layer(x)
+    assert layer.mergeable == METHODS[name].merges
+    if layer.mergeable:
+        layer.merge()
+        torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+        layer.unmerge()
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ADAPTING)
+def test_every_method_trains_exactly_its_adapter_parameters(name):
+    model = nn.Sequential(_method_layer(name))
+    mark_only_adapters_trainable(model)
+    _perturb(model[0])
+    model(torch.randn(2, 5, D_IN)).square().sum().backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad == (not n.startswith("0.base_layer.")), n

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from cola import harness
+from cola.callbacks.resume import rng_states, set_rng_states
 from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, rewind_in_flight_batch
-from cola.tasks.base import DualStreamTask, rng_states, set_rng_states
+from cola.tasks.base import DualStreamTask
 from cola.validation import SetupError
 from tests.conftest import REPO
 from tests.test_harness import cli_args, fast_cfg
@@ -169,7 +170,9 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_metrics(
     assert ckpt_step(last) == resume_step  # mid-epoch: 5 batches per epoch
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert "cola_rng_states" in state and state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert not any(k.startswith("encoder.tower_a.model.blocks.0.attn.qkv.base_layer") for k in state["state_dict"])
+    assert not any(
+        k.startswith("encoder.towers.vision.model.blocks.0.attn.qkv.base_layer") for k in state["state_dict"]
+    )
     caplog.set_level(logging.INFO, logger="cola")
     resumed = harness.train(fast_cfg(synthetic_refcoco, tmp_path, *RESUME_RUN, "ckpt_path=last"), tmp_path)
     assert without_time(resumed) == pytest.approx(without_time(uninterrupted), abs=1e-6)

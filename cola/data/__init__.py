@@ -3,6 +3,7 @@
 from cola.data.audio import AudioReadError, audio_clip_features, kaldi_fbank, load_audio
 from cola.data.ave import AVE_CATEGORIES, NUM_CLASSES, AVEDataModule, AVEDataset, parse_annotations, segment_labels
 from cola.data.avs import AVSDataModule, AVSDataset
+from cola.data.base import CoLADataModule
 from cola.data.refcoco import RefCOCODataModule, RefCOCODataset, collate_grounding
 from cola.data.transforms import GroundingTransform, boxes_to_original, masks_to_original, swap_left_right
 
@@ -14,6 +15,7 @@ __all__ = [
     "AVSDataModule",
     "AVSDataset",
     "AudioReadError",
+    "CoLADataModule",
     "GroundingTransform",
     "RefCOCODataModule",
     "RefCOCODataset",

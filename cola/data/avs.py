@@ -31,34 +31,39 @@ import csv
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
-from cola.data.audio import (
-    audio_clip_features,
-    check_audio_input,
-    check_audio_setting,
-    load_audio,
-    resolve_windows,
-)
-from cola.data.splits import SplitDataModule
+from cola.data.av import SELECT_ON, SPLITS, AVDataModule, AVDataset, collate_samples, to_chw
+from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_binary_mask
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NUM_FRAMES",
+    "SELECT_ON",
+    "SPLITS",
+    "SUBSETS",
+    "AVSClip",
+    "AVSDataModule",
+    "AVSDataset",
+    "clip_paths",
+    "collate_avs",
+    "index_clips",
+    "read_meta_csv",
+    "subset_paths",
+]
+
 SUBSETS = ("s4", "ms3")
-SPLITS = ("train", "val", "test")
-SELECT_ON = ("val", "test")
 NUM_FRAMES = 5
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # the csv columns we read, by header name (S4 also has a start-time column, unused)
 META_COLUMNS = {"s4": ("name", "category", "split"), "ms3": ("video_id", "split")}
-MAX_LISTED = 5  # how many missing clips a warning names
 FLOOR_CLIPS_PER_UPDATE = 16  # clips scored at once by floor_metrics (bounds its memory)
 
 
@@ -186,147 +191,53 @@ def index_clips(root: str | Path, subset: str) -> tuple[dict[str, list[AVSClip]]
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _load_frame(path: Path, size: int) -> np.ndarray:
-    """(S, S, 3) uint8 RGB, resized bilinearly when needed."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
-
-
-def _load_mask(path: Path, size: int) -> np.ndarray:
-    """(S, S) bool; any non-zero pixel is foreground; resized with nearest neighbour."""
-    with Image.open(path) as img:
-        if img.mode == "P":  # palette indices say nothing about colour; compare the colours
-            img = img.convert("RGB")
-        arr = np.asarray(img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].any(axis=-1)  # ignore an alpha channel
-    fg = Image.fromarray((arr != 0).astype(np.uint8) * 255)
-    if fg.size != (size, size):
-        fg = fg.resize((size, size), Image.NEAREST)
-    return np.asarray(fg) > 0
-
-
-class AVSDataset(Dataset):
-    """The clips of one split; ``__getitem__`` returns a sample dict or ``None`` for an unreadable clip.
+class AVSDataset(AVDataset):
+    """The clips of one split; see :class:`cola.data.av.AVDataset` for the other arguments.
 
     Args:
         clips: the clips (from :func:`index_clips`).
-        image_size: side S of the square frames and masks.
-        mean: per-channel image mean (0-1 scale).
-        std: per-channel image std.
-        audio_target_frames: fbank frames T per clip with ``interpolate``.
-        audio_mean: fbank normalisation mean.
-        audio_std: fbank normalisation std.
-        augment: random horizontal flip of all frames and masks of a clip together.
-        name: a label for log messages (e.g. ``s4/train``).
-        audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
-        audio_clip_seconds: length of each frame's audio window.
-        audio_windows: window placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
+        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
     """
 
-    def __init__(
-        self,
-        clips: Sequence[AVSClip],
-        *,
-        image_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        audio_target_frames: int = 100,
-        audio_mean: float = -4.27,
-        audio_std: float = 4.57,
-        augment: bool = False,
-        name: str = "avs",
-        audio_input: str = "interpolate",
-        audio_clip_seconds: float = 1.0,
-        audio_windows: str | None = None,
-    ) -> None:
+    unit = "clip"
+
+    def __init__(self, clips: Sequence[AVSClip], **kwargs: Any) -> None:
+        super().__init__(**{"name": "avs", **kwargs})
         self.clips = list(clips)
-        self.image_size = int(image_size)
-        self.mean = np.asarray(mean, dtype=np.float32)  # (3,), broadcast over (..., 3) pixels
-        self.std = np.asarray(std, dtype=np.float32)
-        self.audio_target_frames = audio_target_frames
-        self.audio_mean, self.audio_std = audio_mean, audio_std
-        self.audio_input = check_audio_input(audio_input)
-        self.audio_clip_seconds = float(audio_clip_seconds)
-        self.audio_windows = resolve_windows(audio_windows, audio_input)
-        self.augment = augment
-        self.name = name
-        # clips skipped at load time (video_id -> reason); with num_workers > 0 each worker holds its own copy
-        self.skipped: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def skip_key(self, index: int) -> tuple[str, str]:
+        return self.clips[index].video_id, self.clips[index].video_id
 
     def load(self, index: int) -> dict[str, Any]:
         """Loads clip ``index``; raises on unreadable files (``__getitem__`` catches and skips)."""
         clip = self.clips[index]
         s = self.image_size
-        # the per-pixel work runs in numpy: many tiny torch ops are slow when intra-op threads contend for cores
-        frames = np.stack([_load_frame(p, s) for p in clip.frames]).astype(np.float32) / 255.0  # (5, S, S, 3)
-        frames = (frames - self.mean) / self.std
+        frames = self.frames(clip.frames)  # (5, S, S, 3)
         masks_np = np.zeros((NUM_FRAMES, s, s), dtype=np.float32)  # (5, S, S)
         valid_np = np.zeros(NUM_FRAMES, dtype=bool)  # (5,)
         for k, path in enumerate(clip.masks):
             if path is not None:
-                masks_np[k] = _load_mask(path, s)
+                masks_np[k] = load_binary_mask(path, s)
                 valid_np[k] = True
-        if self.augment and torch.rand(()) < 0.5:  # torch's RNG: seeded per worker by Lightning
+        if self.flip():
             frames, masks_np = frames[:, :, ::-1], masks_np[:, :, ::-1]
-        pixel_values = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))  # (5, 3, S, S)
-        masks = torch.from_numpy(np.ascontiguousarray(masks_np))
-        mask_valid = torch.from_numpy(valid_np)
-        waveform = load_audio(clip.wav)  # (num_samples,) 16 kHz mono
-        input_values = audio_clip_features(
-            waveform,
-            seconds=NUM_FRAMES,
-            target_frames=self.audio_target_frames,
-            mean=self.audio_mean,
-            std=self.audio_std,
-            audio_input=self.audio_input,
-            clip_seconds=self.audio_clip_seconds,
-            windows=self.audio_windows,
-        )  # (5, T, 128)
         return {
-            "pixel_values": pixel_values,
-            "input_values": input_values,
-            "masks": masks,
-            "mask_valid": mask_valid,
+            "pixel_values": to_chw(frames),  # (5, 3, S, S)
+            "input_values": self.audio(clip.wav, NUM_FRAMES),  # (5, T, 128)
+            "masks": torch.from_numpy(np.ascontiguousarray(masks_np)),
+            "mask_valid": torch.from_numpy(valid_np),
             "video_id": clip.video_id,
         }
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        try:
-            return self.load(index)
-        except (OSError, ValueError, SyntaxError, EOFError) as err:  # PIL decode errors; AudioReadError is a ValueError
-            clip = self.clips[index]
-            self.skipped[clip.video_id] = f"{type(err).__name__}: {err}"
-            log.warning(
-                "%s: skipping clip %r, a file could not be read (%s: %s); %d clip(s) skipped so far",
-                self.name,
-                clip.video_id,
-                type(err).__name__,
-                err,
-                len(self.skipped),
-            )
-            return None
+
+collate_avs = partial(collate_samples, keys=("pixel_values", "input_values", "masks", "mask_valid"))
+"""Stacks AVS samples, dropping the ``None`` of unreadable clips; ``None`` when nothing is left."""
 
 
-def collate_avs(samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Stacks samples, dropping the ``None`` of unreadable clips; ``None`` when nothing is left."""
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        return None
-    batch: dict[str, Any] = {
-        key: torch.stack([s[key] for s in samples]) for key in ("pixel_values", "input_values", "masks", "mask_valid")
-    }
-    batch["video_id"] = [s["video_id"] for s in samples]
-    return batch
-
-
-class AVSDataModule(SplitDataModule):
+class AVSDataModule(AVDataModule):
     """AVSBench S4 or MS3 from the release layout under ``root`` (see the module docstring).
 
     Args:
@@ -362,80 +273,32 @@ class AVSDataModule(SplitDataModule):
 
     collate_fn = staticmethod(collate_avs)
 
-    def __init__(
-        self,
-        *,
-        root: str | Path,
-        subset: str = "s4",
-        batch_size: int = 2,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        audio_target_frames: int = 100,
-        audio_mean: float = -4.27,
-        audio_std: float = 4.57,
-        select_on: str = "val",
-        limit_per_split: int | None = None,
-        augment: bool = False,
-        audio_input: str = "interpolate",
-        audio_clip_seconds: float = 1.0,
-        audio_windows: str | None = None,
-    ) -> None:
-        super().__init__()
-        check_audio_input(audio_input)
-        self.audio_windows = resolve_windows(audio_windows, audio_input)
+    label = "AVSBench"
+    unit = "clip"
+    units = "clips"
+
+    def __init__(self, *, root: str | Path, subset: str = "s4", **kwargs: Any) -> None:
         if subset not in SUBSETS:
             raise ValueError(f"data.subset must be one of {list(SUBSETS)}, got {subset!r}")
-        if select_on not in SELECT_ON:
-            raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
-        for key, value in (("batch_size", batch_size), ("image_size", image_size)):
-            if int(value) < 1:
-                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
-        if eval_batch_size is not None and int(eval_batch_size) < 1:
-            raise ValueError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
-        if limit_per_split is not None and int(limit_per_split) < 1:
-            raise ValueError(f"data.limit_per_split must be a positive integer or null, got {limit_per_split!r}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
-        if int(audio_target_frames) < 1:
-            raise ValueError(f"data.audio_target_frames must be a positive integer, got {audio_target_frames!r}")
-        self.audio_frames = check_audio_setting(audio_input, audio_clip_seconds, audio_target_frames)
-        self.root = Path(root)
+        super().__init__(root=root, **kwargs)
         self.subset = subset
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
-        self.num_workers = int(num_workers)
-        self.image_size = int(image_size)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.audio_target_frames = int(audio_target_frames)
-        self.audio_mean, self.audio_std = float(audio_mean), float(audio_std)
-        self.audio_input, self.audio_clip_seconds = audio_input, float(audio_clip_seconds)
-        self.select_on = select_on
-        self.limit_per_split = limit_per_split
-        self.augment = augment
-        self.val_split = select_on
-        self.test_splits = ["test"]
-        self.clips: dict[str, list[AVSClip]] | None = None
-        self.dropped: list[tuple[AVSClip, Path]] = []
-        self.datasets: dict[str, AVSDataset] = {}
+        self.label = f"AVSBench {subset}"
         self._mean_train_mask: torch.Tensor | None = None
+
+    @property
+    def clips(self) -> dict[str, list[AVSClip]] | None:
+        """``{split: [AVSClip]}`` after :meth:`validate` (clips with missing files dropped)."""
+        return self.index
+
+    def collate(self):
+        return collate_avs
 
     # -------------------------------------------------------------------------------------------- checks
     def expected_paths(self) -> dict[str, Path]:
         """The csv and folders this subset needs (docs/data.md#avsbench)."""
         return subset_paths(self.root, self.subset)
 
-    def validate(self) -> None:
-        """Checks the layout and the csv, indexes the clips and drops (with one warning) those with missing files.
-
-        Raises:
-            FileNotFoundError: the csv or a data folder is missing (lists every expected path).
-            ValueError: the csv lacks a column, or a split has no usable clip.
-        """
-        if self.clips is not None:
-            return
+    def check_layout(self) -> None:
         expected = self.expected_paths()
         missing = [p for key, p in expected.items() if not (p.is_file() if key == "meta" else p.is_dir())]
         if missing:
@@ -448,93 +311,68 @@ class AVSDataModule(SplitDataModule):
                 f"AVSBench {self.subset} data not found under data.root={self.root}{root_note}; expected:\n{listing}\n"
                 "data.root must be the folder holding Single-source/ and Multi-sources/ of the AVSBench release"
             )
+
+    def read_index(self) -> tuple[dict[str, list[AVSClip]], list[tuple[AVSClip, Path]], dict[str, int]]:
+        """The clips of the meta csv whose files exist, the dropped ones and the clips listed per split."""
         clips, dropped = index_clips(self.root, self.subset)
-        total = sum(len(v) for v in clips.values()) + len(dropped)
-        if dropped:
-            listed = "; ".join(f"{c.split}/{c.video_id} (missing {p})" for c, p in dropped[:MAX_LISTED])
-            more = f"; and {len(dropped) - MAX_LISTED} more" if len(dropped) > MAX_LISTED else ""
-            log.warning(
-                "AVSBench %s: dropped %d of %d clips listed in %s whose files are missing: %s%s",
-                self.subset,
-                len(dropped),
-                total,
-                expected["meta"],
-                listed,
-                more,
-            )
-        needed = dict.fromkeys(["train", self.val_split, *self.test_splits])
-        for split in needed:
-            if not clips[split]:
-                raise ValueError(
-                    f"AVSBench {self.subset}: no usable clip in split {split!r} of {expected['meta']} "
-                    f"(csv rows for it: {sum(1 for c, _ in dropped if c.split == split)} dropped for missing files)"
-                )
-        if self.limit_per_split is not None:
-            clips = {s: v[: int(self.limit_per_split)] for s, v in clips.items()}
-        self.clips, self.dropped = clips, dropped
-        log.info("AVSBench %s: %s clips (train/val/test)", self.subset, "/".join(str(len(clips[s])) for s in SPLITS))
+        listed = {s: len(v) + sum(1 for c, _ in dropped if c.split == s) for s, v in clips.items()}
+        return clips, dropped, listed
 
-    @property
-    def num_dropped(self) -> int:
-        """Clips listed in the csv but dropped because files were missing."""
-        return len(self.dropped)
+    def describe_dropped(self, item: AVSClip, missing: Path) -> str:
+        return f"{item.split}/{item.video_id} (missing {missing})"
 
-    @property
-    def num_skipped(self) -> int:
-        """Distinct clips skipped at load time because a file could not be decoded (counted in this process).
+    def dropped_note(self) -> str:
+        return f" (listed in {self.expected_paths()['meta']})"
 
-        A clip counts once however many passes (validation every epoch, the final validation and test) skipped it.
-        """
-        return len({(split, video_id) for split, d in self.datasets.items() for video_id in d.skipped})
+    def split_source(self, split: str) -> str:
+        return str(self.expected_paths()["meta"])
 
     def mean_train_mask(self) -> torch.Tensor:
         """(S, S) float64: the average of every annotated training mask at ``image_size`` (the resolution the
         masks are scored at), read once and cached. Unreadable masks are left out."""
         if self._mean_train_mask is None:
             self.validate()
-            assert self.clips is not None
+            assert self.index is not None
             s = self.image_size
             total, count = np.zeros((s, s), dtype=np.float64), 0
-            for clip in self.clips["train"]:
+            for clip in self.index["train"]:
                 for path in clip.masks:
                     if path is None:  # S4 training clips annotate frame 1 only
                         continue
                     try:
-                        total += _load_mask(path, s)
-                    except (OSError, ValueError, SyntaxError, EOFError):
+                        total += load_binary_mask(path, s)
+                    except DECODE_ERRORS:
                         continue
                     count += 1
             self._mean_train_mask = torch.from_numpy(total / max(count, 1))
         return self._mean_train_mask
 
-    def floor_metrics(self) -> dict[str, float]:
+    def split_floor_metrics(self, split: str) -> dict[str, float]:
         """The floor a model must clear: ``miou`` and ``fscore`` of one fixed mask for every frame.
 
         The mask is :meth:`mean_train_mask` thresholded at 0.5 (foreground where more than half of the training
         masks are); it is scored with :class:`cola.metrics.AVSMIoU` and :class:`cola.metrics.AVSFScore` as the
-        task scores a model: per clip, on the frames with ground truth (``mask_valid``), on each evaluated split
-        (the validation and test splits), leaving out the clips skipped at load time. Reads the masks only.
+        task scores a model: per clip, on the frames with ground truth (``mask_valid``), leaving out the clips
+        skipped at load time. Reads the masks only.
 
         Returns:
-            ``{"<split>/miou_fixed_mask": ..., "<split>/fscore_fixed_mask": ...}`` per evaluated split (a split
-            whose clips were all skipped or unreadable has no entry).
+            ``{"<split>/miou_fixed_mask": ..., "<split>/fscore_fixed_mask": ...}`` (``{}`` when every clip of
+            the split was skipped or unreadable).
         """
-        from cola.metrics import AVSFScore, AVSMIoU
+        from cola.metrics import AVSFScore, AVSMIoU  # the floor is scored exactly as the task scores a model
 
         self.validate()
-        assert self.clips is not None
+        assert self.index is not None
         logits = torch.where(self.mean_train_mask() > 0.5, 1e4, -1e4).float()  # (S, S); sigmoid: exactly 1 and 0
-        out: dict[str, float] = {}
-        for split in dict.fromkeys([self.val_split, *self.test_splits]):
-            skipped = self.datasets[split].skipped if split in self.datasets else {}
-            metrics = {"miou": AVSMIoU(), "fscore": AVSFScore()}
-            for target, valid in self._eval_masks([c for c in self.clips[split] if c.video_id not in skipped]):
-                pred = logits.expand(target.shape)  # (V, F, S, S): the same mask for every frame
-                for metric in metrics.values():
-                    metric.update(pred, target, valid)
-            if int(metrics["miou"].videos):
-                out.update({f"{split}/{name}_fixed_mask": float(m.compute()) for name, m in metrics.items()})
-        return out
+        skipped = {key for d in self.built(split) for key in d.skipped}
+        metrics = {"miou": AVSMIoU(), "fscore": AVSFScore()}
+        for target, valid in self._eval_masks([c for c in self.index[split] if c.video_id not in skipped]):
+            pred = logits.expand(target.shape)  # (V, F, S, S): the same mask for every frame
+            for metric in metrics.values():
+                metric.update(pred, target, valid)
+        if not int(metrics["miou"].videos):
+            return {}
+        return {f"{split}/{name}_fixed_mask": float(m.compute()) for name, m in metrics.items()}
 
     def _eval_masks(self, clips: Sequence[AVSClip]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The ground truth of ``clips`` as the task scores it, ``FLOOR_CLIPS_PER_UPDATE`` clips at a time:
@@ -548,8 +386,8 @@ class AVSDataModule(SplitDataModule):
             try:
                 for k, path in enumerate(clip.masks):
                     if path is not None:
-                        frames[k] = _load_mask(path, s)
-            except (OSError, ValueError, SyntaxError, EOFError):
+                        frames[k] = load_binary_mask(path, s)
+            except DECODE_ERRORS:
                 frames = None
             if frames is not None:
                 masks.append(frames)
@@ -559,25 +397,8 @@ class AVSDataModule(SplitDataModule):
                 masks, valid = [], []
 
     # ------------------------------------------------------------------------------------------ datasets
-    def dataset(self, split: str) -> AVSDataset:
-        """The dataset of ``split`` (built on first use)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        if split not in self.datasets:
-            self.validate()
-            assert self.clips is not None
-            self.datasets[split] = AVSDataset(
-                self.clips[split],
-                image_size=self.image_size,
-                mean=self.mean,
-                std=self.std,
-                audio_target_frames=self.audio_target_frames,
-                audio_mean=self.audio_mean,
-                audio_std=self.audio_std,
-                augment=self.augment and split == "train",
-                name=f"{self.subset}/{split}",
-                audio_input=self.audio_input,
-                audio_clip_seconds=self.audio_clip_seconds,
-                audio_windows=self.audio_windows,
-            )
-        return self.datasets[split]
+
+    # ------------------------------------------------------------------------------------------ datasets
+    def build_dataset(self, split: str, *, train: bool) -> AVSDataset:
+        assert self.index is not None
+        return AVSDataset(self.index[split], name=f"{self.subset}/{split}", **self.dataset_kwargs(split, train=train))

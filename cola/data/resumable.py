@@ -4,7 +4,7 @@ Lightning (2.x) saves ``state_dict()`` of every training DataLoader that has ``s
 (``fit_loop`` -> ``CombinedLoader._state_dicts``) in each checkpoint and hands it back through
 ``load_state_dict`` when it builds the loader of a resumed run (a loader built before the checkpoint is loaded,
 as ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` does, gets it from
-:meth:`cola.tasks.base.DualStreamTask.on_train_start`). A plain DataLoader has no such state, so a run resumed
+:class:`cola.callbacks.resume.ResumeState`). A plain DataLoader has no such state, so a run resumed
 mid-epoch would start that epoch's shuffle from the beginning and see other samples than an uninterrupted run.
 Here:
 
@@ -20,7 +20,12 @@ Worker processes get their base seed from the loader's own generator, seeded per
 never consumes the global RNG (a resumed run would otherwise draw one number more than the original).
 Limitations: with ``num_workers > 0`` the order of the resumed epoch is exact, but the random augmentations of
 its remaining batches come from freshly seeded workers; with ``num_workers=0`` (CPU tests) the global RNG state
-stored in the checkpoint (:class:`cola.tasks.base.DualStreamTask`) makes the continuation exact.
+stored in the checkpoint (:class:`cola.callbacks.resume.ResumeState`) makes the continuation exact.
+
+Why not torchdata's ``StatefulDataLoader``: Lightning checkpoints its state the same way as this loader's, so it
+would not remove the two private calls :class:`~cola.callbacks.resume.ResumeState` makes (handing the state to a
+loader built before the checkpoint is loaded, and rewinding a batch in flight when SLURM's handler saves). It has
+not been tried against tests/test_resume.py (exact mid-epoch and SIGKILL resume) and is not a dependency.
 """
 
 from __future__ import annotations

@@ -11,21 +11,20 @@
 
 AVE ``acc`` is torchmetrics' ``MulticlassAccuracy(num_classes=29, average="micro")`` on (B * T, C) logits and
 (B * T,) targets; :class:`SegmentAccuracy` is that metric taking the (B, T, C) layout directly. All results are
-independent of batching and reduce under DDP (sum states).
+independent of batching and reduce under DDP (sum states). The box helpers come from :mod:`cola.boxes`.
 """
 
-from .avs import AVSFScore, AVSMIoU
-from .classification import SegmentAccuracy
-from .grounding import (
-    BoxAccuracy,
-    MaskMIoU,
-    MaskOIoU,
+from cola.boxes import (  # the box helpers, shared with cola.data (re-exported for existing imports)
     box_cxcywh_to_xyxy,
     box_iou_xyxy,
     box_xyxy_to_cxcywh,
     clip_boxes_xyxy,
     generalized_box_iou_xyxy,
 )
+
+from .avs import AVSFScore, AVSMIoU
+from .classification import SegmentAccuracy
+from .grounding import BoxAccuracy, MaskMIoU, MaskOIoU
 
 __all__ = [
     "AVSFScore",

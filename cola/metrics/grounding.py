@@ -1,5 +1,4 @@
-"""Grounding metrics (docs/metrics.md#grounding): box accuracy at an IoU threshold, mask mIoU and oIoU, plus box
-helpers.
+"""Grounding metrics (docs/metrics.md#grounding): box accuracy at an IoU threshold, mask mIoU and oIoU.
 
 - ``acc@0.5`` (:class:`BoxAccuracy`): fraction of samples whose predicted box has IoU >= 0.5 with the target.
 - ``miou`` (:class:`MaskMIoU`): mean over samples of IoU(prob >= 0.5, target); empty prediction and empty
@@ -10,8 +9,7 @@ The metrics keep sum states only (``dist_reduce_fx="sum"``), so the result does 
 split into batches or processes. Masks may change size from one sample to the next (the official protocol
 evaluates at each image's original resolution): pass lists of ``(H_i, W_i)`` tensors.
 
-The box helpers (:func:`box_iou_xyxy`, :func:`generalized_box_iou_xyxy`, :func:`box_cxcywh_to_xyxy`,
-:func:`box_xyxy_to_cxcywh`) are element-wise (box ``i`` against box ``i``, not all pairs) and differentiable.
+The box helpers live in :mod:`cola.boxes` (shared with the data pipeline) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,94 +19,14 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-# Divisions by an area use max(area, EPS): a degenerate box never produces NaN or inf.
-EPS = 1e-9
+from cola.boxes import box_iou_xyxy, clip_boxes_xyxy
+
+__all__ = ["BoxAccuracy", "MaskMIoU", "MaskOIoU"]
+
 # Probabilities may leave [0, 1] by a rounding error after bilinear resizing; anything beyond this is a logit.
 _PROB_TOL = 1e-3
 
 MaskInput = torch.Tensor | Sequence[torch.Tensor]
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) centre x, centre y, width, height -> (..., 4) x0, y0, x1, y1 (same units)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) x0, y0, x1, y1 -> (..., 4) centre x, centre y, width, height (same units)."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
-def _check_boxes(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape or a.shape[-1:] != (4,):
-        raise ValueError(
-            f"{name} expects two (..., 4) xyxy box tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-
-
-def _area(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) xyxy -> (...,) area; an inverted box (x1 < x0 or y1 < y0) has area 0."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-
-
-def _intersection_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    lt = torch.maximum(a[..., :2], b[..., :2])  # (..., 2)
-    rb = torch.minimum(a[..., 2:], b[..., 2:])  # (..., 2)
-    wh = (rb - lt).clamp(min=0)  # (..., 2)
-    inter = wh[..., 0] * wh[..., 1]  # (...)
-    return inter, _area(a) + _area(b) - inter
-
-
-def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise IoU of two sets of boxes.
-
-    Args:
-        a: (..., 4) x0, y0, x1, y1.
-        b: (..., 4) x0, y0, x1, y1, same shape as ``a``.
-
-    Returns:
-        (...) IoU in [0, 1]; 0 where the union is empty (two zero-area boxes), never NaN.
-
-    Raises:
-        ValueError: if the shapes differ or the last dimension is not 4.
-    """
-    _check_boxes("box_iou_xyxy", a, b)
-    inter, union = _intersection_union(a, b)
-    return torch.where(union > 0, inter / union.clamp(min=EPS), torch.zeros_like(union))
-
-
-def generalized_box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise generalised IoU (Rezatofighi et al., CVPR 2019): IoU - (hull - union) / hull.
-
-    Args:
-        a: (..., 4) x0, y0, x1, y1.
-        b: (..., 4) x0, y0, x1, y1, same shape as ``a``.
-
-    Returns:
-        (...) GIoU in [-1, 1]; 0 for two identical zero-area boxes, never NaN. ``1 - giou`` is the GIoU loss.
-
-    Raises:
-        ValueError: if the shapes differ or the last dimension is not 4.
-    """
-    _check_boxes("generalized_box_iou_xyxy", a, b)
-    inter, union = _intersection_union(a, b)
-    iou = inter / union.clamp(min=EPS)
-    hull_wh = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0)  # (..., 2)
-    hull = hull_wh[..., 0] * hull_wh[..., 1]  # (...)
-    return iou - (hull - union) / hull.clamp(min=EPS)
-
-
-def clip_boxes_xyxy(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-    """Clips (B, 4) xyxy boxes to [0, w] x [0, h] of each image; ``image_sizes`` is (B, 2) as (h, w)."""
-    if image_sizes.shape != (boxes.shape[0], 2):
-        raise ValueError(
-            f"image_sizes must be (B, 2) as (h, w) with B = {boxes.shape[0]}, got {tuple(image_sizes.shape)}"
-        )
-    h, w = image_sizes.to(boxes).unbind(-1)  # (B,), (B,)
-    limit = torch.stack([w, h, w, h], dim=-1)  # (B, 4)
-    return torch.minimum(boxes.clamp(min=0), limit)
 
 
 class BoxAccuracy(Metric):

@@ -8,11 +8,13 @@ sub-steps, so every backbone family gets one small class that splits a block's `
     x_out  = mlp_out(block, x_attn)               # fc1, activation, fc2, residual
 
 using only the block's submodules (the backbone code is never edited or copied), so adapters injected into
-those submodules run as usual. Each class reproduces the untouched block's ``forward`` to 1e-6 (tested).
+those submodules run as usual. Each class reproduces the untouched block's ``forward`` to 1e-6 (tested), and owns
+its family's layer names: the stage of each (``stage_rules``) and the default adapter targets
+(``target_layers``, ``fused_layers``; :mod:`cola.models.targets`).
 
 Families: timm ViT ``Block`` (pre-norm, fused qkv), HF ``BertLayer`` (post-norm:
-``x_attn = LN(dense(ctx) + x)``), HF ``ASTLayer`` (pre-norm, separate q/k/v). A :class:`Tower` wraps a whole
-model: embeddings, blocks, final norm, prefix-token count and the stage of each adapter target.
+``x_attn = LN(dense(ctx) + x)``), HF ``ASTLayer`` (pre-norm, separate q/k/v). A :class:`cola.models.tower.Tower`
+wraps a whole model with its family's steps.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class BlockSteps:
     block_types: ClassVar[tuple[type, ...]] = ()
     # (relative module name or prefix ending in ".", stage); the first match wins.
     stage_rules: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Every linear layer of a block, relative to it, in paper order (q, k, v, out-proj, fc1, fc2): the default
+    # adapter targets (model.targets reads them through cola.models.family_targets), and the fused ones with
+    # their number of output slices (model.out_splits).
+    target_layers: ClassVar[tuple[str, ...]] = ()
+    fused_layers: ClassVar[dict[str, int]] = {}
     has_padding: ClassVar[bool] = False
 
     # ---- per block
@@ -127,6 +134,8 @@ class ViTBlockSteps(BlockSteps):
     model_types = (VisionTransformer,)
     block_types = (TimmBlock,)
     stage_rules = (("attn.proj", "proj"), ("attn.", "qkv"), ("mlp.", "mlp"))
+    target_layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    fused_layers = {"attn.qkv": 3}  # one adapter per q, k, v slice (official CMMergedLinear)
 
     def attention_context(self, block: nn.Module, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         attn = block.attn
@@ -194,6 +203,14 @@ class BertLayerSteps(BlockSteps):
         ("intermediate.", "mlp"),
         ("output.", "mlp"),
     )
+    target_layers = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
     has_padding = True
 
     def attention_context(self, block: nn.Module, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
@@ -247,6 +264,15 @@ class ASTLayerSteps(BlockSteps):
     model_types = (ASTModel,)
     block_types = (ASTLayer,)
     stage_rules = (("attention.o_proj", "proj"), ("attention.", "qkv"), ("mlp.", "mlp"))
+    # transformers >= 5 naming (SPEC section 5)
+    target_layers = (
+        "attention.q_proj",
+        "attention.k_proj",
+        "attention.v_proj",
+        "attention.o_proj",
+        "mlp.fc1",
+        "mlp.fc2",
+    )
 
     def attention_context(self, block: nn.Module, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
         att = block.attention
@@ -302,95 +328,3 @@ FAMILIES: dict[str, type[BlockSteps]] = {c.family: c for c in (ViTBlockSteps, Be
 
 MODALITIES = {"vit": "vision", "bert": "text", "ast": "audio"}
 """The stream name of each tower family: what per-stream settings (``peft.reduction``) are keyed by."""
-
-
-class Tower(nn.Module):
-    """One stream's backbone, runnable block by block.
-
-    Args:
-        model: the unmodified pip model (timm ``VisionTransformer``, HF ``BertModel`` or ``ASTModel``).
-        family: ``vit`` | ``bert`` | ``ast``.
-
-    Attributes:
-        model: the wrapped model (its parameters live under ``model.``).
-        family: the family name.
-        steps: the family's :class:`BlockSteps`.
-        num_prefix_tokens: tokens before the content tokens (ViT: cls + registers; BERT: [CLS]; AST: 2).
-        hidden_size: token width C.
-        context_size: width of the attention context (input of the out-projection).
-        has_padding: whether inputs can be padded (text); then the mask matters.
-        modality: the stream name, ``vision`` | ``text`` | ``audio``.
-    """
-
-    def __init__(self, model: nn.Module, family: str) -> None:
-        super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-        steps = FAMILIES[family]()
-        if not isinstance(model, steps.model_types):
-            raise ValueError(
-                f"family {family!r} expects a {[t.__name__ for t in steps.model_types]}, got {type(model).__name__}"
-            )
-        self.model = model
-        self.family = family
-        self.steps = steps
-        for i, block in enumerate(steps.blocks(model)):
-            if not isinstance(block, steps.block_types):
-                raise ValueError(f"{family} block {i} is a {type(block).__name__}, expected {steps.block_types}")
-            steps.check_block(block)
-        self.num_prefix_tokens = steps.num_prefix_tokens(model)
-        self.hidden_size = steps.hidden_size(model)
-        self.context_size = steps.context_size(model)
-        self.has_padding = steps.has_padding
-        self.modality = MODALITIES[family]
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        return self.steps.blocks(self.model)
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    def block_names(self) -> list[str]:
-        """Qualified names of the blocks inside ``model`` (e.g. ``blocks.3``, ``encoder.layer.3``)."""
-        names = {id(m): n for n, m in self.model.named_modules()}
-        return [names[id(b)] for b in self.blocks]
-
-    def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens entering block 0 (B, N, C) and the token mask (B, N) bool, True = real token."""
-        return self.steps.embed(self.model, inputs)
-
-    def attention_mask(self, tokens: torch.Tensor, mask: torch.Tensor) -> Any:
-        """The mask in the form the blocks' attention takes (``None`` where nothing is padded)."""
-        return self.steps.attention_mask(self.model, tokens, mask)
-
-    def finalize(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The model's final norm (ViT ``norm``, AST ``layernorm``; identity for BERT)."""
-        return self.steps.finalize(self.model, tokens)
-
-    def stage_of(self, name: str) -> str:
-        """Stage ("qkv" | "proj" | "mlp") of a linear layer named relative to its block."""
-        return self.steps.stage_of(name)
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole tower alone (no cross-stream exchange): final tokens (B, N, C) and mask (B, N)."""
-        x, mask = self.embed(inputs)
-        attn_mask = self.attention_mask(x, mask)
-        for block in self.blocks:
-            x = self.steps(block, x, attn_mask)
-        return self.finalize(x), mask
-
-
-def build_tower(*, family: str, **builder_kwargs: Any) -> Tower:
-    """Builds a :class:`Tower` from YAML: ``family`` picks the builder of :mod:`cola.models.encoders`.
-
-    ``vit`` -> :func:`build_vit`, ``bert`` -> :func:`build_bert`, ``ast`` -> :func:`build_ast`; the other
-    keys are that builder's arguments.
-    """
-    from .encoders import build_ast, build_bert, build_vit
-
-    builders = {"vit": build_vit, "bert": build_bert, "ast": build_ast}
-    if family not in builders:
-        raise ValueError(f"family must be one of {sorted(builders)}, got {family!r}")
-    return Tower(builders[family](**builder_kwargs), family)

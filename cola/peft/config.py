@@ -1,14 +1,15 @@
 """Validated configuration dataclasses for the adapters of :mod:`cola.peft`.
 
 Every field name matches docs/method.md and the ``peft.*`` keys of ``configs/peft/*.yaml``; errors name the
-field, the value and the accepted choices so a typo on the command line is fixed in one go.
+field, the value and the accepted choices so a typo on the command line is fixed in one go. MokA's config lives
+with its layer in :mod:`cola.peft.moka`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 SHARING_CHOICES = ("none", "shared_a", "shared_b", "full")
 CONDITION_CHOICES = ("pooled", "shuffled", "zero", "random_frozen")
@@ -60,11 +61,25 @@ def per_stream(name: str, value: Any, stream: str) -> Any:
 
 
 @dataclass
-class _AdapterConfig:
-    """Shared fields and helpers: ``from_dict`` rejects unknown keys by name."""
+class AdapterConfig:
+    """Fields and checks every method shares: rank, alpha, dropout and ``scaling = alpha / rank``.
+
+    A method's config subclasses this (redeclaring a field only to change its default) and names itself in
+    ``method``; :mod:`cola.peft.methods` registers it. ``from_dict`` rejects unknown keys by name.
+    """
+
+    method: ClassVar[str] = ""
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive("rank", self.rank, integer=True)
+        _check_positive("alpha", self.alpha)
+        _check_dropout("dropout", self.dropout)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> _AdapterConfig:
+    def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -75,12 +90,29 @@ class _AdapterConfig:
         return asdict(self)
 
     @property
-    def method(self) -> str:
+    def scaling(self) -> float:
+        """s = alpha / rank, the scale of every low-rank path."""
+        return self.alpha / self.rank
+
+    def for_stream(self, stream: str) -> AdapterConfig:
+        """This config with per-stream settings resolved for the layers of ``stream`` (none by default)."""
+        return self
+
+    def as_lora(self) -> LoRAConfig:
+        """The plain LoRA at this rank, alpha and dropout (what unpaired blocks of towers of unequal depth get)."""
+        return LoRAConfig(rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout))
+
+    def queries_other(self, *, anchor: bool) -> bool:
+        """Whether layers of a stream take the other stream's state (``anchor``: the stream the other queries)."""
+        return True
+
+    def params_per_layer(self, *, in_features: int, out_features: int, context_dim: int | None, out_splits: int) -> int:
+        """Trainable parameters one adapted layer adds, from its shapes alone (matches the built layer)."""
         raise NotImplementedError
 
 
 @dataclass
-class LoRAConfig(_AdapterConfig):
+class LoRAConfig(AdapterConfig):
     """LoRA: ``h = W0 x + b + (alpha / rank) B A drop(x)``.
 
     Attributes:
@@ -91,27 +123,21 @@ class LoRAConfig(_AdapterConfig):
             official code's ``MergedLinear``; ``False`` treats the fused layer as one linear (HF peft).
     """
 
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
+    method: ClassVar[str] = "lora"
     split_fused: bool = True
 
-    def __post_init__(self) -> None:
-        _check_positive("rank", self.rank, integer=True)
-        _check_positive("alpha", self.alpha)
-        _check_dropout("dropout", self.dropout)
+    def as_lora(self) -> LoRAConfig:
+        return self
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    @property
-    def method(self) -> str:
-        return "lora"
+    def params_per_layer(
+        self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
+    ) -> int:
+        s = out_splits if self.split_fused else 1
+        return s * self.rank * in_features + out_features * self.rank
 
 
 @dataclass
-class CoLAConfig(_AdapterConfig):
+class CoLAConfig(AdapterConfig):
     """CoLA (docs/method.md#cola-layer): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``,
     ``s = alpha / rank``.
 
@@ -133,9 +159,7 @@ class CoLAConfig(_AdapterConfig):
             models re-initialise every nn.Linear) | ``torch`` (nn.Linear's own default init).
     """
 
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
+    method: ClassVar[str] = "cola"
     reduction: int | dict[str, int] = 16
     lambda_init: float | None = None
     sharing: str = "none"
@@ -146,9 +170,7 @@ class CoLAConfig(_AdapterConfig):
     hypernet_init: str = "trunc_normal"
 
     def __post_init__(self) -> None:
-        _check_positive("rank", self.rank, integer=True)
-        _check_positive("alpha", self.alpha)
-        _check_dropout("dropout", self.dropout)
+        super().__post_init__()
         _check_dropout("hypernet_dropout", self.hypernet_dropout)
         _check_per_stream("reduction", self.reduction, lambda n, v: _check_positive(n, v, integer=True))
         _check_choice("hypernet_init", self.hypernet_init, HYPERNET_INIT_CHOICES)
@@ -163,10 +185,6 @@ class CoLAConfig(_AdapterConfig):
             "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
         )
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
     def for_stream(self, stream: str) -> CoLAConfig:
         """This config with ``reduction`` resolved for the layers of ``stream`` (the stream holding the hypernets)."""
         return replace(self, reduction=per_stream("reduction", self.reduction, stream))
@@ -175,50 +193,20 @@ class CoLAConfig(_AdapterConfig):
     def lambda_value(self) -> float:
         return float(self.scaling if self.lambda_init is None else self.lambda_init)
 
-    @property
-    def method(self) -> str:
-        return "cola"
-
-
-@dataclass
-class MoKAConfig(_AdapterConfig):
-    """MokA adapted to two streams (docs/method.md#moka); see :class:`cola.peft.layers.MoKALinear` for the formula.
-
-    Attributes:
-        rank: r of the self and cross down-projections.
-        alpha: both projections are scaled by alpha / rank before the softmax (MokA's AVT release).
-        dropout: dropout on x and on the other stream's tokens.
-        lambda_cross: fixed weight of the cross-attention term (MokA default 1.0).
-        bidirectional: vision-language only: let text layers query vision tokens too.
-        condition_pooling: unused by MokA (it attends to tokens); kept so configs share one schema.
-    """
-
-    rank: int = 4
-    alpha: float = 16.0
-    dropout: float = 0.05
-    lambda_cross: float = 1.0
-    bidirectional: bool = False
-    propagation: str = "progressive"
-    condition_pooling: str | dict[str, str] = "mean"
-
-    def __post_init__(self) -> None:
-        _check_positive("rank", self.rank, integer=True)
-        _check_positive("alpha", self.alpha)
-        _check_dropout("dropout", self.dropout)
-        if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
-            raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
-        _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_per_stream(
-            "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
-        )
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    @property
-    def method(self) -> str:
-        return "moka"
-
-
-AdapterConfig = LoRAConfig | CoLAConfig | MoKAConfig
+    def params_per_layer(
+        self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
+    ) -> int:
+        if isinstance(self.reduction, Mapping):
+            raise ValueError(f"reduction={dict(self.reduction)} is per stream; pass config.for_stream(<stream>)")
+        if context_dim is None:
+            raise ValueError("CoLA needs context_dim (the other stream's hidden size)")
+        s, r = out_splits, self.rank
+        n = s * r * in_features + out_features * r  # A_L, B_L
+        n += 0 if self.sharing in ("shared_a", "full") else s * r * in_features
+        n += 0 if self.sharing in ("shared_b", "full") else out_features * r
+        h = context_dim // self.reduction
+        hyper = context_dim * h + h + 2 * h + h * r * r + r * r + 2 * r * r
+        n += s * (hyper + 1)  # hypernetwork and lambda per slice
+        if self.condition == "random_frozen":
+            n -= s * hyper
+        return n

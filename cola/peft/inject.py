@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .config import CoLAConfig, LoRAConfig, MoKAConfig
-from .layers import ADAPTER_LAYERS, ADAPTER_PREFIXES, AdapterLinear, CoLALinear, LoRALinear, MoKALinear
-
-
-def config_from_dict(values: dict) -> LoRAConfig | CoLAConfig | MoKAConfig:
-    """Builds the config named by ``values["method"]`` (lora | cola | moka) from the other keys."""
-    values = dict(values)
-    method = values.pop("method", None)
-    classes = {"lora": LoRAConfig, "cola": CoLAConfig, "moka": MoKAConfig}
-    if method not in classes:
-        raise ValueError(f"peft.method must be one of {sorted(classes)}, got {method!r}")
-    return classes[method].from_dict(values)
+from .config import AdapterConfig
+from .layers import AdapterLinear
+from .methods import ADAPTER_LAYERS, ADAPTER_PREFIXES, layer_for
 
 
 @dataclass
@@ -69,23 +60,9 @@ def find_targets(
     return found
 
 
-def _make_layer(
-    linear: nn.Linear, config: LoRAConfig | CoLAConfig | MoKAConfig, *, context_dim: int | None, splits: int
-) -> AdapterLinear:
-    if isinstance(config, CoLAConfig):
-        if context_dim is None:
-            raise ValueError("CoLA needs context_dim (the other stream's hidden size)")
-        return CoLALinear(linear, config, context_dim=context_dim, out_splits=splits)
-    if isinstance(config, LoRAConfig):
-        return LoRALinear(linear, config, out_splits=splits)
-    if isinstance(config, MoKAConfig):
-        return MoKALinear(linear, config, context_dim=context_dim)
-    raise TypeError(f"config must be LoRAConfig, CoLAConfig or MoKAConfig, got {type(config).__name__}")
-
-
 def inject_adapters(
     model: nn.Module,
-    config: LoRAConfig | CoLAConfig | MoKAConfig,
+    config: AdapterConfig,
     targets: Sequence[str],
     *,
     context_dim: int | None = None,
@@ -97,7 +74,7 @@ def inject_adapters(
     Args:
         model: the module to adapt (its other parameters are not touched; call
             :func:`mark_only_adapters_trainable` to freeze them).
-        config: the adapter config; its class selects the layer (LoRA / CoLA / MokA).
+        config: the adapter config; its class selects the layer (:func:`cola.peft.methods.layer_for`).
         targets: name suffixes on a ``.`` boundary, e.g. ``["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]``.
         context_dim: width of the condition / context (CoLA: required; MokA: ``None`` = no cross term).
         out_splits: fused layers, e.g. ``{"attn.qkv": 3}`` (per-slice adapters).
@@ -112,8 +89,9 @@ def inject_adapters(
     out_splits = out_splits or {}
     found = find_targets(model, targets, include=include)
     report = InjectionReport(per_target={t: 0 for t in targets})
+    layer_class = layer_for(config)
     for name, (target, linear) in found.items():
-        layer = _make_layer(linear, config, context_dim=context_dim, splits=out_splits.get(target, 1))
+        layer = layer_class.build(linear, config, context_dim=context_dim, out_splits=out_splits.get(target, 1))
         layer.adapter_name = name
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
@@ -143,32 +121,27 @@ def mark_only_adapters_trainable(model: nn.Module) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in adapter_layers(model):
-        frozen_hyper = isinstance(layer, CoLALinear) and layer.config.condition == "random_frozen"
         for n, p in layer.named_parameters():
-            if n.startswith("base_layer.") or (frozen_hyper and n.startswith("cola_hypernet.")):
-                continue
-            p.requires_grad_(True)
+            if not layer.frozen_parameter(n):
+                p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _fold_all(model: nn.Module, merge: bool) -> int:
+    layers = [layer for _, layer in adapter_layers(model) if layer.mergeable]
+    for layer in layers:
+        layer.merge() if merge else layer.unmerge()
+    return len(layers)
+
+
 def merge_adapters(model: nn.Module) -> int:
-    """Folds every mergeable intra path (LoRA, CoLA's B_L A_L) into its base weight; returns the count."""
-    n = 0
-    for _, layer in adapter_layers(model):
-        if isinstance(layer, (LoRALinear, CoLALinear)):
-            layer.merge()
-            n += 1
-    return n
+    """Folds every mergeable path (LoRA, CoLA's B_L A_L) into its base weight; returns the count."""
+    return _fold_all(model, merge=True)
 
 
 def unmerge_adapters(model: nn.Module) -> int:
     """Undoes :func:`merge_adapters`; returns the number of layers unmerged."""
-    n = 0
-    for _, layer in adapter_layers(model):
-        if isinstance(layer, (LoRALinear, CoLALinear)):
-            layer.unmerge()
-            n += 1
-    return n
+    return _fold_all(model, merge=False)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -183,7 +156,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def adapter_params_per_layer(
-    config: LoRAConfig | CoLAConfig | MoKAConfig,
+    config: AdapterConfig,
     *,
     in_features: int,
     out_features: int,
@@ -191,51 +164,6 @@ def adapter_params_per_layer(
     out_splits: int = 1,
 ) -> int:
     """Trainable parameters one adapted layer adds, from its shapes alone (matches the built layer)."""
-    r = config.rank
-    if isinstance(config, LoRAConfig):
-        s = out_splits if config.split_fused else 1
-        return s * r * in_features + out_features * r
-    if isinstance(config, MoKAConfig):
-        return r * (in_features + out_features + (context_dim or 0))
-    if isinstance(config, CoLAConfig):
-        if isinstance(config.reduction, Mapping):
-            raise ValueError(f"reduction={dict(config.reduction)} is per stream; pass config.for_stream(<stream>)")
-        s = out_splits
-        n = s * r * in_features + out_features * r  # A_L, B_L
-        n += 0 if config.sharing in ("shared_a", "full") else s * r * in_features
-        n += 0 if config.sharing in ("shared_b", "full") else out_features * r
-        h = context_dim // config.reduction
-        hyper = context_dim * h + h + 2 * h + h * r * r + r * r + 2 * r * r
-        n += s * (hyper + 1)  # hypernetwork and lambda per slice
-        if config.condition == "random_frozen":
-            n -= s * hyper
-        return n
-    raise TypeError(f"unknown config type {type(config).__name__}")
-
-
-def param_matched_lora_rank(
-    cola_params: int, layer_shapes: Sequence[tuple[int, int, int]], *, split_fused: bool = True
-) -> tuple[int, int]:
-    """The LoRA rank whose trainable parameters are closest to ``cola_params`` on the same layers.
-
-    Args:
-        cola_params: the CoLA run's adapter parameters (e.g. ``InjectionReport.params_added`` summed).
-        layer_shapes: (in_features, out_features, out_splits) of every adapted layer.
-        split_fused: whether LoRA gives fused layers per-slice A (as :class:`LoRALinear` does by default).
-
-    Returns:
-        (rank, lora_params) — the rank and the LoRA parameter count it gives.
-    """
-    if not layer_shapes:
-        raise ValueError("layer_shapes is empty: no adapted layer to match")
-
-    def lora_params(rank: int) -> int:
-        cfg = LoRAConfig(rank=rank, alpha=rank, split_fused=split_fused)
-        return sum(
-            adapter_params_per_layer(cfg, in_features=i, out_features=o, out_splits=s) for i, o, s in layer_shapes
-        )
-
-    per_rank = lora_params(1)  # the count is linear in the rank
-    lo = max(1, cola_params // per_rank)
-    rank = min((lo, lo + 1), key=lambda r: abs(lora_params(r) - cola_params))
-    return rank, lora_params(rank)
+    return config.params_per_layer(
+        in_features=in_features, out_features=out_features, context_dim=context_dim, out_splits=out_splits
+    )

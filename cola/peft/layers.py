@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import CoLAConfig, LoRAConfig, MoKAConfig
+from .config import AdapterConfig, CoLAConfig, LoRAConfig
 from .hypernet import HyperNetwork, stacked_hypernet_forward
-
-ADAPTER_PREFIXES = ("lora_", "cola_", "moka_")
 
 
 def _flatten_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +46,24 @@ def _repeat_for_windows(t: torch.Tensor, batch: int, name: str, dim: int = 0) ->
 
 
 class AdapterLinear(nn.Module):
-    """Common wrapper: holds the frozen base layer and the slice layout."""
+    """Common wrapper: holds the frozen base layer and the slice layout.
+
+    A subclass declares what it needs from the dual encoder and what the helpers of :mod:`cola.peft.inject` may
+    do with it, so no caller branches on the layer's type:
+
+    Attributes:
+        config_class: the config dataclass the layer is built from (:func:`cola.peft.methods.layer_for`).
+        prefixes: name prefixes of its adapter parameters (filtering is a prefix check).
+        exchange: what it takes from the other stream: ``"condition"`` (a pooled (B, d_c) vector, through
+            ``set_condition``), ``"tokens"`` (the other stream's tokens and key mask, through ``set_context``)
+            or ``None``.
+        mergeable: whether ``merge()`` / ``unmerge()`` fold a path into the base weight.
+    """
+
+    config_class: ClassVar[type[AdapterConfig]]
+    prefixes: ClassVar[tuple[str, ...]] = ()
+    exchange: ClassVar[str | None] = None
+    mergeable: ClassVar[bool] = False
 
     def __init__(self, base_layer: nn.Linear, *, out_splits: int = 1) -> None:
         super().__init__()
@@ -67,6 +82,25 @@ class AdapterLinear(nn.Module):
         self.adapter_name = type(self).__name__  # set to the qualified module name by inject_adapters
         for p in base_layer.parameters():
             p.requires_grad_(False)
+
+    @classmethod
+    def build(
+        cls, base_layer: nn.Linear, config: AdapterConfig, *, context_dim: int | None, out_splits: int
+    ) -> AdapterLinear:
+        """The layer for ``base_layer``; a subclass takes from the keywords what its constructor needs."""
+        raise NotImplementedError
+
+    @property
+    def receives(self) -> bool:
+        """Whether this layer takes the other stream's state (``exchange`` set and a width to take it at)."""
+        return self.exchange is not None and getattr(self, "context_dim", None) is not None
+
+    def clear_exchange(self) -> None:
+        """Drops the other stream's state handed over last (no tensor of a past batch stays referenced)."""
+
+    def frozen_parameter(self, name: str) -> bool:
+        """Whether parameter ``name`` (relative to this layer) stays frozen when adapters train."""
+        return name.startswith("base_layer.")
 
     # Read-only views so code that inspects ``layer.weight`` (dtype/device checks) keeps working.
     @property
@@ -128,24 +162,19 @@ class AdapterLinear(nn.Module):
         w.data.copy_(new)
 
 
-class LoRALinear(AdapterLinear):
-    """LoRA: ``h = W0 x + b + (alpha / r) B A drop(x)``; equals HF peft's LoRA on the same weights (tested).
+class LowRankLinear(AdapterLinear):
+    """The intra-modal path LoRA and CoLA share: ``s B_L A_L drop(x)`` with ``lora_A`` (S r, d_in) kaiming-uniform
+    and ``lora_B`` (d_out, r) zero, and the one merge of it into W0 (idempotent, guarded by ``merged``)."""
 
-    Args:
-        base_layer: the frozen linear layer.
-        config: rank, alpha, dropout.
-        out_splits: slices of a fused layer, each with its own A and B (official ``MergedLinear``); 1 for
-            a plain layer or when ``config.split_fused`` is False.
-    """
+    prefixes: ClassVar[tuple[str, ...]] = ("lora_",)
+    mergeable: ClassVar[bool] = True
 
-    def __init__(self, base_layer: nn.Linear, config: LoRAConfig, *, out_splits: int = 1) -> None:
-        super().__init__(base_layer, out_splits=out_splits if config.split_fused else 1)
-        self.config = config
+    def _init_intra(self, config: AdapterConfig) -> None:
         r, s = config.rank, self.out_splits
         self._check_rank(r)
         self.scaling = config.scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        w = base_layer.weight
+        w = self.base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -156,7 +185,7 @@ class LoRALinear(AdapterLinear):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Folds s B A into W0 (idempotent)."""
+        """Folds s B_L A_L into W0 (idempotent); any input-dependent path keeps running."""
         if not self.merged:
             self._fold(self.delta_weight(), 1.0)
             self.merged = True
@@ -167,6 +196,28 @@ class LoRALinear(AdapterLinear):
             self._fold(self.delta_weight(), -1.0)
             self.merged = False
 
+
+class LoRALinear(LowRankLinear):
+    """LoRA: ``h = W0 x + b + (alpha / r) B A drop(x)``; equals HF peft's LoRA on the same weights (tested).
+
+    Args:
+        base_layer: the frozen linear layer.
+        config: rank, alpha, dropout.
+        out_splits: slices of a fused layer, each with its own A and B (official ``MergedLinear``); 1 for
+            a plain layer or when ``config.split_fused`` is False.
+    """
+
+    config_class: ClassVar[type[AdapterConfig]] = LoRAConfig
+
+    def __init__(self, base_layer: nn.Linear, config: LoRAConfig, *, out_splits: int = 1) -> None:
+        super().__init__(base_layer, out_splits=out_splits if config.split_fused else 1)
+        self.config = config
+        self._init_intra(config)
+
+    @classmethod
+    def build(cls, base_layer: nn.Linear, config: LoRAConfig, *, context_dim: int | None, out_splits: int):
+        return cls(base_layer, config, out_splits=out_splits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         if self.merged:
@@ -175,7 +226,7 @@ class LoRALinear(AdapterLinear):
         return self._add_up(out, z * self.scaling, self.lora_B)
 
 
-class CoLALinear(AdapterLinear):
+class CoLALinear(LowRankLinear):
     """CoLA layer (docs/method.md#cola-layer): ``h = W0 x + b + s B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)``.
 
     Args:
@@ -194,6 +245,10 @@ class CoLALinear(AdapterLinear):
     keeps the hypernetwork at its random init (its parameters never train).
     """
 
+    config_class: ClassVar[type[AdapterConfig]] = CoLAConfig
+    prefixes: ClassVar[tuple[str, ...]] = ("lora_", "cola_")
+    exchange: ClassVar[str | None] = "condition"
+
     def __init__(self, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int, out_splits: int = 1) -> None:
         super().__init__(base_layer, out_splits=out_splits)
         if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
@@ -205,14 +260,9 @@ class CoLALinear(AdapterLinear):
         self.config = config
         self.context_dim = context_dim
         r, s = config.rank, self.out_splits
-        self._check_rank(r)
-        self.scaling = config.scaling
-        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self._init_intra(config)
         w = base_layer.weight
         kw = dict(dtype=w.dtype, device=w.device)
-        self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, **kw))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.share_a = config.sharing in ("shared_a", "full")
         self.share_b = config.sharing in ("shared_b", "full")
         if not self.share_a:
@@ -235,9 +285,22 @@ class CoLALinear(AdapterLinear):
         self.cola_hypernet.to(**kw)
         if config.condition == "random_frozen":
             self.cola_hypernet.requires_grad_(False)
-        self.merged = False
         self._condition: torch.Tensor | None = None
         self._group = 1
+
+    @classmethod
+    def build(cls, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int | None, out_splits: int):
+        if context_dim is None:
+            raise ValueError("CoLA needs context_dim (the other stream's hidden size)")
+        return cls(base_layer, config, context_dim=context_dim, out_splits=out_splits)
+
+    def frozen_parameter(self, name: str) -> bool:
+        # random_frozen keeps the hypernetwork at its random init
+        frozen_hyper = self.config.condition == "random_frozen" and name.startswith("cola_hypernet.")
+        return super().frozen_parameter(name) or frozen_hyper
+
+    def clear_exchange(self) -> None:
+        self.set_condition(None)
 
     # ----------------------------------------------------------------- condition
     def set_condition(self, c: torch.Tensor | None, *, group: int = 1) -> None:
@@ -282,22 +345,6 @@ class CoLALinear(AdapterLinear):
     def B_C(self) -> torch.Tensor:  # noqa: N802
         return self.lora_B if self.share_b else self.cola_B
 
-    def delta_weight(self) -> torch.Tensor:
-        return self.scaling * self._delta_weight(self.lora_A, self.lora_B)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Folds only the intra path s B_L A_L into W0 (idempotent); the inter path always runs."""
-        if not self.merged:
-            self._fold(self.delta_weight(), 1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self._fold(self.delta_weight(), -1.0)
-            self.merged = False
-
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._condition is None:
@@ -333,88 +380,3 @@ class CoLALinear(AdapterLinear):
         zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
         b = torch.cat([self.lora_B, self.cola_B], dim=1)  # (d_out, 2r)
         return self._add_up(out, zz.reshape(*t.shape[:-1], 2 * s * r), b)
-
-
-class MoKALinear(AdapterLinear):
-    """MokA (Wei et al., 2025) adapted to two streams (docs/method.md#moka).
-
-    For x (B, N, d_in) of stream S and the other stream's tokens y (B, M, d_o) with key mask m::
-
-        u = s A_S drop(x)        v = s A_O drop(y)        s = alpha / r
-        h = W0 x + b + B (u + lambda softmax(u v^T / sqrt(r), masked by m) v)
-
-    ``moka_A`` (r, d_in) and ``moka_A_other`` (r, d_o) are kaiming-uniform, ``moka_B`` (d_out, r) is zero,
-    so h = W0 x + b at init; lambda (``lambda_cross``) is a fixed float; single head, no q/k/v projections;
-    not mergeable (the cross term depends on y). With ``context_dim=None`` the layer has no cross term and
-    no ``moka_A_other`` (MokA's anchor-stream layers).
-
-    What differs from MokA's single-LLM setting: each stream keeps its own W0, so B is shared between the
-    self and the cross path of one layer, not across modalities; MokA's question-span key selection becomes
-    "all real tokens of the other stream" (special tokens included); keys come from another backbone, so
-    A_O bridges the two widths. Follows MokA's audio-visual-text release (u, v scaled by s before the
-    softmax, lambda = 1); its visual-text release uses unscaled u and lambda = 0.05.
-    """
-
-    def __init__(self, base_layer: nn.Linear, config: MoKAConfig, *, context_dim: int | None) -> None:
-        super().__init__(base_layer)
-        if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)):
-            raise ValueError(f"context_dim must be a positive integer or None, got {context_dim!r}")
-        self.config = config
-        self.context_dim = context_dim
-        r = config.rank
-        self._check_rank(r)
-        self.scaling = config.scaling
-        self.moka_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        w = base_layer.weight
-        kw = dict(dtype=w.dtype, device=w.device)
-        self.moka_A = nn.Parameter(torch.empty(r, self.in_features, **kw))
-        nn.init.kaiming_uniform_(self.moka_A, a=math.sqrt(5))
-        if context_dim is not None:
-            self.moka_A_other = nn.Parameter(torch.empty(r, context_dim, **kw))
-            nn.init.kaiming_uniform_(self.moka_A_other, a=math.sqrt(5))
-        self.moka_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
-        self._context: tuple[torch.Tensor, torch.Tensor | None] | None = None
-
-    def set_context(self, y: torch.Tensor | None, key_mask: torch.Tensor | None = None) -> None:
-        """Stores the other stream's tokens y (B, M, d_o) and key mask (B, M) bool (True = real token)."""
-        if self.context_dim is None:
-            return
-        if y is None:
-            self._context = None
-            return
-        if y.ndim != 3 or y.shape[-1] != self.context_dim:
-            raise ValueError(f"{self.adapter_name}: context must be (B, M, {self.context_dim}), got {tuple(y.shape)}")
-        if key_mask is not None:
-            if key_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"{self.adapter_name}: key_mask must be bool (True = real token), got {key_mask.dtype}"
-                )
-            if key_mask.shape != y.shape[:2]:
-                raise ValueError(
-                    f"{self.adapter_name}: key_mask {tuple(key_mask.shape)} != tokens {tuple(y.shape[:2])}"
-                )
-        self._context = (y, key_mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        xt = _flatten_tokens(x)  # (B', N, d_in)
-        u = self.scaling * (self.moka_dropout(xt) @ self.moka_A.t())  # (B', N, r)
-        if self.context_dim is not None:
-            if self._context is None:
-                raise RuntimeError(
-                    f"{self.adapter_name}: MoKALinear with a cross term ran without context; call set_context first"
-                )
-            y, key_mask = self._context
-            v = self.scaling * (self.moka_dropout(y) @ self.moka_A_other.t())  # (B, M, r)
-            v = _repeat_for_windows(v, xt.shape[0], self.adapter_name)
-            scores = u @ v.transpose(1, 2) / math.sqrt(self.config.rank)  # (B', N, M)
-            if key_mask is not None:
-                if not bool(key_mask.any(dim=1).all()):
-                    raise ValueError(f"{self.adapter_name}: a sample has no real key token in its context")
-                km = _repeat_for_windows(key_mask, xt.shape[0], self.adapter_name)
-                scores = scores.masked_fill(~km[:, None, :], float("-inf"))
-            u = u + self.config.lambda_cross * (F.softmax(scores, dim=-1) @ v)
-        return out + (u @ self.moka_B.t()).reshape(out.shape)
-
-
-ADAPTER_LAYERS = (LoRALinear, CoLALinear, MoKALinear)

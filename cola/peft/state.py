@@ -1,12 +1,14 @@
-"""Adapter-only state dicts and safetensors files (the frozen towers are never saved)."""
+"""Adapter-only state dicts and safetensors files (the frozen towers are never saved), and the atomic file write
+the whole repo uses (:func:`atomic_replace`; ``cola.io`` builds on it)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -14,6 +16,41 @@ from torch import nn
 from .inject import is_adapter_param
 
 CONFIG_KEY = "cola.peft_config"
+
+
+def atomic_replace(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder, then renames it into place:
+    a crash mid-write leaves the previous good file, never a half-written one.
+
+    Args:
+        path: the file to (re)write; its folder is created.
+        write: writes the content to the binary file object it is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs and adapter files are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def upgrade_state_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with names written by an older layout renamed: every submodule of ``model`` that defines
+    ``upgrade_state_dict(state, prefix)`` (e.g. the dual encoder's ``tower_a.`` -> ``towers.vision.``) renames
+    the keys under its own prefix."""
+    for name, m in model.named_modules():
+        upgrade = getattr(m, "upgrade_state_dict", None)
+        if callable(upgrade):
+            state = upgrade(state, prefix=f"{name}." if name else "")
+    return state
 
 
 def adapter_state_dict(model: nn.Module, *, extra_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -31,7 +68,8 @@ def adapter_state_dict(model: nn.Module, *, extra_prefixes: tuple[str, ...] = ()
     }
 
 
-def _diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One ``"key: saved X != current Y"`` line per key whose values differ."""
     keys = sorted(set(saved) | set(current))
     return [
         f"{k}: saved {saved.get(k)!r} != current {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
@@ -53,9 +91,10 @@ def load_adapter_state_dict(
             shape differs (typically another rank or sharing).
     """
     if saved_config is not None and current_config is not None:
-        diffs = _diff_configs(saved_config, current_config)
+        diffs = diff_configs(saved_config, current_config)
         if diffs:
             raise ValueError("adapter checkpoint was made with another peft config: " + "; ".join(diffs))
+    state = upgrade_state_keys(model, state)
     own = {
         n: p
         for n, p in model.named_parameters()
@@ -89,24 +128,13 @@ def save_adapters(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Writes adapter (and optionally head) weights to a safetensors file atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata or {})
     if config is not None:
         meta[CONFIG_KEY] = json.dumps(config, sort_keys=True)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, extra_prefixes=extra_prefixes).items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapter files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_replace(path, lambda f: f.write(save(tensors, metadata=meta)))
 
 
 def read_adapters(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, str]]:

@@ -95,8 +95,8 @@ class AVEClassificationTask(DualStreamTask):
         self.loss_kind = loss
         self.label_smoothing = float(label_smoothing)
         self.head = AVEHead(
-            encoder.hidden_size_a,
-            encoder.hidden_size_b,
+            encoder.towers["vision"].hidden_size,
+            encoder.towers["audio"].hidden_size,
             num_classes=self.num_classes,
             d_model=d_model,
             temporal=temporal,
@@ -105,8 +105,8 @@ class AVEClassificationTask(DualStreamTask):
             dropout=dropout,
         )
 
-    def encoder_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Vision (stream a) and audio (stream b) inputs, one sample per (video, second)."""
+    def encoder_inputs(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Vision and audio inputs by stream, one sample per (video, second)."""
         pixels = _flatten_seconds(batch["pixel_values"], "pixel_values", 5)  # (B*T, 3, S, S)
         audio = _flatten_seconds(batch["input_values"], "input_values", 4)  # (B*T, T_f, 128)
         if pixels.shape[0] != audio.shape[0]:
@@ -114,7 +114,7 @@ class AVEClassificationTask(DualStreamTask):
                 f"pixel_values {tuple(batch['pixel_values'].shape[:2])} and input_values "
                 f"{tuple(batch['input_values'].shape[:2])} disagree on (B, T)"
             )
-        return {"pixel_values": pixels}, {"input_values": audio}
+        return {"vision": {"pixel_values": pixels}, "audio": {"input_values": audio}}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-second logits.
@@ -126,9 +126,9 @@ class AVEClassificationTask(DualStreamTask):
             ``logits`` (B, T, num_classes).
         """
         B, T = batch["pixel_values"].shape[:2]
-        enc = self.encoder(*self.encoder_inputs(batch), rows_per_sample=T)  # T seconds per video
-        vision = pool_stream(enc.tokens_a, enc.num_prefix_a, self.pooling).view(B, T, -1)  # (B, T, Ca)
-        audio = pool_stream(enc.tokens_b, enc.num_prefix_b, self.pooling).view(B, T, -1)  # (B, T, Cb)
+        enc = self.encoder(self.encoder_inputs(batch), rows_per_sample=T)  # T seconds per video
+        vision = pool_stream(enc.tokens["vision"], enc.num_prefix["vision"], self.pooling).view(B, T, -1)  # (B, T, Ca)
+        audio = pool_stream(enc.tokens["audio"], enc.num_prefix["audio"], self.pooling).view(B, T, -1)  # (B, T, Cb)
         return {"logits": self.head(vision, audio)}  # (B, T, num_classes)
 
     def compute_loss(

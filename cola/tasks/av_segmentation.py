@@ -101,14 +101,14 @@ class AVSSegmentationTask(DualStreamTask):
             raise ValueError(f"task.module.pooling must be one of {list(POOLING_CHOICES)}, got {pooling!r}")
         if w_bce < 0 or w_iou < 0 or w_bce + w_iou == 0:
             raise ValueError(f"task.module.w_bce and w_iou must be >= 0 and not both 0, got {w_bce} and {w_iou}")
-        self.decoder_layers = self._resolve_layers(decoder_layers, encoder.tower_a.depth)
+        self.decoder_layers = self._resolve_layers(decoder_layers, encoder.towers["vision"].depth)
         self.w_bce, self.w_iou = float(w_bce), float(w_iou)
         self.pooling = pooling
         self.head = AVSMaskDecoder(
-            encoder.hidden_size_a,
-            encoder.hidden_size_b,
+            encoder.towers["vision"].hidden_size,
+            encoder.towers["audio"].hidden_size,
             num_levels=len(self.decoder_layers),
-            num_prefix_tokens=int(encoder.num_prefix_a),
+            num_prefix_tokens=int(encoder.towers["vision"].num_prefix_tokens),
             d_decoder=d_decoder,
         )
 
@@ -132,15 +132,15 @@ class AVSSegmentationTask(DualStreamTask):
             raise ValueError(f"task.module.decoder_layers repeats a block: {list(layers)} -> {out}")
         return sorted(out)  # shallow to deep
 
-    def encoder_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Vision (stream a) and audio (stream b) inputs, one sample per (clip, frame)."""
+    def encoder_inputs(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Vision and audio inputs by stream, one sample per (clip, frame)."""
         pixels, audio = batch["pixel_values"], batch["input_values"]
         if pixels.ndim != 5 or audio.ndim != 4 or pixels.shape[:2] != audio.shape[:2]:
             raise ValueError(
                 f"AVS batches need pixel_values (B, F, 3, S, S) and input_values (B, F, T, 128) with the same "
                 f"(B, F), got {tuple(pixels.shape)} and {tuple(audio.shape)}"
             )
-        return {"pixel_values": pixels.flatten(0, 1)}, {"input_values": audio.flatten(0, 1)}
+        return {"vision": {"pixel_values": pixels.flatten(0, 1)}, "audio": {"input_values": audio.flatten(0, 1)}}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Mask logits per frame.
@@ -152,12 +152,12 @@ class AVSSegmentationTask(DualStreamTask):
             ``mask_logits`` (B, F, S, S).
         """
         B, Fr, _, H, W = batch["pixel_values"].shape
-        # only vision blocks are needed; return_layers_b=[] keeps towers of unequal depth valid
+        # only vision blocks are needed (audio blocks of another depth are not indexed)
         enc = self.encoder(
-            *self.encoder_inputs(batch), return_layers=self.decoder_layers, return_layers_b=[], rows_per_sample=Fr
+            self.encoder_inputs(batch), return_layers={"vision": self.decoder_layers}, rows_per_sample=Fr
         )
-        audio = pool_stream(enc.tokens_b, enc.num_prefix_b, self.pooling)  # (B*F, Cb)
-        logits = self.head(enc.layers_a, audio, (H, W))  # (B*F, H, W)
+        audio = pool_stream(enc.tokens["audio"], enc.num_prefix["audio"], self.pooling)  # (B*F, Ca)
+        logits = self.head(enc.layers["vision"], audio, (H, W))  # (B*F, H, W)
         return {"mask_logits": logits.view(B, Fr, H, W)}
 
     def compute_loss(

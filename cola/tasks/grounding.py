@@ -35,10 +35,10 @@ __all__ = ["GroundingTask"]
 def vision_grid_size(encoder: nn.Module, image_size: int) -> int:
     """Side of the vision tower's patch grid for square inputs of side ``image_size``.
 
-    Reads the patch size of a timm ViT (``tower_a.model.patch_embed.patch_size``); for other towers, embeds one
+    Reads the patch size of a timm ViT (``towers["vision"].model.patch_embed.patch_size``); for other towers, embeds one
     blank image and takes the square root of the number of non-prefix tokens.
     """
-    tower = encoder.tower_a
+    tower = encoder.towers["vision"]
     patch = getattr(getattr(getattr(tower, "model", None), "patch_embed", None), "patch_size", None)
     if patch is not None:
         p = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
@@ -109,9 +109,9 @@ class GroundingTask(DualStreamTask):
         self.w_l1, self.w_giou, self.w_focal, self.w_dice = w_l1, w_giou, w_focal, w_dice
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.head = GroundingHead(
-            vision_dim=encoder.hidden_size_a,
-            text_dim=encoder.hidden_size_b,
-            num_prefix_tokens=int(encoder.tower_a.num_prefix_tokens),
+            vision_dim=encoder.towers["vision"].hidden_size,
+            text_dim=encoder.towers["text"].hidden_size,
+            num_prefix_tokens=int(encoder.towers["vision"].num_prefix_tokens),
             grid_size=vision_grid_size(encoder, self.image_size),
             image_size=self.image_size,
             d_fusion=d_fusion,
@@ -139,20 +139,22 @@ class GroundingTask(DualStreamTask):
                 f"pixel_values are {tuple(pixels.shape[-2:])}, but the task was built for image_size="
                 f"{self.image_size}; set task.module.image_size to the data's image_size"
             )
-        enc = self.encoder(*self.encoder_inputs(batch))
-        if enc.num_prefix_a != self.head.num_prefix_tokens:
+        enc = self.encoder(self.encoder_inputs(batch))
+        if enc.num_prefix["vision"] != self.head.num_prefix_tokens:
             raise ValueError(
-                f"the encoder returned {enc.num_prefix_a} vision prefix tokens, the head expects "
+                f"the encoder returned {enc.num_prefix['vision']} vision prefix tokens, the head expects "
                 f"{self.head.num_prefix_tokens}"
             )
-        return self.head(enc.tokens_a, enc.tokens_b, enc.mask_b)  # box (B, 4), mask_logits (B, S, S)
+        return self.head(
+            enc.tokens["vision"], enc.tokens["text"], enc.masks["text"]
+        )  # box (B, 4), mask_logits (B, S, S)
 
-    def encoder_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Vision inputs (stream a) and text inputs (stream b) of a batch."""
-        return (
-            {"pixel_values": batch["pixel_values"]},
-            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-        )
+    def encoder_inputs(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Vision and text inputs of a batch, by stream."""
+        return {
+            "vision": {"pixel_values": batch["pixel_values"]},
+            "text": {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+        }
 
     def compute_loss(
         self, out: dict[str, torch.Tensor], batch: dict[str, Any]

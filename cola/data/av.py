@@ -1,0 +1,311 @@
+"""What the audio-visual DataModules (AVE, AVSBench) share: frame and audio loading with one set of normalisation
+constants, skipping of unreadable samples, the argument checks, the index/drop/empty-split bookkeeping of
+``validate`` and the per-split datasets. :mod:`cola.data.ave` and :mod:`cola.data.avs` keep what differs: their
+layout, their index, their labels or masks.
+
+Audio features: per clip (one per frame), the Kaldi fbank of :func:`cola.data.audio.audio_clip_features`,
+normalised with AST's AudioSet statistics (:data:`cola.data.audio.AUDIOSET_MEAN`, ``AUDIOSET_STD``) unless
+``audio_mean``/``audio_std`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cola.data.audio import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    audio_clip_features,
+    check_audio_input,
+    check_audio_setting,
+    load_audio,
+    resolve_windows,
+)
+from cola.data.base import CoLADataModule, check_int
+from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_frame
+
+__all__ = ["SELECT_ON", "SPLITS", "AVDataModule", "AVDataset", "collate_samples", "to_chw"]
+
+SPLITS = ("train", "val", "test")
+SELECT_ON = ("val", "test")
+MAX_LISTED = 5  # how many dropped items a warning names
+
+
+class AVDataset(Dataset):
+    """One split of an audio-visual dataset; ``__getitem__`` returns a sample dict or ``None`` when a file cannot
+    be decoded (recorded in :attr:`skipped`, logged, dropped by the collate function).
+
+    Subclasses implement :meth:`load` (raising on unreadable files) and :meth:`skip_key`, and set :attr:`unit`
+    (what one sample is called in the skip warning).
+
+    Args:
+        image_size: side S of the square frames.
+        mean: per-channel image mean (0-1 scale).
+        std: per-channel image std.
+        audio_target_frames: fbank frames T per clip with ``interpolate``.
+        audio_mean: fbank normalisation mean.
+        audio_std: fbank normalisation std.
+        augment: random horizontal flip of all frames (and masks) of a sample together.
+        name: a label for log messages (e.g. ``ave/train``).
+        audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
+        audio_clip_seconds: length of each audio clip.
+        audio_windows: clip placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
+    """
+
+    unit = "sample"
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        audio_target_frames: int = 100,
+        audio_mean: float = AUDIOSET_MEAN,
+        audio_std: float = AUDIOSET_STD,
+        augment: bool = False,
+        name: str = "av",
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
+    ) -> None:
+        self.image_size = int(image_size)
+        self.mean = np.asarray(mean, dtype=np.float32)  # (3,), broadcast over (..., 3) pixels
+        self.std = np.asarray(std, dtype=np.float32)
+        self.audio_target_frames = audio_target_frames
+        self.audio_mean, self.audio_std = audio_mean, audio_std
+        self.audio_input = check_audio_input(audio_input)
+        self.audio_clip_seconds = float(audio_clip_seconds)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
+        self.augment = augment
+        self.name = name
+        # samples skipped at load time (skip_key -> reason); each DataLoader worker holds its own copy
+        self.skipped: dict[str, str] = {}
+
+    @abstractmethod
+    def load(self, index: int) -> dict[str, Any]:
+        """Loads sample ``index``; raises on unreadable files (``__getitem__`` catches and skips)."""
+
+    @abstractmethod
+    def skip_key(self, index: int) -> tuple[str, str]:
+        """``(key in skipped, id shown in the warning)`` of sample ``index``."""
+
+    def frames(self, paths: Sequence[Path]) -> np.ndarray:
+        """(F, S, S, 3) float32 normalised frames."""
+        # per-pixel work in numpy: many tiny torch ops are slow when intra-op threads contend for cores
+        frames = np.stack([load_frame(p, self.image_size) for p in paths]).astype(np.float32) / 255.0
+        return (frames - self.mean) / self.std
+
+    def flip(self) -> bool:
+        """Whether this sample is flipped (``augment``); torch's RNG, seeded per worker by Lightning."""
+        return bool(self.augment and torch.rand(()) < 0.5)
+
+    def audio(self, wav: Path, clips: int) -> torch.Tensor:
+        """(clips, T, 128) normalised fbank of the 16 kHz mono ``wav``, one clip per frame."""
+        return audio_clip_features(
+            load_audio(wav),
+            seconds=clips,
+            target_frames=self.audio_target_frames,
+            mean=self.audio_mean,
+            std=self.audio_std,
+            audio_input=self.audio_input,
+            clip_seconds=self.audio_clip_seconds,
+            windows=self.audio_windows,
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            return self.load(index)
+        except DECODE_ERRORS as err:  # PIL decode errors; AudioReadError is a ValueError
+            key, shown = self.skip_key(index)
+            self.skipped[key] = f"{type(err).__name__}: {err}"
+            logging.getLogger(type(self).__module__).warning(
+                "%s: skipping %s %r, a file could not be read (%s: %s); %d %s(s) skipped so far",
+                self.name,
+                self.unit,
+                shown,
+                type(err).__name__,
+                err,
+                len(self.skipped),
+                self.unit,
+            )
+            return None
+
+
+def collate_samples(samples: list[dict[str, Any] | None], *, keys: Sequence[str]) -> dict[str, Any] | None:
+    """Stacks the tensors under ``keys`` and lists the ``video_id``s, dropping the ``None`` of unreadable
+    samples; ``None`` when nothing is left (the task skips that batch)."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
+    batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples]) for key in keys}
+    batch["video_id"] = [s["video_id"] for s in samples]
+    return batch
+
+
+def to_chw(frames: np.ndarray) -> torch.Tensor:
+    """(F, S, S, 3) numpy -> (F, 3, S, S) contiguous tensor."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+
+
+class AVDataModule(CoLADataModule):
+    """The shared part of the AVE and AVSBench DataModules; the arguments (same defaults for both) are described
+    by the subclasses, which add their own (AVS: ``subset``).
+
+    Subclasses set :attr:`label` (log prefix), :attr:`unit` and :attr:`units` (what the entries are, in messages),
+    and implement :meth:`check_layout`, :meth:`read_index` and :meth:`build_dataset`.
+
+    Attributes:
+        audio_frames: fbank frames T per clip of the batches (the AST ``max_length`` these need).
+        index: ``{split: [item]}`` after :meth:`validate` (items with missing files dropped).
+        dropped: ``[(item, first missing path)]`` of the dropped items.
+    """
+
+    label = "AV"
+    unit = "item"  # one entry of the index, in messages
+    units = "items"  # the dropped entries, in the drop warning
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        audio_target_frames: int = 100,
+        audio_mean: float = AUDIOSET_MEAN,
+        audio_std: float = AUDIOSET_STD,
+        select_on: str = "val",
+        limit_per_split: int | None = None,
+        augment: bool = False,
+        audio_input: str = "interpolate",
+        audio_clip_seconds: float = 1.0,
+        audio_windows: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_audio_input(audio_input)
+        self.audio_windows = resolve_windows(audio_windows, audio_input)
+        if select_on not in SELECT_ON:
+            raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
+        self.set_loader_args(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            limit_per_split=limit_per_split,
+        )
+        self.image_size = check_int("image_size", image_size)
+        self.audio_target_frames = check_int("audio_target_frames", audio_target_frames)
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        if float(audio_std) <= 0:
+            raise ValueError(f"data.audio_std must be positive, got {audio_std!r}")
+        self.audio_frames = check_audio_setting(audio_input, audio_clip_seconds, audio_target_frames)
+        self.root = Path(root)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.audio_mean, self.audio_std = float(audio_mean), float(audio_std)
+        self.audio_input, self.audio_clip_seconds = audio_input, float(audio_clip_seconds)
+        self.select_on = select_on
+        self.augment = bool(augment)
+        self.val_split = select_on
+        self.test_splits = ["test"]
+        self.index: dict[str, list] | None = None
+        self.dropped: list[tuple[Any, Path]] = []
+
+    def dataset_kwargs(self, split: str, *, train: bool) -> dict[str, Any]:
+        """The :class:`AVDataset` arguments of ``split``: image and audio settings, augmentation when ``train``."""
+        return dict(
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            audio_target_frames=self.audio_target_frames,
+            audio_mean=self.audio_mean,
+            audio_std=self.audio_std,
+            augment=self.augment and train,
+            audio_input=self.audio_input,
+            audio_clip_seconds=self.audio_clip_seconds,
+            audio_windows=self.audio_windows,
+        )
+
+    # -------------------------------------------------------------------------------------------- checks
+    @abstractmethod
+    def check_layout(self) -> None:
+        """Raises ``FileNotFoundError`` listing what is expected when the layout under ``root`` is incomplete."""
+
+    @abstractmethod
+    def read_index(self) -> tuple[dict[str, list], list[tuple[Any, Path]], dict[str, int]]:
+        """Reads the annotations: ``({split: [usable item]}, [(dropped item, first missing path)],
+        {split: rows listed})``; raises ``ValueError`` naming the file and line of a malformed entry."""
+
+    @abstractmethod
+    def describe_dropped(self, item: Any, missing: Path) -> str:
+        """One dropped item in the drop warning."""
+
+    def dropped_note(self) -> str:
+        """Extra words after the drop warning's count (e.g. where to look for why)."""
+        return ""
+
+    def validate(self) -> None:
+        """Checks the layout, reads the index and drops (with one warning) the items whose files are missing.
+
+        Raises:
+            FileNotFoundError: a file or folder of the layout is missing (the message lists what is expected).
+            ValueError: a malformed annotation (naming the file), or an evaluated split without a usable item.
+        """
+        if self.index is not None:
+            return
+        self.check_layout()
+        index, dropped, listed = self.read_index()
+        log = logging.getLogger(type(self).__module__)
+        if dropped:
+            shown = "; ".join(self.describe_dropped(item, path) for item, path in dropped[:MAX_LISTED])
+            more = f"; and {len(dropped) - MAX_LISTED} more" if len(dropped) > MAX_LISTED else ""
+            log.warning(
+                "%s: dropped %d of %d %s whose files are missing%s: %s%s",
+                self.label,
+                len(dropped),
+                sum(listed.values()),
+                self.units,
+                self.dropped_note(),
+                shown,
+                more,
+            )
+        for split in dict.fromkeys([self.train_split, *self.eval_splits]):
+            if not index[split]:
+                raise ValueError(
+                    f"{self.label}: no usable {self.unit} in split {split!r} ({listed[split]} listed, "
+                    f"{listed[split] - len(index[split])} dropped for missing files; {self.split_source(split)})"
+                )
+        if self.limit_per_split is not None:
+            index = {s: v[: self.limit_per_split] for s, v in index.items()}
+        self.index, self.dropped = index, dropped
+        log.info("%s: %s %s (train/val/test)", self.label, "/".join(str(len(index[s])) for s in SPLITS), self.units)
+
+    def split_source(self, split: str) -> str:
+        """The file that lists ``split`` (named in the empty-split error)."""
+        return str(self.root)
+
+    @property
+    def num_dropped(self) -> int:
+        """Items listed in the annotations but dropped because their files were missing."""
+        return len(self.dropped)
+
+    def dataset(self, split: str, *, train: bool | None = None) -> AVDataset:
+        """The dataset of ``split`` (built on first use; the training split's carries the augmentation).
+
+        Raises:
+            ValueError: ``split`` is not one of train, val, test.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        return super().dataset(split, train=train)  # type: ignore[return-value]

@@ -1,0 +1,368 @@
+"""Prepares the AVE release for training: one frame per second and a 16 kHz mono wav per video
+(docs/data.md#preparing-ave).
+
+From Python: ``prepare_ave(root, workers=8)``; command line (same options)::
+
+    python scripts/prepare_ave.py ROOT [--workers N] [--frames-per-second 1]
+
+``ROOT`` is the release's ``AVE_Dataset/`` folder (``AVE/<video_id>.mp4`` + annotation files). For each
+video, PyAV decodes
+
+- ``ROOT/frames/<video_id>/<t>.jpg``, t = 0..9 (0-based: file ``t`` stands for second ``[t, t + 1)`` and the
+  annotation row's ``Start <= t < End``): the frame nearest the centre ``t + 0.5 s`` among the frames
+  whose timestamps fall in that second. With ``--frames-per-second K > 1`` the frames go to a separate
+  folder, ``ROOT/frames_<K>fps/<video_id>/<t>_<k>.jpg``, k = 0..K-1, nearest the centres of the K equal
+  parts of second t (the training code reads ``frames/``);
+- ``ROOT/audio/<video_id>.wav``: the first 10 s of the audio track resampled to 16 kHz with PyAV's
+  ``AudioResampler`` (libswresample), channels averaged to mono, 16-bit PCM.
+
+A video shorter than 10 s is padded: a second without a frame repeats the last earlier frame (the first
+later one at the very start), missing audio is zeros; such videos are listed as ``short``. A video that
+cannot be opened or has no decodable video or audio is listed as ``unreadable`` and gets no outputs, so
+the data module drops its rows with a warning.
+
+Resumable: every output is written under a temporary name and renamed when complete, and a video whose
+frames and wav all exist is skipped, so an interrupted run continues where it stopped. The final report
+(printed and written to ``ROOT/prepare_report.json``) counts prepared, skipped, short and unreadable videos
+and the annotated ids without an mp4.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from cola.data.ave import (
+    AUDIO_DIR,
+    FRAMES_DIR,
+    NUM_SECONDS,
+    PREPARE_REPORT,
+    SPLIT_FILES,
+    VIDEO_DIR,
+    audio_path,
+    parse_annotations,
+)
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SHORT_AUDIO_TOLERANCE_S = 0.1  # AAC priming/padding can trim a few ms; only real gaps count as short
+TMP_PREFIX = ".tmp-"
+JPEG_QUALITY = 95
+MAX_LISTED = 10  # entries of each kind printed in the summary (the json has all)
+
+
+class UnreadableVideoError(ValueError):
+    """A video that cannot be opened or has no decodable video or audio."""
+
+
+def frames_dir(root: Path, frames_per_second: int = 1) -> Path:
+    """``ROOT/frames`` (one frame per second, what training reads) or ``ROOT/frames_<K>fps``."""
+    return root / (FRAMES_DIR if frames_per_second == 1 else f"{FRAMES_DIR}_{frames_per_second}fps")
+
+
+def frame_names(frames_per_second: int) -> list[str]:
+    """The jpg names of one video: ``<t>.jpg`` (K = 1) or ``<t>_<k>.jpg``."""
+    if frames_per_second == 1:
+        return [f"{t}.jpg" for t in range(NUM_SECONDS)]
+    return [f"{t}_{k}.jpg" for t in range(NUM_SECONDS) for k in range(frames_per_second)]
+
+
+def is_prepared(root: Path, video_id: str, frames_per_second: int = 1) -> bool:
+    """All frames and the wav of a video exist (outputs are renamed into place only when complete)."""
+    folder = frames_dir(root, frames_per_second) / video_id
+    return audio_path(root, video_id).is_file() and all((folder / n).is_file() for n in frame_names(frames_per_second))
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def decode_video(mp4: Path, *, frames_per_second: int = 1, threads: int = 0) -> dict[str, Any]:
+    """Decodes the frames nearest the interval centres and the 16 kHz mono audio of one video.
+
+    Args:
+        mp4: the video file.
+        frames_per_second: K frames per second (K equal parts of each second).
+        threads: decoder threads (0: FFmpeg's choice).
+
+    Returns:
+        ``{"frames": [(H, W, 3) uint8] * 10K, "audio": (160000,) float32, "padded_frames": [interval indices],
+        "video_seconds": float, "audio_seconds": float, "decode_error": str | None}``.
+
+    Raises:
+        UnreadableVideoError: the file cannot be opened, or no video frame or audio sample decodes.
+    """
+    k = frames_per_second
+    num = NUM_SECONDS * k
+    best: list[tuple[float, av.VideoFrame] | None] = [None] * num
+    first_frame: av.VideoFrame | None = None
+    last_time = 0.0
+    chunks: list[np.ndarray] = []
+    decode_error: str | None = None
+    try:
+        container = av.open(str(mp4))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise UnreadableVideoError(f"cannot open: {err}") from err
+    with container:
+        if not container.streams.video:
+            raise UnreadableVideoError("no video stream")
+        if not container.streams.audio:
+            raise UnreadableVideoError("no audio stream")
+        vstream, astream = container.streams.video[0], container.streams.audio[0]
+        vstream.thread_type = "AUTO"
+        vstream.codec_context.thread_count = threads
+        start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+        rate = float(vstream.average_rate) if vstream.average_rate else 25.0
+        resampler: av.AudioResampler | None = None
+        count = 0
+        try:
+            for packet in container.demux(vstream, astream):
+                for frame in packet.decode():
+                    if isinstance(frame, av.VideoFrame):
+                        t = (frame.time - start) if frame.time is not None else count / rate
+                        count += 1
+                        if first_frame is None:
+                            first_frame = frame
+                        last_time = max(last_time, t + 1.0 / rate)
+                        i = math.floor(t * k)
+                        if 0 <= i < num:
+                            dist = abs(t - (i + 0.5) / k)
+                            if best[i] is None or dist < best[i][0]:
+                                best[i] = (dist, frame)
+                    elif isinstance(frame, av.AudioFrame):
+                        if resampler is None:
+                            resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=SAMPLE_RATE)
+                        chunks.extend(f.to_ndarray() for f in resampler.resample(frame))  # (C, n) each
+            if resampler is not None:
+                chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+        except (av.FFmpegError, ValueError) as err:  # keep what decoded before a corrupt packet
+            decode_error = f"{type(err).__name__}: {err}"
+    if first_frame is None:
+        raise UnreadableVideoError(f"no video frame decodes{f' ({decode_error})' if decode_error else ''}")
+    if not chunks:
+        raise UnreadableVideoError(f"no audio sample decodes{f' ({decode_error})' if decode_error else ''}")
+    frames: list[np.ndarray] = []
+    padded: list[int] = []
+    previous: av.VideoFrame | None = None
+    for i in range(num):
+        if best[i] is not None:
+            previous = best[i][1]
+        else:
+            padded.append(i)
+            if previous is None:  # nothing earlier: the first frame of the video
+                previous = next((b[1] for b in best if b is not None), first_frame)
+        frames.append(previous.to_ndarray(format="rgb24"))  # (H, W, 3)
+    mono = np.concatenate(chunks, axis=1).mean(axis=0)  # (n,)
+    audio_seconds = mono.shape[0] / SAMPLE_RATE
+    total = NUM_SECONDS * SAMPLE_RATE
+    audio = np.zeros(total, dtype=np.float32)
+    audio[: min(total, mono.shape[0])] = np.clip(mono[:total], -1.0, 1.0)
+    return {
+        "frames": frames,
+        "audio": audio,
+        "padded_frames": padded,
+        "video_seconds": round(last_time, 3),
+        "audio_seconds": round(audio_seconds, 3),
+        "decode_error": decode_error,
+    }
+
+
+def _write_outputs(root: Path, video_id: str, decoded: dict[str, Any], frames_per_second: int, quality: int) -> None:
+    """Writes the jpgs and the wav under temporary names, then renames them into place."""
+    frames_root, audio_root = frames_dir(root, frames_per_second), root / AUDIO_DIR
+    tag = f"{TMP_PREFIX}{video_id}-{os.getpid()}"
+    tmp_dir = frames_root / tag
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    for name, frame in zip(frame_names(frames_per_second), decoded["frames"]):
+        Image.fromarray(frame).save(tmp_dir / name, format="JPEG", quality=quality)
+    final_dir = frames_root / video_id
+    if final_dir.exists():  # an incomplete folder (outputs are renamed only when complete)
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+    tmp_wav = audio_root / f"{tag}.wav"
+    sf.write(str(tmp_wav), decoded["audio"], SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(tmp_wav, audio_path(root, video_id))
+
+
+def prepare_one(args: tuple[str, str, int, int, int]) -> dict[str, Any]:
+    """Pool worker: prepares one video; never raises (failures come back as ``status: unreadable``)."""
+    mp4_s, root_s, frames_per_second, quality, threads = args
+    mp4, root = Path(mp4_s), Path(root_s)
+    video_id = mp4.stem
+    record: dict[str, Any] = {"video_id": video_id}
+    if is_prepared(root, video_id, frames_per_second):
+        return {**record, "status": "skipped"}
+    try:
+        decoded = decode_video(mp4, frames_per_second=frames_per_second, threads=threads)
+        _write_outputs(root, video_id, decoded, frames_per_second, quality)
+    except Exception as err:  # a worker must not take the pool down; the report names the video
+        return {**record, "status": "unreadable", "error": f"{type(err).__name__}: {err}"}
+    short = (
+        decoded["padded_frames"]
+        or decoded["audio_seconds"] < NUM_SECONDS - SHORT_AUDIO_TOLERANCE_S
+        or decoded["decode_error"]
+    )
+    record["status"] = "prepared"
+    if short:
+        record["short"] = {
+            "video_id": video_id,
+            "video_seconds": decoded["video_seconds"],
+            "audio_seconds": decoded["audio_seconds"],
+            "padded_frames": decoded["padded_frames"],
+            "padded_audio_seconds": round(max(0.0, NUM_SECONDS - decoded["audio_seconds"]), 3),
+            "decode_error": decoded["decode_error"],
+        }
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _annotated_ids(root: Path) -> tuple[set[str], list[str]]:
+    """Video ids named by Annotations.txt and the split files (those present), and parse problems."""
+    ids: set[str] = set()
+    problems: list[str] = []
+    for name in ("Annotations.txt", *SPLIT_FILES.values()):
+        path = root / name
+        if path.is_file():
+            try:
+                ids.update(r.video_id for r in parse_annotations(path))
+            except ValueError as err:
+                problems.append(str(err))
+    return ids, problems
+
+
+def _cleanup_temporaries(root: Path, frames_per_second: int) -> None:
+    """Removes leftovers of an interrupted run (temporary names are never read)."""
+    for folder in (frames_dir(root, frames_per_second), root / AUDIO_DIR):
+        for p in folder.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def prepare_ave(
+    root: str | os.PathLike,
+    *,
+    workers: int = 1,
+    frames_per_second: int = 1,
+    jpeg_quality: int = JPEG_QUALITY,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decodes every ``ROOT/AVE/*.mp4`` into frames and a wav (resumable) and writes the report.
+
+    Args:
+        root: the ``AVE_Dataset`` folder.
+        workers: parallel processes (1: in this process).
+        frames_per_second: frames per second of video (the training code reads 1).
+        jpeg_quality: JPEG quality of the frames.
+        progress: show a rich progress bar.
+
+    Returns:
+        The report (also written to ``ROOT/prepare_report.json``): ``videos``, ``prepared``, ``skipped``,
+        ``unreadable`` (list of ``{video_id, error}``), ``short`` (list of ``{video_id, video_seconds,
+        audio_seconds, padded_frames, padded_audio_seconds, decode_error}``), ``annotated_without_video``.
+
+    Raises:
+        FileNotFoundError: ``ROOT/AVE/`` does not exist or holds no mp4.
+        ValueError: a parameter out of range.
+    """
+    root = Path(root)
+    if int(workers) < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if int(frames_per_second) < 1:
+        raise ValueError(f"--frames-per-second must be >= 1, got {frames_per_second}")
+    video_dir = root / VIDEO_DIR
+    if not video_dir.is_dir():
+        raise FileNotFoundError(
+            f"{video_dir} not found: ROOT must be the AVE_Dataset folder of the release (AVE/<video_id>.mp4, "
+            f"Annotations.txt, trainSet.txt, valSet.txt, testSet.txt)"
+        )
+    videos = sorted(video_dir.glob("*.mp4"))
+    if not videos:
+        raise FileNotFoundError(f"no .mp4 file in {video_dir}")
+    frames_dir(root, frames_per_second).mkdir(exist_ok=True)
+    (root / AUDIO_DIR).mkdir(exist_ok=True)
+    _cleanup_temporaries(root, frames_per_second)
+    t0 = time.time()
+    threads = 0 if workers == 1 else 1  # one decoder thread per process when processes run in parallel
+    jobs = [(str(p), str(root), int(frames_per_second), int(jpeg_quality), threads) for p in videos]
+    records: list[dict[str, Any]] = []
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("prepare AVE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("videos", total=len(jobs))
+        if workers == 1:
+            for job in jobs:
+                records.append(prepare_one(job))
+                bar.advance(task)
+        else:
+            with multiprocessing.get_context().Pool(int(workers)) as pool:
+                for record in pool.imap_unordered(prepare_one, jobs, chunksize=1):
+                    records.append(record)
+                    bar.advance(task)
+    records.sort(key=lambda r: r["video_id"])
+    # a skipped video's padding was reported by the run that prepared it
+    previous: dict[str, dict[str, Any]] = {}
+    report_path = root / PREPARE_REPORT
+    if report_path.is_file():
+        try:
+            previous = {s["video_id"]: s for s in json.loads(report_path.read_text()).get("short", [])}
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
+            previous = {}
+    short = [
+        r["short"] if r["status"] == "prepared" else previous[r["video_id"]]
+        for r in records
+        if r.get("short") or (r["status"] == "skipped" and r["video_id"] in previous)
+    ]
+    annotated, problems = _annotated_ids(root)
+    without_video = sorted(annotated - {p.stem for p in videos})
+    report = {
+        "root": str(root),
+        "frames_per_second": int(frames_per_second),
+        "seconds": NUM_SECONDS,
+        "sample_rate": SAMPLE_RATE,
+        "videos": len(videos),
+        "prepared": sum(r["status"] == "prepared" for r in records),
+        "skipped": sum(r["status"] == "skipped" for r in records),
+        "unreadable": [
+            {"video_id": r["video_id"], "error": r["error"]} for r in records if r["status"] == "unreadable"
+        ],
+        "short": short,
+        "annotated_without_video": without_video,
+        "annotation_problems": problems,
+        "time_s": round(time.time() - t0, 2),
+    }
+    tmp = root / f"{TMP_PREFIX}{PREPARE_REPORT}"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, report_path)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short human summary of :func:`prepare_ave`'s report (one line, then one per listed problem)."""
+    lines = [
+        f"AVE prepared in {report['root']}: {report['videos']} videos, {report['prepared']} prepared now, "
+        f"{report['skipped']} already prepared, {len(report['short'])} short (padded), "
+        f"{len(report['unreadable'])} unreadable ({report['time_s']} s)"
+    ]
+    lines += [f"  unreadable {e['video_id']}: {e['error']}" for e in report["unreadable"][:MAX_LISTED]]
+    lines += [
+        f"  short {e['video_id']}: video {e['video_seconds']} s, audio {e['audio_seconds']} s, "
+        f"padded frames {e['padded_frames']}"
+        for e in report["short"][:MAX_LISTED]
+    ]
+    if report["annotated_without_video"]:
+        ids = report["annotated_without_video"]
+        lines.append(f"  {len(ids)} annotated video id(s) have no mp4, e.g. {ids[:MAX_LISTED]}")
+    lines += [f"  annotation problem: {problem}" for problem in report["annotation_problems"]]
+    lines.append(f"report: {Path(report['root']) / PREPARE_REPORT}")
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""The method library as one registry: every PEFT method the encoder can run, and the one parse of a ``peft`` node.
+
+A :class:`Method` says what a method is made of (its config dataclass and layer class) and what the dual
+encoder must do for it (what it exchanges across streams, whether it merges, whether the towers train). The
+encoder and the config checks ask the method instead of branching on its name. Adding a method = its config
+and layer classes (e.g. :mod:`cola.peft.moka`), one row of :data:`METHODS`, one ``configs/peft/<name>.yaml``
+and its row in the shared method table of ``tests/test_peft.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from .config import AdapterConfig, CoLAConfig, LoRAConfig
+from .layers import AdapterLinear, CoLALinear, LoRALinear
+from .moka import MoKAConfig, MoKALinear
+
+
+@dataclass
+class ParamMatchedConfig(CoLAConfig):
+    """``lora_param_matched``: every field describes the CoLA run to match; ``split_fused`` is the matched LoRA's
+    (per-slice A/B on fused layers, as :class:`LoRAConfig`)."""
+
+    method: ClassVar[str] = "lora_param_matched"
+    split_fused: bool = True
+
+
+@dataclass(frozen=True)
+class MatchedLoRA:
+    """The LoRA config a ``lora_param_matched`` run uses and the two parameter counts it was matched on."""
+
+    config: LoRAConfig
+    params_cola: int
+    params_lora: int
+
+
+@dataclass(frozen=True)
+class Method:
+    """One PEFT method.
+
+    Attributes:
+        name: the ``peft.method`` value.
+        config: the dataclass the ``peft`` node's fields build (``None``: the method has no adapter config).
+        layer: the adapter layer class injected into the towers (``None``: nothing is injected).
+        exchange: what its layers take from the other stream: ``"condition"`` (a pooled vector), ``"tokens"``
+            or ``None``.
+        merges: whether its layers fold (part of) the adapter into the base weight.
+        trains_towers: whether every tower parameter trains (full fine-tuning); else the towers are frozen.
+        derive: a factory turning the parsed config and the planned layers into the config actually injected
+            (``lora_param_matched``: the LoRA closest in parameters to the CoLA run it describes); ``None``: the
+            parsed config is injected.
+    """
+
+    name: str
+    config: type[AdapterConfig] | None
+    layer: type[AdapterLinear] | None
+    exchange: str | None = None
+    merges: bool = False
+    trains_towers: bool = False
+    derive: Callable[..., MatchedLoRA] | None = None
+
+    @property
+    def injects(self) -> bool:
+        return self.layer is not None
+
+
+def param_matched_lora_rank(
+    cola_params: int, layer_shapes: Sequence[tuple[int, int, int]], *, split_fused: bool = True
+) -> tuple[int, int]:
+    """The LoRA rank whose trainable parameters are closest to ``cola_params`` on the same layers.
+
+    Args:
+        cola_params: the CoLA run's adapter parameters (e.g. ``InjectionReport.params_added`` summed).
+        layer_shapes: (in_features, out_features, out_splits) of every adapted layer.
+        split_fused: whether LoRA gives fused layers per-slice A (as :class:`LoRALinear` does by default).
+
+    Returns:
+        (rank, lora_params) — the rank and the LoRA parameter count it gives.
+    """
+    if not layer_shapes:
+        raise ValueError("layer_shapes is empty: no adapted layer to match")
+
+    def lora_params(rank: int) -> int:
+        cfg = LoRAConfig(rank=rank, alpha=rank, split_fused=split_fused)
+        return sum(cfg.params_per_layer(in_features=i, out_features=o, out_splits=s) for i, o, s in layer_shapes)
+
+    per_rank = lora_params(1)  # the count is linear in the rank
+    lo = max(1, cola_params // per_rank)
+    rank = min((lo, lo + 1), key=lambda r: abs(lora_params(r) - cola_params))
+    return rank, lora_params(rank)
+
+
+def match_lora(
+    cola: ParamMatchedConfig, planned: Sequence[tuple[AdapterConfig, int, int, int | None, int]]
+) -> MatchedLoRA:
+    """The LoRA config of ``lora_param_matched`` (docs/method.md#lora-param-matched): the rank whose parameters are
+    closest to the CoLA run on the same layers, alpha = ``cola.scaling * rank`` (same intra-path scale).
+
+    Args:
+        cola: the CoLA run to match.
+        planned: one (config, in_features, out_features, context_dim, out_splits) per layer the CoLA run would
+            adapt, with the config that layer would get (CoLA resolved per stream, or the plain LoRA of an
+            unpaired block); the matched LoRA adapts the same layers.
+    """
+    params_cola = sum(
+        cfg.params_per_layer(in_features=i, out_features=o, context_dim=c, out_splits=s) for cfg, i, o, c, s in planned
+    )
+    shapes = [(i, o, s) for _, i, o, _, s in planned]
+    rank, params_lora = param_matched_lora_rank(params_cola, shapes, split_fused=cola.split_fused)
+    lora = LoRAConfig(rank=rank, alpha=cola.scaling * rank, dropout=cola.dropout, split_fused=cola.split_fused)
+    return MatchedLoRA(lora, params_cola, params_lora)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("cola", CoLAConfig, CoLALinear, exchange="condition", merges=True),
+        Method("lora", LoRAConfig, LoRALinear, merges=True),
+        Method("lora_param_matched", ParamMatchedConfig, LoRALinear, merges=True, derive=match_lora),
+        Method("moka", MoKAConfig, MoKALinear, exchange="tokens"),
+        Method("frozen", None, None),
+        Method("full", None, None, trains_towers=True),
+    )
+}
+"""Every method ``peft.method`` may name, in the order the docs list them."""
+
+ADAPTER_LAYERS: tuple[type[AdapterLinear], ...] = tuple(dict.fromkeys(m.layer for m in METHODS.values() if m.layer))
+ADAPTER_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(p for cls in ADAPTER_LAYERS for p in cls.prefixes))
+PLACEMENT_KEYS = ("layers", "layer_map")
+"""Keys of the ``peft`` node that say where adapters go, read by the encoder, not by a method's config."""
+CONFIG_KEYS = frozenset(f.name for m in METHODS.values() if m.config for f in fields(m.config))
+"""Fields of every method's config: a ``peft`` node may carry any of them (so one sweep composes over every
+method); the method's own config takes its fields."""
+
+
+def get_method(name: Any) -> Method:
+    """The registered method ``name``; raises ``ValueError`` naming the choices."""
+    if name not in METHODS:
+        raise ValueError(f"peft.method must be one of {list(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def layer_for(config: AdapterConfig) -> type[AdapterLinear]:
+    """The adapter layer class built from ``config`` (by its type)."""
+    for cls in ADAPTER_LAYERS:
+        if type(config) is cls.config_class:
+            return cls
+    raise TypeError(
+        f"no adapter layer is built from {type(config).__name__}; layers: "
+        f"{[f'{c.__name__}({c.config_class.__name__})' for c in ADAPTER_LAYERS]}"
+    )
+
+
+@dataclass(frozen=True)
+class PeftSpec:
+    """A parsed ``peft`` node: the method, its config (``None`` for ``frozen``/``full``) and the placement keys."""
+
+    method: Method
+    config: AdapterConfig | None
+    layers: list[int] | None = None
+    layer_map: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+
+def build_peft(method: Any = "frozen", *, layers: Any = None, layer_map: Any = None, **fields_: Any) -> PeftSpec:
+    """Parses a ``peft`` node (``configs/peft/*.yaml``, their ``_target_``): the one parse the encoder and the
+    config checks share.
+
+    Args:
+        method: a name of :data:`METHODS`.
+        layers: block-pair indices to adapt (``None``: all).
+        layer_map: pairing of towers of unequal depth (see :func:`cola.models.resolve_layer_pairs`).
+        **fields_: config fields; any field of a registered method's config is accepted, the method's own
+            config takes its fields.
+
+    Raises:
+        ValueError: unknown method or key, or a field value the method's config rejects (naming it).
+    """
+    m = get_method(method)
+    fields_.pop("_target_", None)
+    unknown = sorted(set(fields_) - CONFIG_KEYS)
+    if unknown:
+        raise ValueError(
+            f"peft has unknown key(s) {unknown}; valid keys are {sorted(CONFIG_KEYS | {'method', *PLACEMENT_KEYS})}"
+        )
+    config = None
+    if m.config is not None:
+        own = {f.name for f in fields(m.config)}
+        config = m.config.from_dict({k: v for k, v in fields_.items() if k in own})
+    return PeftSpec(m, config, None if layers is None else list(layers), layer_map)
+
+
+def config_from_dict(values: dict[str, Any]) -> AdapterConfig:
+    """The adapter config named by ``values["method"]`` from the other keys (strict: unknown keys raise)."""
+    values = dict(values)
+    m = get_method(values.pop("method", None))
+    if m.config is None:
+        raise ValueError(f"peft.method={m.name!r} has no adapter config")
+    return m.config.from_dict(values)
