@@ -5,12 +5,12 @@ Formats: ``xyxy`` = (x0, y0, x1, y1), ``cxcywh`` = (centre x, centre y, width, h
 (x0, y0, width, height); any shape ``(..., 4)``, any units.
 
 - Conversions are torchvision's :func:`torchvision.ops.box_convert` (bit-identical to the hand formulas they
-  replace: ``cx - 0.5 w`` equals ``cx - w / 2`` exactly in floating point; tests/test_metrics.py checks it).
+  replace: ``cx - 0.5 w`` equals ``cx - w / 2`` exactly in floating point; tests/metrics/test_metrics.py checks it).
 - :func:`box_iou_xyxy` and :func:`generalized_box_iou_xyxy` stay hand-written: torchvision's ``box_iou`` /
   ``generalized_box_iou`` score *all pairs* (an (N, M) matrix, where the metrics and losses need box ``i``
   against box ``i``), give an inverted box a negative area and return NaN for two zero-area boxes; ours are
   element-wise, clamp inverted boxes to area 0 and never return NaN. On valid boxes they equal the diagonal of
-  torchvision's result (tests/test_metrics.py).
+  torchvision's result (tests/metrics/test_metrics.py).
 """
 
 from __future__ import annotations

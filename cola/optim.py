@@ -96,7 +96,7 @@ def warmup_schedule(
     Hand-written rather than torch's ``LinearLR`` + ``CosineAnnealingLR`` / ``PolynomialLR`` in a
     ``SequentialLR``: those compute each learning rate from the previous one (chainable form), which drifts from
     this closed form in the last bits (and ``CosineAnnealingLR`` has no ``min_lr_ratio`` of the peak per group),
-    so the runs recorded before would not repeat bit for bit. ``tests/test_optim.py`` pins the values per step.
+    so the runs recorded before would not repeat bit for bit. ``tests/tasks/test_optim.py`` pins the values per step.
 
     Args:
         optimizer: the optimiser whose groups' learning rates are scaled.

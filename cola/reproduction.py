@@ -6,7 +6,7 @@ them.
 the resolved value, the official one and whether they match. Where this repo deliberately differs
 (docs/official_settings.md#deliberate-differences: other towers, letterbox resize, a light AVS decoder), the row says so
 instead of matching. ``scripts/reproduction_card.py`` prints the card and
-writes ``docs/reproduction.md``; ``tests/test_reproduction.py`` asserts that every ``main_*`` / ablation /
+writes ``docs/reproduction.md``; ``tests/harness/test_reproduction.py`` asserts that every ``main_*`` / ablation /
 controls file matches, so a demo default (``configs/train.yaml``) can never leak into a reproduction again.
 """
 

@@ -308,10 +308,12 @@ class Runner:
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, **kw)
         self.inputs, self.target = make_inputs(spec, args.batch, device)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         self.autocast = (
             (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype is not None else nullcontext
         )
+        # fp16 trains with a loss scaler, as Lightning's 16-mixed does (bf16 needs none)
+        self.scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
         self.merged = False
 
     def train_step(self) -> None:
@@ -319,8 +321,13 @@ class Runner:
         with self.autocast():
             pred = self.forward(self.inputs)  # (B, HEAD_DIM)
         loss = F.mse_loss(pred.float(), self.target)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def prepare_eval(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -595,7 +602,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
                    help=f"subset of {' '.join(METHODS)} (default: all; with --tiny: {' '.join(SPEC_METHODS)})")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (weights stay fp32)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="bf16 / fp16: autocast (weights stay fp32; fp16 with a GradScaler)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compilation)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)

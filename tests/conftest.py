@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -120,3 +123,183 @@ def fast_dev_trainer(tmp_path: Path, **kwargs):
         default_root_dir=tmp_path,
     )
     return L.Trainer(**{**args, **kwargs})
+
+
+# ---------------------------------------------------------------- helpers shared by test modules
+FAST_RUN = [
+    "debug=fast",
+    # a few batches per stage, as these tests were written for (debug=fast alone runs one per stage)
+    "trainer.max_steps=4",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.limit_per_split=8",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "task.module.d_fusion=32",
+    "task.module.d_ff=64",
+    "task.module.fusion_layers=1",
+    "task.module.fusion_heads=2",
+]
+
+
+def fast_cfg(root: Path, run_dir: Path, *overrides: str, config_name: str = "train"):
+    """The config of a fast synthetic run in ``run_dir`` (as train.py composes it, with the tiny towers)."""
+    return compose_cfg([*FAST_RUN, f"data.root={root}", *overrides], run_dir=run_dir, config_name=config_name)
+
+
+def train_py(
+    *args: str, cwd: Path = REPO, timeout: float = 600, script: str = "train.py"
+) -> subprocess.CompletedProcess:
+    """Runs ``python train.py ARGS`` (or ``script``) offline on one thread (deterministic, faster for tiny tensors)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLA_ROOT": str(REPO)}
+    env.pop("COLA_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cli_args(root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """train.py arguments of the fast synthetic run (the same overrides the in-process tests compose)."""
+    return [*TINY_TEST_OVERRIDES, *FAST_RUN, f"data.root={root}", f"hydra.run.dir={run_dir}", *overrides]
+
+
+def make_ave(method: str = "cola", *, seed: int = 0, **kwargs):
+    from cola.tasks.av_classification import AVEClassificationTask
+
+    kwargs = {"d_model": 32, "dropout": 0.0, **kwargs}
+    return AVEClassificationTask(make_av_encoder(method, seed=seed), peft_config=AV_PEFT[method], **kwargs)
+
+
+def ave_batch(batch_size: int = 2, seconds: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(batch_size, seconds, 3, AV_IMAGE, AV_IMAGE, generator=g),
+        "input_values": torch.randn(batch_size, seconds, AUDIO_FRAMES, 128, generator=g),
+        "labels": torch.randint(0, 29, (batch_size, seconds), generator=g),
+    }
+
+
+REFCOCO_IMAGE = 112
+
+
+def make_dm(root, tokenizer_path, **kwargs):
+    """A RefCOCODataModule on ``root`` at the test image size, no augmentation (kwargs override)."""
+    from cola.data.refcoco import RefCOCODataModule
+
+    args = dict(root=str(root), image_size=REFCOCO_IMAGE, tokenizer=tokenizer_path, batch_size=4, augment=None)
+    args.update(kwargs)
+    return RefCOCODataModule(**args)
+
+
+def mask_bbox(mask: torch.Tensor) -> torch.Tensor:
+    """xyxy extent (pixel edges) of a 2-D 0/1 mask."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+
+
+TASK_IMAGE = 56
+
+
+def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2", seed: int = 0, **task_kwargs):
+    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
+    from cola.tasks.grounding import GroundingTask
+
+    torch.manual_seed(seed)
+    vision = build_tower(family="vit", name=vit_name, img_size=TASK_IMAGE, embed_dim=64, depth=2, num_heads=2)
+    tiny_bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB)
+    text = build_tower(family="bert", tiny=tiny_bert)
+    peft = dict(GROUNDING_PEFT[method])
+    encoder = DualEncoder(
+        {"vision": vision, "text": text},
+        peft=peft,
+        targets={"vision": family_targets("vit"), "text": family_targets("bert")},
+        out_splits={"vision": family_out_splits("vit")},
+    )
+    kwargs = dict(image_size=TASK_IMAGE, d_fusion=32, fusion_layers=1, d_ff=64, fusion_heads=4, dropout=0.0)
+    kwargs.update(task_kwargs)
+    return GroundingTask(encoder, peft_config=peft, **kwargs)
+
+
+def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Training fields of the RefCOCO batch (as :mod:`cola.data.refcoco` documents them) with box-shaped masks
+    consistent with the boxes."""
+    g = torch.Generator().manual_seed(seed)
+    wh = 0.2 + 0.4 * torch.rand(batch_size, 2, generator=g)
+    centre = wh / 2 + (1 - wh) * torch.rand(batch_size, 2, generator=g)
+    box = torch.cat([centre, wh], dim=1)  # (B, 4) cx cy w h
+    mask = torch.zeros(batch_size, TASK_IMAGE, TASK_IMAGE)
+    for i, (cx, cy, w, h) in enumerate(box.tolist()):
+        x0, x1 = round((cx - w / 2) * TASK_IMAGE), round((cx + w / 2) * TASK_IMAGE)
+        y0, y1 = round((cy - h / 2) * TASK_IMAGE), round((cy + h / 2) * TASK_IMAGE)
+        mask[i, y0:y1, x0:x1] = 1
+    lengths = torch.arange(batch_size) % (seq_len - 2) + 3
+    attention_mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()  # (B, L), some padding
+    return {
+        "pixel_values": torch.randn(batch_size, 3, TASK_IMAGE, TASK_IMAGE, generator=g),
+        "input_ids": torch.randint(1000, VOCAB, (batch_size, seq_len), generator=g) * attention_mask,
+        "attention_mask": attention_mask,
+        "box": box,
+        "mask": mask,
+    }
+
+
+def make_av_encoder(method: str = "cola", *, seed: int = 0):
+    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
+
+    torch.manual_seed(seed)
+    vision = build_tower(
+        family="vit", name="vit_small_patch14_dinov2", img_size=AV_IMAGE, embed_dim=64, depth=2, num_heads=2
+    )
+    tiny_ast = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    audio = build_tower(family="ast", tiny=tiny_ast, max_length=AUDIO_FRAMES)
+    return DualEncoder(
+        {"vision": vision, "audio": audio},
+        peft=dict(AV_PEFT[method]),
+        targets={"vision": family_targets("vit"), "audio": family_targets("ast")},
+        out_splits={"vision": family_out_splits("vit")},
+        anchor=None,
+    )
+
+
+AV_PEFT = {
+    "cola": {"method": "cola", "rank": 4, "alpha": 8, "lambda_init": 0.1, "condition_pooling": "cls"},
+    "lora": {"method": "lora", "rank": 4, "alpha": 8, "condition_pooling": "cls"},
+    "frozen": {"method": "frozen"},
+}
+
+
+AUDIO_FRAMES = 100  # AST max_length: 1-s clips at a 10 ms shift
+
+
+AV_IMAGE = 56  # 4 x 4 patches of 14
+
+
+GROUNDING_PEFT = {
+    "cola": {"method": "cola", "rank": 4, "alpha": 8},
+    "lora": {"method": "lora", "rank": 4, "alpha": 8},
+    "moka": {"method": "moka", "rank": 4, "alpha": 8},
+    "frozen": {"method": "frozen"},
+}
+
+
+VOCAB = 30522  # the MiniLM tokenizer's (BERT uncased) vocabulary, used by the datamodule tests
+
+
+class EpochLosses(L.Callback):
+    """Collects the training loss of every batch, per epoch."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.setdefault(trainer.current_epoch, []).append(float(loss))
+
+    def epoch_means(self) -> list[float]:
+        return [sum(v) / len(v) for _, v in sorted(self.losses.items())]

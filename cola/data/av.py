@@ -157,8 +157,31 @@ def to_chw(frames: np.ndarray) -> torch.Tensor:
 
 
 class AVDataModule(CoLADataModule):
-    """The shared part of the AVE and AVSBench DataModules; the arguments (same defaults for both) are described
-    by the subclasses, which add their own (AVS: ``subset``).
+    """The shared part of the AVE and AVSBench DataModules (same arguments and defaults for both; the subclasses add
+    ``root`` and their own, AVS: ``subset``).
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        num_workers: DataLoader workers.
+        image_size: side S of the frames (and AVS masks) fed to the model.
+        mean: image normalisation mean (default ImageNet).
+        std: image normalisation std.
+        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
+            ``max_length``); at least the clip's frames (98 for 1 s, 193 for 1.95 s).
+        audio_mean: fbank normalisation mean (default AST's AudioSet value).
+        audio_std: fbank normalisation std.
+        select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
+            selects checkpoints on).
+        limit_per_split: keep only the first N entries of each split (quick runs).
+        augment: random horizontal flips of training samples.
+        audio_input: ``interpolate`` (default: each clip's fbank padded to ``audio_target_frames``, the AST's
+            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
+            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
+        audio_clip_seconds: length of each audio clip (AVE: one per second, official 1.0; AVS: one window per
+            frame, official 1.95).
+        audio_windows: clip placement: ``seconds``, ``official`` (the official loaders' spread; see the
+            subclasses) or ``None`` (official with pad, seconds with interpolate).
 
     Subclasses set :attr:`label` (log prefix), :attr:`unit` and :attr:`units` (what the entries are, in messages),
     and implement :meth:`check_layout`, :meth:`read_index` and :meth:`build_dataset`.

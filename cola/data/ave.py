@@ -161,26 +161,9 @@ class AVEDataModule(AVDataModule):
 
     Args:
         root: the ``AVE_Dataset`` folder (with ``frames/`` and ``audio/`` from ``scripts/prepare_ave.py``).
-        batch_size: training batch size (official: 2).
-        eval_batch_size: validation/test batch size (default ``batch_size``).
-        num_workers: DataLoader workers.
-        image_size: side S of the frames fed to the model.
-        mean: image normalisation mean (default ImageNet).
-        std: image normalisation std.
-        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
-            ``max_length``); at least the clip's frames (98 for 1 s).
-        audio_mean: fbank normalisation mean (default AST's AudioSet value).
-        audio_std: fbank normalisation std.
-        select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
-            selects checkpoints on).
-        limit_per_split: keep only the first N rows of each split (quick runs).
-        augment: random horizontal flips of training samples.
-        audio_input: ``interpolate`` (default: each clip's fbank padded to ``audio_target_frames``, the AST's
-            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
-            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
-        audio_clip_seconds: length of each of the 10 audio clips (official: 1.0).
-        audio_windows: clip placement: ``seconds`` (clip t = second t), ``official`` (spread with a 0.1 s end
-            margin, as the official loader) or ``None`` (official with pad, seconds with interpolate).
+        batch_size, eval_batch_size, num_workers, image_size, mean, std, audio_*, select_on, limit_per_split,
+            augment: see :class:`cola.data.av.AVDataModule` (official AVE: batch 2, 1-s clips, clip t = second t
+            with ``seconds``, spread with a 0.1 s end margin with ``official``).
 
     Attributes:
         audio_frames: fbank frames T per clip of the batches (the AST ``max_length`` these need).

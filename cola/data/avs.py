@@ -243,27 +243,9 @@ class AVSDataModule(AVDataModule):
     Args:
         root: the folder holding ``Single-source/`` and ``Multi-sources/``.
         subset: ``s4`` or ``ms3``.
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size (default ``batch_size``).
-        num_workers: DataLoader workers.
-        image_size: side S of the frames and masks fed to the model.
-        mean: image normalisation mean (default ImageNet).
-        std: image normalisation std.
-        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
-            ``max_length``); at least the clip's frames (98 for 1 s, 193 for 1.95 s).
-        audio_mean: fbank normalisation mean.
-        audio_std: fbank normalisation std.
-        select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
-            selects checkpoints on).
-        limit_per_split: keep only the first N clips of each split (quick runs).
-        augment: random horizontal flips of training clips.
-        audio_input: ``interpolate`` (default: each window's fbank padded to ``audio_target_frames``, the AST's
-            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
-            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
-        audio_clip_seconds: length of each frame's audio window (default 1.0; official 1.95).
-        audio_windows: window placement: ``seconds`` (window k at second k - 1), ``official`` (starts
-            ``linspace(0, N - sr (audio_clip_seconds + 0.1), 5)``, as the official loader) or ``None`` (official
-            with pad, seconds with interpolate).
+        batch_size, eval_batch_size, num_workers, image_size, mean, std, audio_*, select_on, limit_per_split,
+            augment: see :class:`cola.data.av.AVDataModule` (AVS windows: ``seconds`` puts window k at second
+            k - 1, ``official`` starts them at ``linspace(0, N - sr (audio_clip_seconds + 0.1), 5)``).
 
     Attributes:
         audio_frames: fbank frames T per window of the batches (the AST ``max_length`` these need).

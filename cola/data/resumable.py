@@ -25,7 +25,7 @@ stored in the checkpoint (:class:`cola.callbacks.resume.ResumeState`) makes the 
 Why not torchdata's ``StatefulDataLoader``: Lightning checkpoints its state the same way as this loader's, so it
 would not remove the two private calls :class:`~cola.callbacks.resume.ResumeState` makes (handing the state to a
 loader built before the checkpoint is loaded, and rewinding a batch in flight when SLURM's handler saves). It has
-not been tried against tests/test_resume.py (exact mid-epoch and SIGKILL resume) and is not a dependency.
+not been tried against tests/harness/test_resume.py (exact mid-epoch and SIGKILL resume) and is not a dependency.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A :class:`Method` says what a method is made of (its config dataclass and layer 
 encoder must do for it (what it exchanges across streams, whether it merges, whether the towers train). The
 encoder and the config checks ask the method instead of branching on its name. Adding a method = its config
 and layer classes (e.g. :mod:`cola.peft.moka`), one row of :data:`METHODS`, one ``configs/peft/<name>.yaml``
-and its row in the shared method table of ``tests/test_peft.py``.
+and its row in the shared method table of ``tests/peft/test_peft.py``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from cola.data.avs import AVSDataModule
 from cola.data.base import CoLADataModule, check_int
 from cola.data.refcoco import RefCOCODataModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("cls", [RefCOCODataModule, AVEDataModule, AVSDataModule])

@@ -12,8 +12,7 @@ import torch
 
 from cola.harness import build_module
 from cola.optim import lr_factor, warmup_schedule
-from tests.conftest import compose_cfg
-from tests.test_grounding_task import make_task
+from tests.conftest import compose_cfg, make_task
 
 TRAINER = SimpleNamespace(max_epochs=150, estimated_stepping_batches=1000)  # what configure_optimizers reads
 

@@ -20,7 +20,7 @@ import yaml
 from cola.harness import job_config
 from tests.conftest import compose_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("refcoco", "ave", "avs_s4", "avs_ms3")
 MAIN_METRIC = {"refcoco": "testA/acc@0.5", "ave": "test/acc", "avs_s4": "test/miou", "avs_ms3": "test/miou"}
 BASE = {"refcoco": 0.60, "ave": 0.70, "avs_s4": 0.80, "avs_ms3": 0.50}

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.test_harness import cli_args, train_py
+from tests.conftest import REPO, cli_args, train_py
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

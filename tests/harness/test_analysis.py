@@ -15,7 +15,7 @@ from torch import nn
 from cola.analysis import lambda_values, linear_cka, probe_values
 from cola.peft import CoLAConfig, inject_adapters, save_adapters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str):

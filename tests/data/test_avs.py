@@ -17,7 +17,7 @@ import cola.data.synthetic.avs
 from cola.data.audio import audio_clip_features, load_audio
 from cola.data.avs import IMAGENET_MEAN, IMAGENET_STD, AVSDataModule, collate_avs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM_S4, NUM_MS3 = 6, 5  # S4: 4/1/1 clips, clip 2 (train) is short and stereo; MS3: 3/1/1
 
 

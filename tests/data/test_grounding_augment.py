@@ -19,7 +19,7 @@ from cola.data.transforms import (
     swap_left_right,
 )
 from cola.models.encoders import minilm_path
-from tests.test_data_refcoco import IMAGE, make_dm, mask_bbox
+from tests.conftest import REFCOCO_IMAGE, make_dm, mask_bbox
 
 SIZE = 128  # model input side of the transform tests
 BOX = (200, 150, 360, 330)  # x0, y0, x1, y1 of the target rectangle in the 640 x 480 image
@@ -238,11 +238,11 @@ def test_official_composes_through_the_datamodule(synthetic_refcoco):
     dm.setup("fit")
     torch.manual_seed(0)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["pixel_values"].shape == (4, 3, IMAGE, IMAGE) and batch["mask"].shape == (4, IMAGE, IMAGE)
+    assert batch["pixel_values"].shape == (4, 3, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["mask"].shape == (4, REFCOCO_IMAGE, REFCOCO_IMAGE)
     for box, mask, meta in zip(batch["box"], batch["mask"], batch["meta"]):
         assert meta["augment"]["name"] == "official" and meta["augment"]["branch"] in ("resize", "crop")
         assert max(meta["augment"]["frame_size"]) in OfficialAugment().long_sides
-        xyxy = torch.cat([box[:2] - box[2:] / 2, box[:2] + box[2:] / 2]) * IMAGE
+        xyxy = torch.cat([box[:2] - box[2:] / 2, box[:2] + box[2:] / 2]) * REFCOCO_IMAGE
         torch.testing.assert_close(mask_bbox(mask), xyxy, atol=1.5, rtol=0)
     val = next(iter(dm.val_dataloader()))
     assert all("augment" not in m for m in val["meta"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cola.models.heads.av import OFFICIAL_AVE_HIDDEN, TEMPORAL_CHOICES, AVEHead
-from tests.test_av_tasks import ave_batch, make_ave
+from tests.conftest import ave_batch, make_ave
 
 DV, DA, C = 24, 16, 29
 

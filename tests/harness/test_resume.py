@@ -21,8 +21,7 @@ from cola.callbacks.resume import rng_states, set_rng_states
 from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, rewind_in_flight_batch
 from cola.tasks.base import DualStreamTask
 from cola.validation import SetupError
-from tests.conftest import REPO
-from tests.test_harness import cli_args, fast_cfg
+from tests.conftest import REPO, cli_args, fast_cfg
 
 
 def two_epoch_run(samples: int, checkpoint_every: int) -> list[str]:
@@ -298,7 +297,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
 
 @pytest.mark.slow
 def test_sigterm_subprocess_saves_and_exits_cleanly_then_resumes(synthetic_refcoco, tmp_path):
-    from tests.test_harness import train_py
+    from tests.conftest import train_py
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     overrides = [*KILL_RUN, "callbacks.model_checkpoint.every_n_train_steps=1"]

@@ -9,7 +9,13 @@ import torch
 
 from cola.models.heads import GroundingHead
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
-from tests.conftest import fast_dev_trainer, refcoco_datamodule
+from tests.conftest import (
+    TASK_IMAGE,
+    fast_dev_trainer,
+    hand_batch,
+    make_task,
+    refcoco_datamodule,
+)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -131,70 +137,19 @@ def test_head_rejects_bad_width():
 
 
 # ----------------------------------------------------------------------------------------------- task
-VOCAB = 30522  # the MiniLM tokenizer's (BERT uncased) vocabulary, used by the datamodule tests
-IMAGE = 56
-PEFT = {
-    "cola": {"method": "cola", "rank": 4, "alpha": 8},
-    "lora": {"method": "lora", "rank": 4, "alpha": 8},
-    "moka": {"method": "moka", "rank": 4, "alpha": 8},
-    "frozen": {"method": "frozen"},
-}
-
-
-def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2", seed: int = 0, **task_kwargs):
-    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
-    from cola.tasks.grounding import GroundingTask
-
-    torch.manual_seed(seed)
-    vision = build_tower(family="vit", name=vit_name, img_size=IMAGE, embed_dim=64, depth=2, num_heads=2)
-    tiny_bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB)
-    text = build_tower(family="bert", tiny=tiny_bert)
-    peft = dict(PEFT[method])
-    encoder = DualEncoder(
-        {"vision": vision, "text": text},
-        peft=peft,
-        targets={"vision": family_targets("vit"), "text": family_targets("bert")},
-        out_splits={"vision": family_out_splits("vit")},
-    )
-    kwargs = dict(image_size=IMAGE, d_fusion=32, fusion_layers=1, d_ff=64, fusion_heads=4, dropout=0.0)
-    kwargs.update(task_kwargs)
-    return GroundingTask(encoder, peft_config=peft, **kwargs)
-
-
-def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Training fields of the RefCOCO batch (as :mod:`cola.data.refcoco` documents them) with box-shaped masks
-    consistent with the boxes."""
-    g = torch.Generator().manual_seed(seed)
-    wh = 0.2 + 0.4 * torch.rand(batch_size, 2, generator=g)
-    centre = wh / 2 + (1 - wh) * torch.rand(batch_size, 2, generator=g)
-    box = torch.cat([centre, wh], dim=1)  # (B, 4) cx cy w h
-    mask = torch.zeros(batch_size, IMAGE, IMAGE)
-    for i, (cx, cy, w, h) in enumerate(box.tolist()):
-        x0, x1 = round((cx - w / 2) * IMAGE), round((cx + w / 2) * IMAGE)
-        y0, y1 = round((cy - h / 2) * IMAGE), round((cy + h / 2) * IMAGE)
-        mask[i, y0:y1, x0:x1] = 1
-    lengths = torch.arange(batch_size) % (seq_len - 2) + 3
-    attention_mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()  # (B, L), some padding
-    return {
-        "pixel_values": torch.randn(batch_size, 3, IMAGE, IMAGE, generator=g),
-        "input_ids": torch.randint(1000, VOCAB, (batch_size, seq_len), generator=g) * attention_mask,
-        "attention_mask": attention_mask,
-        "box": box,
-        "mask": mask,
-    }
 
 
 def test_task_forward_shapes_and_loss_terms():
     task = make_task("cola")
     batch = hand_batch(batch_size=3)
     out = task(batch)
-    assert out["box"].shape == (3, 4) and out["mask_logits"].shape == (3, IMAGE, IMAGE)
+    assert out["box"].shape == (3, 4) and out["mask_logits"].shape == (3, TASK_IMAGE, TASK_IMAGE)
     loss, terms = task.compute_loss(out, batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert set(terms) == {"l1", "giou", "focal", "dice"}
     expected = 0.1 * (terms["l1"] + terms["giou"]) + terms["focal"] + terms["dice"]
     torch.testing.assert_close(loss.detach(), expected)
-    assert task.head.grid_size == IMAGE // 14 and task.head.num_prefix_tokens == 1
+    assert task.head.grid_size == TASK_IMAGE // 14 and task.head.num_prefix_tokens == 1
 
 
 def test_loss_weights_are_applied():
@@ -208,7 +163,7 @@ def test_register_tokens_are_dropped_before_the_grid():
     task = make_task("frozen", vit_name="vit_small_patch14_reg4_dinov2")
     assert task.head.num_prefix_tokens == 5  # cls + 4 registers
     out = task(hand_batch())
-    assert out["mask_logits"].shape == (2, IMAGE, IMAGE)
+    assert out["mask_logits"].shape == (2, TASK_IMAGE, TASK_IMAGE)
 
 
 def test_wrong_image_size_is_rejected():
@@ -258,7 +213,9 @@ def test_overfits_one_batch():
 # ----------------------------------------------------------------------------------------------- with the data
 @pytest.fixture(scope="module")
 def datamodule(synthetic_refcoco):
-    dm = refcoco_datamodule(synthetic_refcoco, image_size=IMAGE, batch_size=2, eval_batch_size=3, limit_per_split=6)
+    dm = refcoco_datamodule(
+        synthetic_refcoco, image_size=TASK_IMAGE, batch_size=2, eval_batch_size=3, limit_per_split=6
+    )
     dm.setup("fit")
     return dm
 
@@ -318,7 +275,7 @@ def grounding_short_run(method: str, datamodule, tmp_path, seed: int = 0):
     split, mean training loss per epoch, the fixed-box floors)."""
     import lightning as L
 
-    from tests.test_av_tasks import EpochLosses
+    from tests.conftest import EpochLosses
 
     task = make_task(
         method, seed=seed, val_split="val", test_splits=datamodule.test_splits, lr_adapters=3e-3, lr_heads=3e-3

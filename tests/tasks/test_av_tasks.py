@@ -18,73 +18,41 @@ from cola.models.heads.av import (
     pool_stream,
 )
 from cola.tasks.av_segmentation import masked_mask_losses
-from tests.conftest import fast_dev_trainer
+from tests.conftest import (
+    AUDIO_FRAMES,
+    AV_IMAGE,
+    AV_PEFT,
+    EpochLosses,
+    ave_batch,
+    fast_dev_trainer,
+    make_av_encoder,
+    make_ave,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = 56  # 4 x 4 patches of 14
-AUDIO_FRAMES = 100  # AST max_length: 1-s clips at a 10 ms shift
-PEFT = {
-    "cola": {"method": "cola", "rank": 4, "alpha": 8, "lambda_init": 0.1, "condition_pooling": "cls"},
-    "lora": {"method": "lora", "rank": 4, "alpha": 8, "condition_pooling": "cls"},
-    "frozen": {"method": "frozen"},
-}
-
-
-def make_encoder(method: str = "cola", *, seed: int = 0):
-    from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
-
-    torch.manual_seed(seed)
-    vision = build_tower(
-        family="vit", name="vit_small_patch14_dinov2", img_size=IMAGE, embed_dim=64, depth=2, num_heads=2
-    )
-    tiny_ast = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-    audio = build_tower(family="ast", tiny=tiny_ast, max_length=AUDIO_FRAMES)
-    return DualEncoder(
-        {"vision": vision, "audio": audio},
-        peft=dict(PEFT[method]),
-        targets={"vision": family_targets("vit"), "audio": family_targets("ast")},
-        out_splits={"vision": family_out_splits("vit")},
-        anchor=None,
-    )
-
-
-def make_ave(method: str = "cola", *, seed: int = 0, **kwargs):
-    from cola.tasks.av_classification import AVEClassificationTask
-
-    kwargs = {"d_model": 32, "dropout": 0.0, **kwargs}
-    return AVEClassificationTask(make_encoder(method, seed=seed), peft_config=PEFT[method], **kwargs)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_avs(method: str = "cola", *, seed: int = 0, **kwargs):
     from cola.tasks.av_segmentation import AVSSegmentationTask
 
     kwargs = {"d_decoder": 16, **kwargs}
-    return AVSSegmentationTask(make_encoder(method, seed=seed), peft_config=PEFT[method], **kwargs)
-
-
-def ave_batch(batch_size: int = 2, seconds: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "pixel_values": torch.randn(batch_size, seconds, 3, IMAGE, IMAGE, generator=g),
-        "input_values": torch.randn(batch_size, seconds, AUDIO_FRAMES, 128, generator=g),
-        "labels": torch.randint(0, 29, (batch_size, seconds), generator=g),
-    }
+    return AVSSegmentationTask(make_av_encoder(method, seed=seed), peft_config=AV_PEFT[method], **kwargs)
 
 
 def avs_batch(batch_size: int = 2, seed: int = 0, s4_train: bool = True) -> dict[str, torch.Tensor]:
     """AVS batch in the data contract; with ``s4_train`` clip 0 annotates frame 1 only (as S4 training)."""
     g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(batch_size, 5, IMAGE, IMAGE)
+    masks = torch.zeros(batch_size, 5, AV_IMAGE, AV_IMAGE)
     for b in range(batch_size):
         for k in range(5):
-            x0, y0 = torch.randint(0, IMAGE // 2, (2,), generator=g).tolist()
-            masks[b, k, y0 : y0 + IMAGE // 3, x0 : x0 + IMAGE // 3] = 1
+            x0, y0 = torch.randint(0, AV_IMAGE // 2, (2,), generator=g).tolist()
+            masks[b, k, y0 : y0 + AV_IMAGE // 3, x0 : x0 + AV_IMAGE // 3] = 1
     valid = torch.ones(batch_size, 5, dtype=torch.bool)
     if s4_train:
         valid[0, 1:] = False
         masks[0, 1:] = 0  # the release has no mask there; the data module leaves zeros
     return {
-        "pixel_values": torch.randn(batch_size, 5, 3, IMAGE, IMAGE, generator=g),
+        "pixel_values": torch.randn(batch_size, 5, 3, AV_IMAGE, AV_IMAGE, generator=g),
         "input_values": torch.randn(batch_size, 5, AUDIO_FRAMES, 128, generator=g),
         "masks": masks,
         "mask_valid": valid,
@@ -144,25 +112,25 @@ def test_avs_decoder_shapes_prefix_and_audio_conditioning():
     dec = AVSMaskDecoder(32, 16, num_levels=4, num_prefix_tokens=1, d_decoder=16).eval()
     layers = [torch.randn(3, 1 + 16, 32) for _ in range(4)]  # (N, prefix + 4x4, C)
     audio = torch.randn(3, 16)
-    out = dec(layers, audio, IMAGE)
-    assert out.shape == (3, IMAGE, IMAGE) and torch.isfinite(out).all()
+    out = dec(layers, audio, AV_IMAGE)
+    assert out.shape == (3, AV_IMAGE, AV_IMAGE) and torch.isfinite(out).all()
     # prefix tokens are dropped
     other_prefix = [t.clone() for t in layers]
     for t in other_prefix:
         t[:, 0] = torch.randn(3, 32)
-    torch.testing.assert_close(dec(other_prefix, audio, IMAGE), out)
+    torch.testing.assert_close(dec(other_prefix, audio, AV_IMAGE), out)
     # FiLM starts as the identity (the audio does not matter yet) and conditions once trained
-    torch.testing.assert_close(dec(layers, torch.randn(3, 16), IMAGE), out)
+    torch.testing.assert_close(dec(layers, torch.randn(3, 16), AV_IMAGE), out)
     torch.nn.init.normal_(dec.film.weight, std=0.1)
-    ref = dec(layers, audio, IMAGE)
+    ref = dec(layers, audio, AV_IMAGE)
     changed = audio.clone()
     changed[1] += 1.0
-    diff = (dec(layers, changed, IMAGE) - ref).flatten(1).abs().amax(1)  # (N,)
+    diff = (dec(layers, changed, AV_IMAGE) - ref).flatten(1).abs().amax(1)  # (N,)
     assert diff[1] > 0 and diff[0] == 0 and diff[2] == 0  # each frame is conditioned on its own second
     with pytest.raises(ValueError, match="square"):
-        dec([torch.randn(1, 1 + 15, 32)] * 4, audio[:1], IMAGE)
+        dec([torch.randn(1, 1 + 15, 32)] * 4, audio[:1], AV_IMAGE)
     with pytest.raises(ValueError, match="4 vision blocks"):
-        dec(layers[:3], audio, IMAGE)
+        dec(layers[:3], audio, AV_IMAGE)
 
 
 def test_masked_mask_losses_hand_cases():
@@ -280,7 +248,7 @@ def test_avs_forward_shapes_layers_and_loss():
     assert task.decoder_layers == [0, 1]  # 2-block tower: both blocks
     batch = avs_batch()
     out = task(batch)
-    assert out["mask_logits"].shape == (2, 5, IMAGE, IMAGE)
+    assert out["mask_logits"].shape == (2, 5, AV_IMAGE, AV_IMAGE)
     loss, terms = task.compute_loss(out, batch)
     assert loss.ndim == 0 and torch.isfinite(loss) and set(terms) == {"bce", "iou"}
     torch.testing.assert_close(loss.detach(), terms["bce"] + terms["iou"])
@@ -307,7 +275,7 @@ def test_avs_unannotated_frames_do_not_contribute_to_the_loss():
     invalid = ~batch["mask_valid"]  # (B, F): clip 0, frames 2..5
     assert invalid.sum() == 4
     noisy_logits = out["mask_logits"].clone()
-    noisy_logits[invalid] = torch.randn(int(invalid.sum()), IMAGE, IMAGE) * 10
+    noisy_logits[invalid] = torch.randn(int(invalid.sum()), AV_IMAGE, AV_IMAGE) * 10
     noisy_masks = batch["masks"].clone()
     noisy_masks[invalid] = 1.0
     loss_changed, _ = task.compute_loss({"mask_logits": noisy_logits}, {**batch, "masks": noisy_masks})
@@ -348,20 +316,6 @@ def test_avs_gradients_reach_heads_and_adapters_only():
 
 
 # ----------------------------------------------------------------------------------------------- with the data
-class EpochLosses(L.Callback):
-    """Collects the training loss of every batch, per epoch."""
-
-    def __init__(self) -> None:
-        self.losses: dict[int, list[float]] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.setdefault(trainer.current_epoch, []).append(float(loss))
-
-    def epoch_means(self) -> list[float]:
-        return [sum(v) / len(v) for _, v in sorted(self.losses.items())]
-
-
 # A demo-sized run: a few epochs of the tiny synthetic sets (2-3 batches each) at a learning rate that moves the
 # tiny towers' adapters and the heads within a dozen steps (the tasks' default is for real runs).
 SHORT_RUN_LR = {"lr_adapters": 3e-3, "lr_heads": 3e-3}
@@ -385,7 +339,7 @@ def _short_run(task, datamodule, tmp_path, epochs: int, seed: int) -> tuple[dict
 def ave_short_run(method: str, ave_root: Path, tmp_path: Path, seed: int = SHORT_RUN_SEED):
     from cola.data.ave import AVEDataModule
 
-    dm = AVEDataModule(root=ave_root, image_size=IMAGE, batch_size=2, audio_target_frames=AUDIO_FRAMES)
+    dm = AVEDataModule(root=ave_root, image_size=AV_IMAGE, batch_size=2, audio_target_frames=AUDIO_FRAMES)
     task = make_ave(method, seed=seed, val_split=dm.val_split, test_splits=dm.test_splits, **SHORT_RUN_LR)
     return (*_short_run(task, dm, tmp_path, epochs=6, seed=seed), dm.floor_metrics())
 
@@ -393,7 +347,9 @@ def ave_short_run(method: str, ave_root: Path, tmp_path: Path, seed: int = SHORT
 def avs_short_run(subset: str, method: str, avs_root: Path, tmp_path: Path, seed: int = SHORT_RUN_SEED):
     from cola.data.avs import AVSDataModule
 
-    dm = AVSDataModule(root=avs_root, subset=subset, image_size=IMAGE, batch_size=2, audio_target_frames=AUDIO_FRAMES)
+    dm = AVSDataModule(
+        root=avs_root, subset=subset, image_size=AV_IMAGE, batch_size=2, audio_target_frames=AUDIO_FRAMES
+    )
     task = make_avs(method, seed=seed, val_split=dm.val_split, test_splits=dm.test_splits, **SHORT_RUN_LR)
     return (*_short_run(task, dm, tmp_path, epochs=6, seed=seed), dm.floor_metrics())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 METHODS = ["frozen", "lora", "peft_lora", "lora_param_matched", "cola", "moka"]
 
 
@@ -138,3 +138,21 @@ def test_default_methods(bench):
     assert bench.parse_args(["--tiny"]).methods == ["frozen", "lora", "peft_lora", "cola", "moka"]  # under a minute
     assert bench.parse_args([]).methods == list(bench.METHODS)
     assert bench.parse_args(["--tiny", "--methods", "cola", "lora", "cola"]).methods == ["cola", "lora"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_autocast_dtypes_train_and_keep_fp32_weights(bench, dtype):
+    """--dtype bf16 / fp16 run the train step under autocast (fp16 through a GradScaler) with fp32 weights."""
+    args = bench.parse_args(["--tiny", "--dtype", dtype, "--methods", "cola"])
+    spec = bench.pair_spec(args.pair, tiny=True)
+    runner = bench.Runner("cola", spec, args, torch.device("cpu"))
+    assert (runner.scaler is not None) == (dtype == "fp16")
+    before = {n: p.detach().clone() for n, p in runner.model.named_parameters() if p.requires_grad}
+    runner.train_step()
+    after = dict(runner.model.named_parameters())
+    assert all(after[n].dtype == torch.float32 for n in before)
+    updated = any(not torch.equal(before[n], after[n]) for n in before)
+    if runner.scaler is None:
+        assert updated
+    else:  # fp16: the scaler either stepped, or skipped an overflowing step and lowered its scale
+        assert updated or runner.scaler.get_scale() < 2.0**16

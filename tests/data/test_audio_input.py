@@ -29,7 +29,7 @@ from cola.data.avs import AVSDataModule
 from cola.models.encoders import ast_grid, build_ast
 from tests.conftest import compose_cfg, fast_dev_trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SR = 16000
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 BAD_INPUT = r"data\.audio_input must be one of \['pad', 'interpolate'\], got 'zeros'"

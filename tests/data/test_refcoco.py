@@ -29,9 +29,9 @@ from cola.data.transforms import (
     masks_to_original,
     swap_left_right,
 )
+from tests.conftest import REFCOCO_IMAGE, make_dm, mask_bbox
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = 112
+REPO = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 40
 NAMINGS = [("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd"), ("refcocog", "google")]
 LAYOUT = [
@@ -77,10 +77,6 @@ def tokenizer(tokenizer_path):
     return AutoTokenizer.from_pretrained(tokenizer_path)
 
 
-def make_dm(root, tokenizer_path, **kwargs) -> RefCOCODataModule:
-    args = dict(root=str(root), image_size=IMAGE, tokenizer=tokenizer_path, batch_size=4, augment=None)
-    args.update(kwargs)
-    return RefCOCODataModule(**args)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +91,6 @@ def load_refs(root: Path, dataset: str, split_by: str) -> list[dict]:
         return pickle.load(f)
 
 
-def mask_bbox(mask: torch.Tensor) -> torch.Tensor:
-    """xyxy extent (pixel edges) of a 2-D 0/1 mask."""
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -283,14 +275,14 @@ def test_batch_shapes_and_dtypes(synth, tokenizer_path, tokenizer):
     for batch in (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))):
         b = batch["pixel_values"].shape[0]
         assert b == 4
-        assert batch["pixel_values"].shape == (b, 3, IMAGE, IMAGE) and batch["pixel_values"].dtype == torch.float32
+        assert batch["pixel_values"].shape == (b, 3, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["pixel_values"].dtype == torch.float32
         # pad_to=longest (default): cut to the batch's longest expression, which has no padding
         length = batch["input_ids"].shape[1]
         assert length < 40 and batch["attention_mask"].sum(1).max() == length
         assert batch["input_ids"].shape == (b, length) and batch["input_ids"].dtype == torch.int64
         assert batch["attention_mask"].shape == (b, length) and batch["attention_mask"].dtype == torch.int64
         assert batch["box"].shape == (b, 4) and batch["box"].dtype == torch.float32
-        assert batch["mask"].shape == (b, IMAGE, IMAGE) and batch["mask"].dtype == torch.float32
+        assert batch["mask"].shape == (b, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["mask"].dtype == torch.float32
         assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
         assert batch["orig_box"].shape == (b, 4)
         assert ((batch["box"] >= 0) & (batch["box"] <= 1)).all()
@@ -303,7 +295,7 @@ def test_batch_shapes_and_dtypes(synth, tokenizer_path, tokenizer):
             assert tokenizer.decode(ids[1 : n - 1]) == meta["expression"]
             # letterbox: the pixels right of / below the resized image are padding (0 after normalisation)
             h, w = meta["resized_size"]
-            assert max(h, w) <= IMAGE
+            assert max(h, w) <= REFCOCO_IMAGE
 
 
 def test_letterbox_pads_bottom_right_and_stretch_fills(dm, synth, tokenizer_path):
@@ -311,25 +303,25 @@ def test_letterbox_pads_bottom_right_and_stretch_fills(dm, synth, tokenizer_path
     for x, meta in zip(batch["pixel_values"], batch["meta"]):
         h, w = meta["resized_size"]
         H, W = meta["orig_size"]
-        assert max(h, w) == IMAGE and abs(h / w - H / W) < 0.03  # aspect kept
+        assert max(h, w) == REFCOCO_IMAGE and abs(h / w - H / W) < 0.03  # aspect kept
         assert x[:, h:, :].abs().sum() == 0 and x[:, :, w:].abs().sum() == 0
         assert x[:, :h, :w].abs().sum() > 0
     stretch = make_dm(synth, tokenizer_path, resize="stretch")
     stretch.setup("fit")
     batch = next(iter(stretch.val_dataloader()))
-    assert all(tuple(m["resized_size"]) == (IMAGE, IMAGE) for m in batch["meta"])
+    assert all(tuple(m["resized_size"]) == (REFCOCO_IMAGE, REFCOCO_IMAGE) for m in batch["meta"])
 
 
 @pytest.mark.parametrize("hflip", [0.0, 1.0])
 def test_box_and_mask_stay_consistent(dm, hflip):
     """The mask's extent equals the box in the input frame, with and without the flip."""
-    plain = GroundingTransform(image_size=IMAGE)
-    aug = GroundingTransform(image_size=IMAGE, augment={"hflip": hflip, "scale": [0.7, 1.0], "color_jitter": 0.3})
+    plain = GroundingTransform(image_size=REFCOCO_IMAGE)
+    aug = GroundingTransform(image_size=REFCOCO_IMAGE, augment={"hflip": hflip, "scale": [0.7, 1.0], "color_jitter": 0.3})
     torch.manual_seed(1)
     for i in range(0, 40, 3):
         image, box, mask, text = raw_sample(dm, "train", i)
         out = aug(image, box, mask, text)
-        xyxy = torch.cat([out["box"][:2] - out["box"][2:] / 2, out["box"][:2] + out["box"][2:] / 2]) * IMAGE
+        xyxy = torch.cat([out["box"][:2] - out["box"][2:] / 2, out["box"][:2] + out["box"][2:] / 2]) * REFCOCO_IMAGE
         torch.testing.assert_close(mask_bbox(out["mask"]), xyxy, atol=1.5, rtol=0)
         assert out["meta"]["flipped"] == bool(hflip)
         if hflip:
@@ -337,7 +329,7 @@ def test_box_and_mask_stay_consistent(dm, hflip):
             w = out["meta"]["resized_size"][1]
             # same geometry up to scale: the flipped box mirrors the plain one inside the resized width
             s = w / ref["meta"]["resized_size"][1]
-            cx_plain, cx_flip = ref["box"][0] * IMAGE * s, out["box"][0] * IMAGE
+            cx_plain, cx_flip = ref["box"][0] * REFCOCO_IMAGE * s, out["box"][0] * REFCOCO_IMAGE
             assert abs((w - cx_plain) - cx_flip) < 1.0
             assert out["text"] == swap_left_right(text)
 
@@ -345,9 +337,9 @@ def test_box_and_mask_stay_consistent(dm, hflip):
 def test_inverse_maps_recover_the_original(dm):
     """boxes_to_original / masks_to_original undo the transform (letterbox, stretch, scale jitter, flip)."""
     transforms = [
-        GroundingTransform(image_size=IMAGE),
-        GroundingTransform(image_size=IMAGE, resize="stretch"),
-        GroundingTransform(image_size=IMAGE, augment={"hflip": 1.0, "scale": [0.7, 0.9]}),
+        GroundingTransform(image_size=REFCOCO_IMAGE),
+        GroundingTransform(image_size=REFCOCO_IMAGE, resize="stretch"),
+        GroundingTransform(image_size=REFCOCO_IMAGE, augment={"hflip": 1.0, "scale": [0.7, 0.9]}),
     ]
     torch.manual_seed(2)
     for t in transforms:
@@ -386,7 +378,7 @@ def test_flip_swaps_whole_words():
 def test_flip_swaps_the_expression_in_the_batch(dm, tokenizer):
     flip = RefCOCODataset(
         dm.samples("train"),
-        transform=GroundingTransform(image_size=IMAGE, augment={"hflip": 1.0}),
+        transform=GroundingTransform(image_size=REFCOCO_IMAGE, augment={"hflip": 1.0}),
         tokenizer=tokenizer,
         max_query_len=40,
     )
@@ -469,7 +461,7 @@ def test_transvg_reader(synth, tokenizer_path, tmp_path, dm):
     assert tv.split_sizes == sizes
     tv.setup("fit")
     batch = next(iter(tv.val_dataloader()))
-    assert batch["pixel_values"].shape[1:] == (3, IMAGE, IMAGE)
+    assert batch["pixel_values"].shape[1:] == (3, REFCOCO_IMAGE, REFCOCO_IMAGE)
     assert all(m["expression"] == m["expression"].lower() for m in batch["meta"])
     ds = tv.val_dataset
     by_box = {tuple(a["bbox"]): a for a in instances["annotations"]}

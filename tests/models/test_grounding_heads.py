@@ -11,8 +11,7 @@ from torch import nn
 
 from cola.models.heads.grounding import MASK_HEADS, GroundingHead, MaskDecoder, TokenMaskHead
 from cola.models.losses import dice_loss, sigmoid_focal_loss
-from tests.conftest import compose_cfg, fast_dev_trainer, refcoco_datamodule
-from tests.test_grounding_task import IMAGE, hand_batch, make_task
+from tests.conftest import TASK_IMAGE, compose_cfg, fast_dev_trainer, hand_batch, make_task, refcoco_datamodule
 
 
 def _head(**kw) -> GroundingHead:
@@ -161,7 +160,7 @@ def test_grounding_task_with_the_official_mask_head_trains_one_step():
     assert isinstance(task.head.mask_head, TokenMaskHead) and task.head.mask_head.patch == 14  # 56 px / 4 patches
     batch = hand_batch(batch_size=2)
     out = task(batch)
-    assert out["mask_logits"].shape == (2, IMAGE, IMAGE)
+    assert out["mask_logits"].shape == (2, TASK_IMAGE, TASK_IMAGE)
     trainable = [p for p in task.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
     before = {n: p.detach().clone() for n, p in task.head.mask_head.named_parameters()}
@@ -178,7 +177,9 @@ def test_grounding_task_with_the_official_mask_head_trains_one_step():
 
 
 def test_grounding_task_with_the_official_mask_head_runs_a_lightning_training_step(synthetic_refcoco, tmp_path):
-    dm = refcoco_datamodule(synthetic_refcoco, image_size=IMAGE, batch_size=2, eval_batch_size=2, limit_per_split=2)
+    dm = refcoco_datamodule(
+        synthetic_refcoco, image_size=TASK_IMAGE, batch_size=2, eval_batch_size=2, limit_per_split=2
+    )
     task = make_task("cola", mask_head="official", val_split="val", test_splits=["val"])
     trainer = fast_dev_trainer(tmp_path, limit_val_batches=0)
     trainer.fit(task, datamodule=dm)

@@ -31,8 +31,7 @@ from cola.metrics import BoxAccuracy
 from cola.models.encoders import minilm_path
 from cola.models.losses import box_losses
 from cola.validation import SetupError
-from tests.conftest import compose_cfg
-from tests.test_harness import FAST_RUN, cli_args, fast_cfg, train_py
+from tests.conftest import FAST_RUN, cli_args, compose_cfg, fast_cfg, train_py
 
 
 # ================================================================================= configuration, before work

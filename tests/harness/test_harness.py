@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cola import harness
 from cola.validation import SetupError
-from tests.conftest import REPO, TINY_TEST_OVERRIDES, compose_cfg
+from tests.conftest import cli_args, compose_cfg, fast_cfg, train_py
 
 # A small grounding run on the synthetic set: the conftest's tiny towers, a narrow fusion head, a few batches.
-FAST_RUN = [
-    "debug=fast",
-    # a few batches per stage, as these tests were written for (debug=fast alone runs one per stage)
-    "trainer.max_steps=4",
-    "trainer.limit_train_batches=4",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "data.limit_per_split=8",
-    "data.batch_size=4",
-    "data.eval_batch_size=8",
-    "task.module.d_fusion=32",
-    "task.module.d_ff=64",
-    "task.module.fusion_layers=1",
-    "task.module.fusion_heads=2",
-]
 REQUIRED_KEYS = ("val/acc@0.5", "testA/acc@0.5", "testB/oiou", "params/trainable", "params/total")
 METHODS = ("lora", "cola", "moka", "frozen")
-
-
-def fast_cfg(root: Path, run_dir: Path, *overrides: str, config_name: str = "train"):
-    """The config of a fast synthetic run in ``run_dir`` (as train.py composes it, with the tiny towers)."""
-    return compose_cfg([*FAST_RUN, f"data.root={root}", *overrides], run_dir=run_dir, config_name=config_name)
-
-
-def train_py(
-    *args: str, cwd: Path = REPO, timeout: float = 600, script: str = "train.py"
-) -> subprocess.CompletedProcess:
-    """Runs ``python train.py ARGS`` (or ``script``) offline on one thread (deterministic, faster for tiny tensors)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLA_ROOT": str(REPO)}
-    env.pop("COLA_TRACEBACK", None)
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def cli_args(root: Path, run_dir: Path, *overrides: str) -> list[str]:
-    """train.py arguments of the fast synthetic run (the same overrides the in-process tests compose)."""
-    return [*TINY_TEST_OVERRIDES, *FAST_RUN, f"data.root={root}", f"hydra.run.dir={run_dir}", *overrides]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cola.data.refcoco import RefCOCODataModule
 from cola.data.synthetic import make_synthetic_avs
 from cola.models.encoders import minilm_path
 from tests.conftest import compose_cfg
-from tests.test_harness import FAST_RUN
+from tests.conftest import FAST_RUN
 
 
 def _loaders(dm) -> list:

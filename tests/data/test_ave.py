@@ -29,8 +29,8 @@ from cola.data.ave import (
 from cola.data.ave_prepare import prepare_ave
 from cola.data.synthetic import make_synthetic_ave
 
-REPO = Path(__file__).resolve().parents[1]
-RELEASE_ANNOTATIONS = REPO / "tests" / "data" / "ave" / "Annotations.txt"
+REPO = Path(__file__).resolve().parents[2]
+RELEASE_ANNOTATIONS = REPO / "tests" / "fixtures" / "ave" / "Annotations.txt"
 
 
 def _prepare_script():
