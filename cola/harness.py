@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import cola.resolvers  # noqa: F401  (registers ${cola.minilm:})
 from cola.peft import load_adapters, save_adapters
+from cola.prepare import ensure_assets, resolve_data_root
 from cola.runio import (  # noqa: F401  (job_config, job_config_yaml: also used through cola.harness)
     attach_file_log,
     check_checkpoint,
@@ -60,42 +61,6 @@ def peft_dict(cfg: DictConfig) -> dict[str, Any]:
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
     peft.pop("_target_", None)  # type: ignore[union-attr]
     return peft  # type: ignore[return-value]
-
-
-def _build(builder: DictConfig, what: str, path: Path) -> None:
-    """Calls a builder in this process: a ``_partial_`` config of a library function that takes the path to
-    create, e.g. :func:`cola.data.synthetic.make_synthetic_refcoco` or :func:`cola.models.pretrain.pretrain_tiny_vit`."""
-    target = builder.get("_target_")
-    args = ", ".join([repr(str(path))] + [f"{k}={v!r}" for k, v in builder.items() if not str(k).startswith("_")])
-    log.info("building %s: %s(%s)", what, target, args)
-    try:
-        build = instantiate(builder)
-    except InstantiationException as e:
-        raise SetupError(f"building {what}: the builder _target_={target!r} could not be instantiated: {e}") from None
-    try:
-        build(path)
-    except (OSError, ValueError) as e:
-        raise SetupError(f"building {what} failed ({type(e).__name__}: {e}): {target}") from None
-
-
-def ensure_assets(cfg: DictConfig) -> None:
-    """Builds the model's missing cached files (e.g. the tiny vision tower's pretrained weights)."""
-    for asset in cfg.model.get("assets") or []:  # each: path + builder (a function taking the path)
-        if not Path(asset.path).is_file():
-            _build(asset.builder, f"model asset {asset.path}", Path(asset.path))
-
-
-def resolve_data_root(cfg: DictConfig) -> None:
-    """``data.root: null`` means the task's synthetic set: generate it once (deterministic) and point at it."""
-    if cfg.data.get("root") is not None:
-        return
-    synth = cfg.task.get("synthetic")
-    if synth is None:
-        raise SetupError(f"task {cfg.task.name} needs data.root=PATH (no synthetic set is defined for it)")
-    root = Path(synth.root)
-    if not (root / synth.marker).exists():
-        _build(synth.builder, f"the synthetic {cfg.task.name} set in {root}", root)
-    OmegaConf.update(cfg, "data.root", str(root), force_add=True)
 
 
 def build_encoder(cfg: DictConfig):

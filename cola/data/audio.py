@@ -310,6 +310,9 @@ def audio_clip_features(
 
     Returns:
         ``(seconds, T, 128)`` float32 with ``T = audio_frames(audio_input, target_frames)``.
+
+    One procedure (decode, resample, cut the clips, fbank, normalise, pad or interpolate) kept in one piece so each
+    step's order matches the official loaders; most of its length is this docstring.
     """
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be mono with shape (N,), got {tuple(waveform.shape)}")

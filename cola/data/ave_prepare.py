@@ -101,6 +101,9 @@ def decode_video(mp4: Path, *, frames_per_second: int = 1, threads: int = 0) -> 
 
     Raises:
         UnreadableVideoError: the file cannot be opened, or no video frame or audio sample decodes.
+
+    One procedure over a video's streams (PyAV decode, frame sampling per second, audio resampling, the error paths
+    of a broken file), kept whole so every early exit is visible in one place.
     """
     k = frames_per_second
     num = NUM_SECONDS * k
@@ -273,6 +276,8 @@ def prepare_ave(
     Raises:
         FileNotFoundError: ``ROOT/AVE/`` does not exist or holds no mp4.
         ValueError: a parameter out of range.
+
+    The resumable preparation loop (skip done videos, worker pool, per-video report, atomic publish) in one piece: splitting it would scatter the resume invariants.
     """
     root = Path(root)
     if int(workers) < 1:

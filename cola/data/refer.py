@@ -18,6 +18,9 @@ train/val/test, ``google`` train/val.
 TransVG/EEVG split files: ``<split_root>/<unc|unc+|gref|gref_umd>/<name>_<split>.pth``, each a list of
 ``(image_file, source, [x, y, w, h, *polygon], phrase, attributes)``; an entry without a polygon gets the
 filled box as its mask (with a warning).
+
+Length (~400 lines): three file formats (refer pickles + COCO ``instances.json``, TransVG split files, COCO
+segmentations), each with the checks that name the file and field at fault.
 """
 
 from __future__ import annotations
@@ -253,6 +256,9 @@ def read_refer(
         FileNotFoundError: a file or the image folder is missing (the message lists every expected path).
         ValueError: a file has the wrong structure (names the path and the missing keys), or a ref points at an
             annotation or image absent from instances.json.
+
+    One pass over the refs file joined with the COCO instances, with the error for each missing or inconsistent
+    field inline.
     """
     paths = refer_paths(root, dataset, split_by)
     image_dir = Path(image_dir) if image_dir is not None else default_image_dir(root)

@@ -252,6 +252,9 @@ def make_synthetic_ave(
         FileExistsError: ``root`` exists, is not this generator's output with the same parameters and
             ``overwrite`` is false.
         ValueError: a parameter out of range.
+
+    One generation loop whose random draws must stay in this exact order (the set is byte-identical for a seed);
+    most of its length is this docstring.
     """
     root = Path(root)
     if not 1 <= int(num_categories) <= len(AVE_CATEGORIES):

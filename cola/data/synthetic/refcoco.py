@@ -254,6 +254,7 @@ def _write_refs(path: Path, flavour: str, objects_per_image: list, split_of_imag
 
 
 def _generate(tmp: Path, num_images: int, seed: int) -> dict[str, Any]:
+    """One generation loop whose random draws must stay in this exact order (the set is byte-identical for a seed)."""
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(seed)

@@ -172,6 +172,9 @@ class GroundingHead(nn.Module):
         box_head: str = "mlp",
         mask_head: str = "conv",
     ) -> None:
+        """Long because it builds the fusion transformer and the selected box and mask heads from its documented
+        arguments.
+        """
         super().__init__()
         if box_head not in BOX_HEADS:
             raise ValueError(f"box_head must be one of {list(BOX_HEADS)}, got {box_head!r}")
