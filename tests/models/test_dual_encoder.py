@@ -32,15 +32,6 @@ TABLE = {
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tower(family: str, depth: int = 2, seed: int = 0) -> Tower:
     torch.manual_seed(seed)
     if family == "vit":

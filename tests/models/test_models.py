@@ -27,15 +27,6 @@ TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inte
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a loaded 2-core machine (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomize(model: nn.Module, seed: int = 0) -> None:
     """Non-trivial weights everywhere (HF zero-inits AST positional embeddings, timm layer scale is 1e-5)."""
     g = torch.Generator().manual_seed(seed)
