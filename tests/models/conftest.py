@@ -11,3 +11,10 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def reference_forward(tower, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The untouched model's own forward (what the block steps and the adapted encoder must reproduce)."""
+    if tower.family == "vit":
+        return tower.model.forward_features(inputs["pixel_values"])
+    return tower.model(**inputs).last_hidden_state

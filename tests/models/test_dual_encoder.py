@@ -18,6 +18,7 @@ from cola.models import (
     resolve_layer_pairs,
 )
 from cola.peft import CoLALinear, LoRALinear, MoKALinear, is_adapter_param
+from tests.models.conftest import reference_forward as _reference
 
 TARGETS = {f: family_targets(f) for f in ("vit", "bert", "ast")}  # every linear layer of a block
 SPLITS = {f: family_out_splits(f) for f in ("vit", "bert", "ast")}
@@ -63,12 +64,6 @@ def _inputs(family: str, batch: int = 3, seed: int = 0) -> dict[str, torch.Tenso
         mask[1, 5:] = 0
         return {"input_ids": ids, "attention_mask": mask}
     return {"input_values": torch.randn(batch, 100, 128, generator=g)}
-
-
-def _reference(tower: Tower, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    if tower.family == "vit":
-        return tower.model.forward_features(inputs["pixel_values"])
-    return tower.model(**inputs).last_hidden_state
 
 
 def _cola(**kw) -> dict:

@@ -20,6 +20,7 @@ from cola.models import (
     minilm_path,
     resize_ast_position_embeddings,
 )
+from tests.models.conftest import reference_forward as _reference
 
 TINY_VIT = dict(name="vit_small_patch14_dinov2", img_size=28, embed_dim=64, depth=2, num_heads=2)
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
@@ -58,13 +59,6 @@ def _inputs(family: str, batch: int = 3, seed: int = 0) -> dict[str, torch.Tenso
         mask[1, 6:] = 0
         return {"input_ids": ids, "attention_mask": mask}
     return {"input_values": torch.randn(batch, 100, 128, generator=g)}
-
-
-def _reference(tower: Tower, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The untouched model's own forward."""
-    if tower.family == "vit":
-        return tower.model.forward_features(inputs["pixel_values"])
-    return tower.model(**inputs).last_hidden_state
 
 
 # --------------------------------------------------------------------------------------------- block steps
