@@ -306,7 +306,9 @@ class Runner:
         # "fused" is what cola.tasks builds; "default": torch picks a per-tensor loop on CPU, multi-tensor on CUDA.
         kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[args.optimizer]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, **kw)
-        self.inputs, self.target = make_inputs(spec, args.batch, device)
+        self.spec = spec
+        self.batch = 0
+        self.set_batch(args.batch[0] if isinstance(args.batch, list) else args.batch)
         self.forward = torch.compile(self.model) if args.compile else self.model
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         self.autocast = (
@@ -315,6 +317,12 @@ class Runner:
         # fp16 trains with a loss scaler, as Lightning's 16-mixed does (bf16 needs none)
         self.scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
         self.merged = False
+
+    def set_batch(self, batch: int) -> None:
+        """Makes the following steps run on ``batch`` samples (the same deterministic inputs for every method)."""
+        if batch != self.batch:
+            self.inputs, self.target = make_inputs(self.spec, batch, self.device)
+            self.batch = batch
 
     def train_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -349,24 +357,48 @@ class Runner:
         return (time.perf_counter() - t0) * 1e3
 
 
-def time_interleaved(runners: list[Runner], kind: str, *, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Per-method step times (ms) of ``kind`` (``train`` | ``eval``), round-robin over the methods.
+def time_interleaved(
+    runners: list[Runner], kind: str, *, steps: int, warmup: int, batches: list[int]
+) -> dict[int, dict[str, list[float]]]:
+    """Step times (ms) of ``kind`` (``train`` | ``eval``) per batch size and method, interleaved.
 
-    Each round runs every method once; the starting method rotates so that no method always follows the
-    same one (caches, allocator state, frequency scaling spread evenly).
+    Each round runs every batch size, and within it every method once; the starting method and the first batch
+    size rotate from round to round so that no method always follows the same one and no batch size always
+    runs first (caches, allocator state, frequency scaling and slow drifts of the machine spread evenly).
+    Sample ``i`` of every method of one batch size comes from the same round, so the per-round ratios of two
+    methods are paired (:func:`paired_ratio_spread`). ``warmup`` untimed rounds come first.
     """
     step = {r.method: (r.train_step if kind == "train" else r.eval_step) for r in runners}
     for i in range(warmup):
-        for r in runners:
-            step[r.method]()
+        for b in batches:
+            for r in runners:
+                r.set_batch(b)
+                step[r.method]()
         log.info("%s warm-up %d/%d done", kind, i + 1, warmup)
-    times: dict[str, list[float]] = {r.method: [] for r in runners}
-    n = len(runners)
+    times: dict[int, dict[str, list[float]]] = {b: {r.method: [] for r in runners} for b in batches}
+    n, nb = len(runners), len(batches)
     for i in range(steps):
-        for r in runners[i % n :] + runners[: i % n]:
-            times[r.method].append(r.timed(step[r.method]))
+        for b in batches[i % nb :] + batches[: i % nb]:
+            for r in runners[i % n :] + runners[: i % n]:
+                r.set_batch(b)
+                times[b][r.method].append(r.timed(step[r.method]))
         log.info("%s round %d/%d done", kind, i + 1, steps)
     return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile), linear interpolation (``statistics.quantiles`` inclusive)."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def paired_ratio_spread(num: list[float], den: list[float]) -> list[float] | None:
+    """[p25, median, p75] of the per-round ratios ``num[i] / den[i]`` (samples of one round are paired)."""
+    if not num or len(num) != len(den):
+        return None
+    return [round(v, 4) for v in quartiles([a / b for a, b in zip(num, den, strict=True)])]
 
 
 # ----------------------------------------------------------------------------------------------------- memory
@@ -458,17 +490,20 @@ def _fork_probe(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def memory_host(args: argparse.Namespace) -> None:
-    """Entry of the helper interpreter: one forked child per method, results printed as tagged JSON lines.
+    """Entry of the helper interpreter: one forked child per method and batch size, results printed as tagged
+    JSON lines.
 
     This interpreter only imports (no torch computation, no CUDA initialisation) before it forks, so each
     child starts clean; without ``os.fork`` each method gets its own fresh interpreter instead.
     """
-    for method in args.methods:
-        if hasattr(os, "fork"):
-            res = _fork_probe(method, args)
-        else:  # pragma: no cover - non-POSIX
-            res = probe_memory(method, args)
-        print(RESULT_TAG + json.dumps({"method": method, **res}), flush=True)
+    for batch in args.batch:
+        one = argparse.Namespace(**{**vars(args), "batch": [batch]})
+        for method in args.methods:
+            if hasattr(os, "fork"):
+                res = _fork_probe(method, one)
+            else:  # pragma: no cover - non-POSIX
+                res = probe_memory(method, one)
+            print(RESULT_TAG + json.dumps({"method": method, "batch": batch, **res}), flush=True)
 
 
 def _memory_env() -> dict[str, str]:
@@ -481,10 +516,11 @@ def _memory_env() -> dict[str, str]:
     return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), **os.environ}
 
 
-def measure_memory(argv: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Runs :func:`memory_host` in a fresh interpreter (per method where ``os.fork`` is missing)."""
+def measure_memory(argv: list[str], methods: list[str], batches: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
+    """Runs :func:`memory_host` in a fresh interpreter (per method where ``os.fork`` is missing); results by batch
+    size, then method."""
     groups = [methods] if hasattr(os, "fork") else [[m] for m in methods]
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[int, dict[str, dict[str, Any]]] = {b: {} for b in batches}
     for group in groups:
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-host", "--methods", *group]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_memory_env())
@@ -493,8 +529,8 @@ def measure_memory(argv: list[str], methods: list[str]) -> dict[str, dict[str, A
         for line in proc.stdout.splitlines():
             if line.startswith(RESULT_TAG):
                 res = json.loads(line[len(RESULT_TAG) :])
-                out[res.pop("method")] = res
-    missing = [m for m in methods if m not in out]
+                out[res.pop("batch")][res.pop("method")] = res
+    missing = [(m, b) for b in batches for m in methods if m not in out[b]]
     if missing:
         raise RuntimeError(f"memory helper returned no result for {missing}")
     return out
@@ -508,19 +544,82 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return round(num / den, 4)
 
 
+RATIO_PAIRS = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
+"""(numerator, denominator) of every reported ratio, when both methods ran."""
+
+
 def compute_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """``<cola variant>/lora``, ``moka/lora``, ``lora/peft_lora`` and ``cola/lora_param_matched`` (equal
-    trainable parameters, hence equal gradient and AdamW memory) for the methods that were run."""
+    trainable parameters, hence equal gradient and AdamW memory) for the methods that were run (one batch size)."""
     by = {r["method"]: r for r in results}
-    pairs = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
     ratios = {}
-    for num, den in pairs:
+    for num, den in RATIO_PAIRS:
         if num in by and den in by:
             ratios[f"{num}/{den}"] = {
                 key: _ratio(by[num][field_], by[den][field_])
                 for key, field_ in (("train_step", "train_step_ms"), ("eval", "eval_ms"), ("peak_mem", "peak_mem_mb"))
             }
     return ratios
+
+
+def ratio_spreads(train: dict[str, list[float]], evals: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """[p25, median, p75] of the per-round (paired) train-step and eval ratios of every pair of
+    :data:`RATIO_PAIRS` that ran: how far one round's ratio moves around the ratio of the medians."""
+    return {
+        f"{num}/{den}": {
+            "train_step": paired_ratio_spread(train[num], train[den]),
+            "eval": paired_ratio_spread(evals[num], evals[den]),
+        }
+        for num, den in RATIO_PAIRS
+        if num in train and den in train
+    }
+
+
+def plot_ratios(report: dict[str, Any], path: Path) -> Path:
+    """One panel per measure (train step, eval, peak memory): each ratio against the batch size, the per-round
+    interquartile range as error bars; a dashed line at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_batch = report["ratios_by_batch"]
+    batches = sorted(int(b) for b in by_batch)
+    names = list(dict.fromkeys(n for b in by_batch.values() for n in b))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    for ax, key, title in zip(axes, ("train_step", "eval", "peak_mem"), ("train step", "eval", "peak memory")):
+        for name in names:
+            ys = [by_batch[str(b)].get(name, {}).get(key) for b in batches]
+            spreads = [report["spread_by_batch"][str(b)].get(name, {}).get(key) for b in batches]
+            if all(y is None for y in ys):
+                continue
+            xs = [b for b, y in zip(batches, ys) if y is not None]
+            yv = [y for y in ys if y is not None]
+            err = None
+            if key != "peak_mem" and all(sp is not None for sp in spreads):
+                err = [
+                    [max(0.0, y - sp[0]) for y, sp in zip(yv, spreads)],
+                    [max(0.0, sp[2] - y) for y, sp in zip(yv, spreads)],
+                ]
+            ax.errorbar(xs, yv, yerr=err, marker="o", capsize=3, label=name)
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("batch size")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
+    axes[0].set_ylabel("ratio (numerator / denominator)")
+    axes[-1].legend(fontsize=8, loc="best")
+    cfg = report["config"]
+    fig.suptitle(
+        f"{cfg['pair']} {'tiny' if cfg['tiny'] else 'full'} | {cfg['device']} {cfg['dtype']} | rank {cfg['rank']} | "
+        f"median of {cfg['steps']} interleaved rounds, bars: per-round IQR",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -556,41 +655,56 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    """The results as a rich table (times are medians; ratios against ``lora``)."""
+    """The results as rich tables, one per batch size (times are medians; ratios against ``lora``), then the ratios
+    by batch size with the per-round interquartile range of the time ratios."""
     from rich.console import Console
     from rich.table import Table
 
     cfg = report["config"]
-    title = (
-        f"{cfg['pair']} {'tiny' if cfg['tiny'] else 'full'} | {cfg['device']} {cfg['dtype']}"
-        f"{' compiled' if cfg['compile'] else ''} | batch {cfg['batch']} rank {cfg['rank']} | "
-        f"median of {cfg['steps']} steps"
-    )
-    table = Table(title=title)
-    for col in ("method", "train step ms", "eval ms", "peak mem MB", "trainable params", "train/lora", "eval/lora"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    by = {r["method"]: r for r in report["results"]}
-    lora = by.get("lora")
-    for r in report["results"]:
-        rel = ("-", "-")
-        if lora is not None:
-            rel = tuple(f"{r[k] / lora[k]:.3f}" for k in ("train_step_ms", "eval_ms"))
-        table.add_row(
-            r["method"],
-            f"{r['train_step_ms']:.1f}",
-            f"{r['eval_ms']:.1f}",
-            "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}",
-            f"{r['params_trainable']:,}",
-            *rel,
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    batches = sorted({r["batch"] for r in report["results"]})
+    for batch in batches:
+        rows = [r for r in report["results"] if r["batch"] == batch]
+        title = (
+            f"{cfg['pair']} {'tiny' if cfg['tiny'] else 'full'} | {cfg['device']} {cfg['dtype']}"
+            f"{' compiled' if cfg['compile'] else ''} | batch {batch} rank {cfg['rank']} | "
+            f"median of {cfg['steps']} steps [p25-p75]"
         )
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    console.print(table)
-    if report["ratios"]:
-        rt = Table(title="ratios (numerator / denominator)")
-        for col in ("pair", "train_step", "eval", "peak_mem"):
+        table = Table(title=title)
+        for col in ("method", "train step ms", "eval ms", "peak mem MB", "trainable params", "train/lora", "eval/lora"):
+            table.add_column(col, justify="left" if col == "method" else "right")
+        lora = next((r for r in rows if r["method"] == "lora"), None)
+        for r in rows:
+            rel = ("-", "-")
+            if lora is not None:
+                rel = tuple(f"{r[k] / lora[k]:.3f}" for k in ("train_step_ms", "eval_ms"))
+            iq = {k: r.get(f"{k}_iqr") for k in ("train_step_ms", "eval_ms")}
+            cell = {k: f"{r[k]:.1f}" + (f" [{iq[k][0]:.0f}-{iq[k][1]:.0f}]" if iq[k] else "") for k in iq}
+            table.add_row(
+                r["method"],
+                cell["train_step_ms"],
+                cell["eval_ms"],
+                "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}",
+                f"{r['params_trainable']:,}",
+                *rel,
+            )
+        console.print(table)
+    by_batch = report.get("ratios_by_batch") or {str(batches[-1]): report["ratios"]}
+    spreads = report.get("spread_by_batch", {})
+    if any(by_batch.values()):
+        rt = Table(title="ratios (numerator / denominator): ratio of medians [p25-p75 of the per-round ratios]")
+        for col in ("pair", "batch", "train_step", "eval", "peak_mem"):
             rt.add_column(col, justify="left" if col == "pair" else "right")
-        for name, v in report["ratios"].items():
-            rt.add_row(name, *("-" if v[k] is None else f"{v[k]:.3f}" for k in ("train_step", "eval", "peak_mem")))
+        for batch in batches:
+            for name, v in by_batch[str(batch)].items():
+                sp = spreads.get(str(batch), {}).get(name, {})
+                cells = []
+                for k in ("train_step", "eval", "peak_mem"):
+                    text = "-" if v[k] is None else f"{v[k]:.3f}"
+                    if sp.get(k):
+                        text += f" [{sp[k][0]:.2f}-{sp[k][2]:.2f}]"
+                    cells.append(text)
+                rt.add_row(name, str(batch), *cells)
         console.print(rt)
 
 
@@ -609,7 +723,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16 / fp16: autocast (weights stay fp32; fp16 with a GradScaler)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compilation)")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, nargs="+", default=[2],
+                   help="batch size(s); several (e.g. 1 4 8) are measured in one run, interleaved")  # fmt: skip
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=None, help="default rank / 2, as rank=R in train.py")
     p.add_argument("--lora-split-fused", action="store_true",
@@ -623,11 +738,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="recompute tower blocks in backward (model.gradient_checkpointing=true)")  # fmt: skip
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes (peak_mem_mb = null)")
     p.add_argument("--json", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG of each ratio against the batch size (default with --json and several batch sizes: "
+                   "the JSON path with .png)")  # fmt: skip
     p.add_argument("--memory-host", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("batch", "rank", "steps"):
+    for name in ("rank", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    bad = [b for b in args.batch if b < 1]
+    if bad:
+        raise ValueError(f"--batch must be positive integers, got {bad}")
+    args.batch = sorted(set(args.batch))
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if args.alpha is None:
@@ -651,10 +773,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.getLogger("cola").setLevel(logging.WARNING)  # the injection reports of every build
     t_start = time.perf_counter()
 
-    memory: dict[str, dict[str, Any]] = {}
+    memory: dict[int, dict[str, dict[str, Any]]] = {}
     if not args.no_memory:  # first, while this process holds no model
-        log.info("memory probes: %s", " ".join(args.methods))
-        memory = measure_memory([a for a in argv if a != "--memory-host"], args.methods)
+        log.info("memory probes: %s at batch %s", " ".join(args.methods), " ".join(map(str, args.batch)))
+        memory = measure_memory([a for a in argv if a != "--memory-host"], args.methods, args.batch)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -673,21 +795,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in args.methods:
         runners.append(Runner(method, spec, args, device))
         log.info("built %s (%s trainable parameters)", method, f"{runners[-1].params_trainable:,}")
-    train = time_interleaved(runners, "train", steps=args.steps, warmup=args.warmup)
+    train = time_interleaved(runners, "train", steps=args.steps, warmup=args.warmup, batches=args.batch)
     for r in runners:
         r.prepare_eval()
-    evals = time_interleaved(runners, "eval", steps=args.steps, warmup=args.warmup)
+    evals = time_interleaved(runners, "eval", steps=args.steps, warmup=args.warmup, batches=args.batch)
 
-    results = [
-        {
+    def row(r: Runner, batch: int) -> dict[str, Any]:
+        t, e = train[batch][r.method], evals[batch][r.method]
+        return {
             "method": r.method,
-            "train_step_ms": round(statistics.median(train[r.method]), 3),
-            "eval_ms": round(statistics.median(evals[r.method]), 3),
-            "peak_mem_mb": round(memory[r.method]["peak_mem_mb"], 3) if memory else None,
+            "batch": batch,
+            "train_step_ms": round(statistics.median(t), 3),
+            "eval_ms": round(statistics.median(e), 3),
+            "peak_mem_mb": round(memory[batch][r.method]["peak_mem_mb"], 3) if memory else None,
             "params_trainable": int(r.params_trainable),
+            "train_step_ms_iqr": [round(q, 3) for q in quartiles(t)[::2]],
+            "eval_ms_iqr": [round(q, 3) for q in quartiles(e)[::2]],
         }
-        for r in runners
-    ]
+
+    results = [row(r, b) for b in args.batch for r in runners]  # by batch size, ascending; methods in run order
+    ratios_by_batch = {str(b): compute_ratios([x for x in results if x["batch"] == b]) for b in args.batch}
     config = {
         "pair": args.pair,
         "tiny": args.tiny,
@@ -719,15 +846,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "in eval mode with intra paths merged",
         "peak_mem": "MB a training step adds above the built model (activations, grads, AdamW state), each method "
         f"in a fresh forked process over {MEMORY_STEPS} steps: "
-        + (next(iter(memory.values()))["how"] if memory else "not measured (--no-memory)"),
+        + (next(iter(memory[args.batch[0]].values()))["how"] if memory else "not measured (--no-memory)"),
         "model_mb": {r.method: round(r.model_mb, 1) for r in runners},
         "step_times_ms": {
-            r.method: {"train": [round(t, 2) for t in train[r.method]], "eval": [round(t, 2) for t in evals[r.method]]}
-            for r in runners
+            str(b): {
+                r.method: {
+                    "train": [round(t, 2) for t in train[b][r.method]],
+                    "eval": [round(t, 2) for t in evals[b][r.method]],
+                }
+                for r in runners
+            }
+            for b in args.batch
         },
         "machine": machine_info(device),
     }
-    report = {"config": config, "results": results, "ratios": compute_ratios(results)}
+    report = {
+        "config": config,
+        "results": results,
+        "ratios": ratios_by_batch[str(args.batch[-1])],  # the largest batch size's (SPEC layout)
+        "ratios_by_batch": ratios_by_batch,
+        "spread_by_batch": {str(b): ratio_spreads(train[b], evals[b]) for b in args.batch},
+    }
     config["machine"]["load_average_start"] = round(load_start, 2)
     config["wall_s"] = round(time.perf_counter() - t_start, 1)
     print_table(report)
@@ -735,6 +874,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         log.info("wrote %s", args.json)
+    plot = args.plot or (args.json.with_suffix(".png") if args.json is not None and len(args.batch) > 1 else None)
+    if plot is not None:
+        log.info("wrote %s", plot_ratios(report, plot))
     return report
 
 

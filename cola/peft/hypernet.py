@@ -59,27 +59,54 @@ class HyperNetwork(nn.Module):
         return self.norm2(phi)
 
 
+_STACKED = (
+    "fc1.weight",
+    "fc1.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "fc2.weight",
+    "fc2.bias",
+    "norm2.weight",
+    "norm2.bias",
+)
+
+
+def _stacked_params(nets: nn.ModuleList) -> dict[str, torch.Tensor]:
+    """The S hypernetworks' parameters stacked along a new first axis, by name (``fc1.weight``: (S, h, d_c), ...).
+
+    Under autograd they are stacked on every call (the stack is part of the graph). Without autograd (evaluation,
+    inference, or hypernetworks that do not train: ``condition=random_frozen``) the stacks are kept on ``nets`` and rebuilt only when a parameter changed (its storage or its
+    version counter, which every in-place update such as an optimiser step or ``load_state_dict`` bumps), so an
+    evaluation pass stacks once, not once per forward.
+    """
+    params = [dict(n.named_parameters()) for n in nets]
+    if torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED):
+        return {k: torch.stack([p[k] for p in params]) for k in _STACKED}
+    key = tuple((p[k].data_ptr(), p[k]._version, p[k].dtype, p[k].device) for p in params for k in _STACKED)
+    cached = getattr(nets, "_cola_stacked", None)
+    if cached is None or cached[0] != key:
+        cached = (key, {k: torch.stack([p[k] for p in params]) for k in _STACKED})
+        nets._cola_stacked = cached  # a plain attribute: not a buffer, never saved
+    return cached[1]
+
+
 def stacked_hypernet_forward(nets: nn.ModuleList, c: torch.Tensor) -> torch.Tensor:
     """Runs S hypernetworks on the same condition as one batched MLP.
 
     Equivalent to ``torch.stack([net(c) for net in nets])`` (tested) but one GEMM per layer instead of S:
-    the q/k/v hypernetworks of a fused layer share their input.
+    the q/k/v hypernetworks of a fused layer share their input. Without autograd the stacked weights are built
+    once and reused while the parameters stay unchanged (:func:`_stacked_params`).
 
     Returns:
         Phi for every slice, (S, B, r, r).
     """
     first = nets[0]
     r = first.rank
-    w1 = torch.stack([n.fc1.weight for n in nets])  # (S, h, d_c)
-    b1 = torch.stack([n.fc1.bias for n in nets])  # (S, h)
-    h = torch.einsum("bd,shd->sbh", c, w1) + b1[:, None]  # (S, B, h)
+    w = _stacked_params(nets)
+    h = torch.einsum("bd,shd->sbh", c, w["fc1.weight"]) + w["fc1.bias"][:, None]  # (S, B, h)
     h = first.drop1(first.act(h))
     h = F.layer_norm(h, h.shape[-1:], eps=first.norm1.eps)
-    h = h * torch.stack([n.norm1.weight for n in nets])[:, None] + torch.stack([n.norm1.bias for n in nets])[:, None]
-    w2 = torch.stack([n.fc2.weight for n in nets])  # (S, r*r, h)
-    b2 = torch.stack([n.fc2.bias for n in nets])  # (S, r*r)
-    out = first.drop2(torch.baddbmm(b2[:, None], h, w2.transpose(1, 2)))  # (S, B, r*r)
+    h = h * w["norm1.weight"][:, None] + w["norm1.bias"][:, None]
+    out = first.drop2(torch.baddbmm(w["fc2.bias"][:, None], h, w["fc2.weight"].transpose(1, 2)))  # (S, B, r*r)
     phi = F.layer_norm(out.reshape(len(nets), c.shape[0], r, r), (r, r), eps=first.norm2.eps)  # (S, B, r, r)
-    gamma = torch.stack([n.norm2.weight for n in nets])[:, None]  # (S, 1, r, r)
-    beta = torch.stack([n.norm2.bias for n in nets])[:, None]
-    return phi * gamma + beta
+    return phi * w["norm2.weight"][:, None] + w["norm2.bias"][:, None]

@@ -34,7 +34,10 @@ def report(bench, tmp_path_factory):
     threads = torch.get_num_threads()
     try:  # one thread: no OpenMP barrier stalls when the test machine is busy
         bench.main(
-            ["--tiny", "--steps", "3", "--warmup", "1", "--threads", "1", "--methods", *METHODS, "--json", str(path)]
+            [
+                *("--tiny", "--steps", "3", "--warmup", "1", "--threads", "1", "--batch", "1", "2"),
+                *("--methods", *METHODS, "--json", str(path)),
+            ]
         )
     finally:
         torch.set_num_threads(threads)
@@ -42,30 +45,81 @@ def report(bench, tmp_path_factory):
 
 
 def test_report_has_the_spec_structure(report):
-    assert set(report) == {"config", "results", "ratios"}
-    assert [r["method"] for r in report["results"]] == METHODS
+    """SPEC's {config, results, ratios} (ratios of the largest batch), plus the ratios and spreads by batch size."""
+    assert set(report) == {"config", "results", "ratios", "ratios_by_batch", "spread_by_batch"}
+    assert [(r["batch"], r["method"]) for r in report["results"]] == [(b, m) for b in (1, 2) for m in METHODS]
     for r in report["results"]:
-        assert set(r) == {"method", "train_step_ms", "eval_ms", "peak_mem_mb", "params_trainable"}
+        assert set(r) == {
+            *("method", "batch", "train_step_ms", "eval_ms", "peak_mem_mb", "params_trainable"),
+            *("train_step_ms_iqr", "eval_ms_iqr"),
+        }
         assert isinstance(r["params_trainable"], int)
         for key in ("train_step_ms", "eval_ms", "peak_mem_mb"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r["method"], key)
+        for key in ("train_step_ms", "eval_ms"):  # the median lies inside its interquartile range
+            lo, hi = r[f"{key}_iqr"]
+            assert lo <= r[key] <= hi
     cfg = report["config"]
-    assert cfg["tiny"] is True and cfg["steps"] == 3 and cfg["methods"] == METHODS
+    assert cfg["tiny"] is True and cfg["steps"] == 3 and cfg["methods"] == METHODS and cfg["batch"] == [1, 2]
     for key in ("cpu_count", "torch", "device_name"):
         assert cfg["machine"][key]
-    for m in METHODS:  # the medians come from exactly --steps timed samples per method
-        assert len(cfg["step_times_ms"][m]["train"]) == 3 and len(cfg["step_times_ms"][m]["eval"]) == 3
+    for b in ("1", "2"):
+        for m in METHODS:  # the medians come from exactly --steps timed samples per method and batch size
+            assert len(cfg["step_times_ms"][b][m]["train"]) == 3 and len(cfg["step_times_ms"][b][m]["eval"]) == 3
 
 
 def test_ratios_are_finite_and_match_the_results(report):
-    assert set(report["ratios"]) == {"cola/lora", "moka/lora", "lora/peft_lora", "cola/lora_param_matched"}
-    by = {r["method"]: r for r in report["results"]}
-    for name, ratio in report["ratios"].items():
-        num, den = name.split("/")
-        assert set(ratio) == {"train_step", "eval", "peak_mem"}
-        for key, field in (("train_step", "train_step_ms"), ("eval", "eval_ms"), ("peak_mem", "peak_mem_mb")):
-            assert math.isfinite(ratio[key]) and ratio[key] > 0
-            assert ratio[key] == pytest.approx(by[num][field] / by[den][field], rel=1e-3)
+    assert report["ratios"] == report["ratios_by_batch"]["2"]  # top level: the largest batch size
+    for batch in (1, 2):
+        ratios = report["ratios_by_batch"][str(batch)]
+        assert set(ratios) == {"cola/lora", "moka/lora", "lora/peft_lora", "cola/lora_param_matched"}
+        by = {r["method"]: r for r in report["results"] if r["batch"] == batch}
+        for name, ratio in ratios.items():
+            num, den = name.split("/")
+            assert set(ratio) == {"train_step", "eval", "peak_mem"}
+            for key, field in (("train_step", "train_step_ms"), ("eval", "eval_ms"), ("peak_mem", "peak_mem_mb")):
+                assert math.isfinite(ratio[key]) and ratio[key] > 0
+                assert ratio[key] == pytest.approx(by[num][field] / by[den][field], rel=1e-3)
+
+
+def test_paired_spreads_come_from_the_same_rounds(report):
+    """spread_by_batch: [p25, median, p75] of sample i of the numerator over sample i of the denominator."""
+    times = report["config"]["step_times_ms"]["1"]
+    spread = report["spread_by_batch"]["1"]["cola/lora"]
+    for key, kind in (("train_step", "train"), ("eval", "eval")):
+        per_round = sorted(a / b for a, b in zip(times["cola"][kind], times["lora"][kind], strict=True))
+        assert spread[key][0] <= spread[key][1] <= spread[key][2]
+        assert spread[key][1] == pytest.approx(per_round[1], rel=1e-3)  # median of 3 paired ratios
+
+
+def test_plot_of_ratios_against_batch_size(report, bench, tmp_path):
+    png = bench.plot_ratios(report, tmp_path / "ratios.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_time_interleaved_rotates_methods_and_batch_sizes(bench):
+    """Every round runs each batch size and each method once; who goes first rotates."""
+    calls = []
+
+    class Fake:
+        def __init__(self, method):
+            self.method, self.batch = method, None
+
+        def set_batch(self, b):
+            self.batch = b
+
+        def train_step(self):
+            calls.append((self.batch, self.method))
+
+        def timed(self, step):
+            step()
+            return 1.0
+
+    times = bench.time_interleaved([Fake("a"), Fake("b")], "train", steps=2, warmup=1, batches=[1, 4])
+    assert times == {1: {"a": [1.0, 1.0], "b": [1.0, 1.0]}, 4: {"a": [1.0, 1.0], "b": [1.0, 1.0]}}
+    warm, rounds = calls[:4], calls[4:]
+    assert warm == [(1, "a"), (1, "b"), (4, "a"), (4, "b")]
+    assert rounds == [(1, "a"), (1, "b"), (4, "a"), (4, "b"), (4, "b"), (4, "a"), (1, "b"), (1, "a")]
 
 
 def test_trainable_parameters(report):
@@ -130,8 +184,11 @@ def test_compute_ratios_skips_missing_methods(bench):
 def test_bad_arguments_are_named(bench):
     with pytest.raises(ValueError, match="--steps"):
         bench.parse_args(["--steps", "0"])
+    with pytest.raises(ValueError, match="--batch"):
+        bench.parse_args(["--batch", "4", "0"])
     with pytest.raises(SystemExit):  # argparse rejects an unknown method with the list of choices
-        bench.parse_args(["--methods", "dora"])
+        bench.parse_args(["--methods", "no_such_method"])
+    assert bench.parse_args(["--batch", "8", "1", "4", "1"]).batch == [1, 4, 8]  # sorted, duplicates dropped
 
 
 def test_default_methods(bench):
