@@ -63,13 +63,19 @@ def peft_dict(cfg: DictConfig) -> dict[str, Any]:
     return peft  # type: ignore[return-value]
 
 
+def task_streams(cfg: DictConfig) -> list[str]:
+    """The task's towers in lockstep order: ``task.streams`` (AVQA: vision, audio, text), else vision and the
+    task's second tower ``task.modality``."""
+    streams = cfg.task.get("streams")
+    return list(streams) if streams else ["vision", cfg.task.modality]
+
+
 def build_encoder(cfg: DictConfig):
-    """Builds the vision tower and the task's second tower (``task.modality``) from ``model.*`` and wraps them,
-    keyed by stream, in a :class:`cola.models.DualEncoder`."""
+    """Builds the task's towers (:func:`task_streams`) from ``model.<stream>`` and wraps them, keyed by stream, in a
+    :class:`cola.models.DualEncoder` (two or more towers in lockstep)."""
     from cola.models import DualEncoder
 
-    second = cfg.task.modality
-    towers = {"vision": instantiate(cfg.model.vision), second: instantiate(cfg.model[second])}
+    towers = {s: instantiate(cfg.model[s]) for s in task_streams(cfg)}
     targets = {s: list(cfg.model.targets[t.family]) for s, t in towers.items()}
     splits = {s: dict(cfg.model.out_splits.get(t.family) or {}) for s, t in towers.items()}
     peft = peft_dict(cfg)
@@ -80,7 +86,7 @@ def build_encoder(cfg: DictConfig):
         peft=peft,
         targets=targets,
         out_splits=splits,
-        anchor="text" if second == "text" else None,
+        anchor="text" if "text" in towers else None,
         gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
     )
 

@@ -5,7 +5,8 @@
 :meth:`~cola.tasks.base.DualStreamTask.configure_optimizers` fills them:
 
 - ``optim.optimizer_cfg`` -> :func:`adam` (``optim.optimizer``: ``adamw`` | ``adam``), filled with the parameter
-  groups (adapters / heads x decay / no decay, with the two learning rates) and ``fused``;
+  groups (adapters / heads x decay / no decay, with the two learning rates; with ``optim.loraplus_ratio`` the B
+  matrices of the adapters in a group of their own, LoRA+) and ``fused``;
 - ``optim.scheduler_cfg`` -> :func:`warmup_schedule` (``optim.schedule``: ``cosine`` | ``poly`` | ``constant``
   after a linear warm-up), filled with the optimiser and the schedule's length (steps or epochs).
 """
@@ -22,7 +23,15 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 SCHEDULES = ("cosine", "poly", "constant")
 INTERVALS = ("step", "epoch")
 # the ``optim`` knobs the task module takes itself; the others fill the two partials by interpolation
-TASK_KEYS = ("lr_adapters", "lr_heads", "weight_decay", "decay_1d", "schedule_interval", "on_nonfinite")
+TASK_KEYS = (
+    "lr_adapters",
+    "lr_heads",
+    "weight_decay",
+    "decay_1d",
+    "schedule_interval",
+    "on_nonfinite",
+    "loraplus_ratio",
+)
 
 
 def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
@@ -40,6 +49,25 @@ def check_options(optim: Mapping[str, Any]) -> None:
     check_choice("optim.optimizer", optim.get("optimizer", "adamw"), OPTIMIZERS)
     check_choice("optim.schedule", optim.get("schedule", "cosine"), SCHEDULES)
     check_choice("optim.schedule_interval", optim.get("schedule_interval", "step"), INTERVALS)
+    check_loraplus_ratio(optim.get("loraplus_ratio"))
+
+
+def check_loraplus_ratio(ratio: Any, method: str | None = None) -> None:
+    """``optim.loraplus_ratio`` is null or a positive number, and set only for a method with adapters.
+
+    Args:
+        ratio: eta_B / eta_A (LoRA+, Hayou et al., 2024), or ``None`` (off).
+        method: ``peft.method`` when known; ``frozen`` / ``full`` have no B matrix to speed up.
+    """
+    if ratio is None:
+        return
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"optim.loraplus_ratio must be a positive number (eta_B / eta_A) or null (off), got {ratio!r}")
+    if method in ("frozen", "full"):
+        raise ValueError(
+            f"optim.loraplus_ratio={ratio!r} needs adapter B matrices, but peft.method={method!r} has none; set "
+            "optim.loraplus_ratio=null or pick peft=lora, lora_param_matched, cola or moka"
+        )
 
 
 def adam(

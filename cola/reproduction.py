@@ -29,6 +29,9 @@ FAMILIES = {
     "avs_s4": "avs",
     "avs_ms3": "avs",
 }
+BEYOND_PAPER = ("main_avqa", "ablation_streams")
+"""Experiments on tasks the paper does not run (MUSIC-AVQA, three towers): no official settings to match; their
+files state the recipe they follow."""
 
 
 @dataclass(frozen=True)

@@ -251,18 +251,34 @@ def flat_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+MAX_METRIC_COLUMNS = 6
+"""Up to this many metrics the final table has one column per metric; beyond, one row per metric."""
+
+
 def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     splits = list(dict.fromkeys(k.split("/")[0] for k in metrics if "/" in k and k.split("/")[0] not in NOT_SPLITS))
     names = list(dict.fromkeys(k.split("/", 1)[1] for k in metrics if k.split("/")[0] in splits))
+
+    def cell(split: str, name: str) -> str:
+        v = metrics.get(f"{split}/{name}")
+        return "-" if v is None or v != v else f"{v:.4f}"  # NaN: a metric with no sample in the split
+
     table = Table(title=title)
-    table.add_column("split")
-    for n in names:
-        table.add_column(n, justify="right")
-    for s in splits:
-        table.add_row(s, *[f"{metrics[f'{s}/{n}']:.4f}" if f"{s}/{n}" in metrics else "-" for n in names])
+    if len(names) <= MAX_METRIC_COLUMNS:  # one row per split
+        table.add_column("split")
+        for n in names:
+            table.add_column(n, justify="right")
+        for s in splits:
+            table.add_row(s, *[cell(s, n) for n in names])
+    else:  # many metrics (AVQA's per-type accuracies): one row per metric, so the names stay readable
+        table.add_column("metric")
+        for s in splits:
+            table.add_column(s, justify="right")
+        for n in names:
+            table.add_row(n, *[cell(s, n) for s in splits])
     console = Console()
     console.print(table)
     console.print(f"trainable parameters: {metrics.get('params/trainable', 0):,} of {metrics.get('params/total', 0):,}")

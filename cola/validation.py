@@ -30,13 +30,16 @@ def validate_config(cfg: DictConfig) -> None:
         build_peft(**peft)  # the parse the encoder runs
     except ValueError as e:
         raise SetupError(str(e) if str(e).startswith("peft") else f"peft: {e}") from e
-    modality = cfg.task.get("modality")
-    if modality not in cfg.model or cfg.model.get(modality) is None:
-        towers = [k for k in ("text", "audio") if cfg.model.get(k) is not None]
+    needed = list(cfg.task.get("streams") or ["vision", cfg.task.get("modality")])
+    missing = [s for s in needed if s not in cfg.model or cfg.model.get(s) is None]
+    if missing:
+        towers = [k for k in ("vision", "text", "audio") if cfg.model.get(k) is not None]
+        suggestion = {"text": "dinov2_bert", "audio": "dinov2_ast"}.get(missing[0], "tiny")
+        if len(needed) > 2:
+            suggestion = "dinov2_ast_bert"
         raise SetupError(
-            f"task {cfg.task.name} pairs vision with a {modality} tower, but model {cfg.model.get('name')} has "
-            f"towers {['vision', *towers]}; pick a model with a {modality} tower (e.g. model=tiny or "
-            f"model={'dinov2_bert' if modality == 'text' else 'dinov2_ast'})"
+            f"task {cfg.task.name} runs the towers {needed}, but model {cfg.model.get('name')} has towers {towers}; "
+            f"pick a model with a {' and a '.join(missing)} tower (e.g. model=tiny or model={suggestion})"
         )
     if peft.get("condition_pooling") == "mean_with_padding" and cfg.get("data", {}).get("pad_to") == "longest":
         raise SetupError(

@@ -86,9 +86,14 @@ METHODS = (
     "cola_shared_b",
     "cola_full",
     "moka",
+    *(f"{v}" for v in ("dora", "rslora", "pissa")),
+    *(f"cola_{v}" for v in ("dora", "rslora", "pissa")),
 )
 SPEC_METHODS = ("frozen", "lora", "peft_lora", "cola", "moka")  # the methods every JSON report names (README.md)
 COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
+INTRA = ("dora", "rslora", "pissa")
+"""Intra-path variants (``peft.intra``, docs/method.md#intra-path-variants): method ``<v>`` is our LoRA with that
+variant, ``cola_<v>`` CoLA over it (sharing none)."""
 PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
 TEXT_LEN = 40  # max query length of the grounding task (docs/official_settings.md#deliberate-differences)
@@ -232,6 +237,10 @@ def peft_node(method: str, args: argparse.Namespace, pooling: str) -> dict[str, 
     common = {"rank": args.rank, "alpha": args.alpha, "dropout": 0.0}
     if method == "lora":
         return {"method": "lora", **common, "split_fused": args.lora_split_fused}
+    if method in INTRA:  # the LoRA row's layout (one A/B on fused qkv unless --lora-split-fused), another intra path
+        return {"method": "lora", **common, "split_fused": args.lora_split_fused, "intra": method}
+    if method.startswith("cola_") and method[5:] in INTRA:
+        return {"method": "cola", **common, "sharing": "none", "condition_pooling": pooling, "intra": method[5:]}
     if method == "moka":
         return {"method": "moka", **common, "condition_pooling": pooling}
     if method == "lora_param_matched":  # LoRA at the rank whose parameter count matches CoLA's (sharing none)
@@ -544,7 +553,13 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return round(num / den, 4)
 
 
-RATIO_PAIRS = [(m, "lora") for m in (*COLA_SHARING, "moka")] + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
+RATIO_PAIRS = (
+    [(m, "lora") for m in (*COLA_SHARING, "moka")]
+    + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
+    + [(v, "lora") for v in INTRA]
+    + [(f"cola_{v}", v) for v in INTRA]
+    + [(f"cola_{v}", "lora") for v in INTRA]
+)
 """(numerator, denominator) of every reported ratio, when both methods ran."""
 
 

@@ -13,7 +13,8 @@ turn (CPU activity; CUDA too with ``--device cuda``). Each step is split into th
 - ``fwd/adapter``: an adapter layer minus its base linear and hypernetworks (down/up-projections, the r x r core);
 - ``fwd/hypernet``: CoLA's hypernetworks (the stacked q/k/v ones included);
 - ``fwd/condition``: the dual encoder's pooling of conditions (:meth:`cola.models.DualEncoder` ``_pool``);
-- ``fwd/other_linear``, ``fwd/attention``, ``fwd/norm``, ``fwd/mlp_act``: the rest of the towers.
+- ``fwd/other_linear``, ``fwd/norm``, ``fwd/mlp_act`` (and ``fwd/attention`` where a tower calls its attention
+  module; the lockstep block steps call its parts): the rest of the towers.
 
 The backward cannot be split by module this way (autograd runs outside the hooks); its ops are listed by name
 (``autograd::engine::evaluate_function: AddmmBackward0`` ...), and the op tables carry the shapes

@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cola.reproduction import CARD_METHODS, CONFIG_DIR, experiment_card, mismatches  # noqa: E402
+from cola.reproduction import BEYOND_PAPER, CARD_METHODS, CONFIG_DIR, experiment_card, mismatches  # noqa: E402
 
-MAIN = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("main_*.yaml"))
+MAIN = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("main_*.yaml") if p.stem not in BEYOND_PAPER)
 
 
 def _fmt(v) -> str:
@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="write the card as Markdown to this path")
     ap.add_argument("--no-params", action="store_true", help="settings only (skips building the towers)")
     args = ap.parse_args(argv)
-    known = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
+    known = sorted(
+        p.stem
+        for p in (CONFIG_DIR / "experiment").glob("*.yaml")
+        if not p.stem.startswith("_") and p.stem not in BEYOND_PAPER
+    )
     for e in args.experiments:
         if e not in known:
             ap.error(f"unknown experiment {e!r}; choose from {known}")

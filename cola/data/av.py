@@ -110,8 +110,12 @@ class AVDataset(Dataset):
 
     def audio(self, wav: Path, clips: int) -> torch.Tensor:
         """(clips, T, 128) normalised fbank of the 16 kHz mono ``wav``, one clip per frame."""
+        return self.audio_features(load_audio(wav), clips)
+
+    def audio_features(self, waveform: torch.Tensor, clips: int) -> torch.Tensor:
+        """(clips, T, 128) normalised fbank of a (N,) 16 kHz mono waveform with this dataset's audio settings."""
         return audio_clip_features(
-            load_audio(wav),
+            waveform,
             seconds=clips,
             target_frames=self.audio_target_frames,
             mean=self.audio_mean,

@@ -24,7 +24,8 @@ the data module drops its rows with a warning.
 Resumable: every output is written under a temporary name and renamed when complete, and a video whose
 frames and wav all exist is skipped, so an interrupted run continues where it stopped. The final report
 (printed and written to ``ROOT/prepare_report.json``) counts prepared, skipped, short and unreadable videos
-and the annotated ids without an mp4.
+and the annotated ids without an mp4. The decoding (:func:`decode_video`) and the resumable driver
+(:func:`prepare_videos`) take the number of seconds and are shared with MUSIC-AVQA (:mod:`cola.data.avqa_prepare`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,30 +75,34 @@ def frames_dir(root: Path, frames_per_second: int = 1) -> Path:
     return root / (FRAMES_DIR if frames_per_second == 1 else f"{FRAMES_DIR}_{frames_per_second}fps")
 
 
-def frame_names(frames_per_second: int) -> list[str]:
-    """The jpg names of one video: ``<t>.jpg`` (K = 1) or ``<t>_<k>.jpg``."""
+def frame_names(frames_per_second: int, num_seconds: int = NUM_SECONDS) -> list[str]:
+    """The jpg names of one video: ``<t>.jpg`` (K = 1) or ``<t>_<k>.jpg``, t = 0..num_seconds-1."""
     if frames_per_second == 1:
-        return [f"{t}.jpg" for t in range(NUM_SECONDS)]
-    return [f"{t}_{k}.jpg" for t in range(NUM_SECONDS) for k in range(frames_per_second)]
+        return [f"{t}.jpg" for t in range(num_seconds)]
+    return [f"{t}_{k}.jpg" for t in range(num_seconds) for k in range(frames_per_second)]
 
 
-def is_prepared(root: Path, video_id: str, frames_per_second: int = 1) -> bool:
+def is_prepared(root: Path, video_id: str, frames_per_second: int = 1, num_seconds: int = NUM_SECONDS) -> bool:
     """All frames and the wav of a video exist (outputs are renamed into place only when complete)."""
     folder = frames_dir(root, frames_per_second) / video_id
-    return audio_path(root, video_id).is_file() and all((folder / n).is_file() for n in frame_names(frames_per_second))
+    names = frame_names(frames_per_second, num_seconds)
+    return audio_path(root, video_id).is_file() and all((folder / n).is_file() for n in names)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def decode_video(mp4: Path, *, frames_per_second: int = 1, threads: int = 0) -> dict[str, Any]:
-    """Decodes the frames nearest the interval centres and the 16 kHz mono audio of one video.
+def decode_video(
+    mp4: Path, *, frames_per_second: int = 1, threads: int = 0, num_seconds: int = NUM_SECONDS
+) -> dict[str, Any]:
+    """Decodes the frames nearest the interval centres and the 16 kHz mono audio of the first seconds of a video.
 
     Args:
         mp4: the video file.
         frames_per_second: K frames per second (K equal parts of each second).
         threads: decoder threads (0: FFmpeg's choice).
+        num_seconds: S seconds decoded (AVE: 10; MUSIC-AVQA: 60).
 
     Returns:
-        ``{"frames": [(H, W, 3) uint8] * 10K, "audio": (160000,) float32, "padded_frames": [interval indices],
+        ``{"frames": [(H, W, 3) uint8] * S K, "audio": (S * 16000,) float32, "padded_frames": [interval indices],
         "video_seconds": float, "audio_seconds": float, "decode_error": str | None}``.
 
     Raises:
@@ -106,7 +112,7 @@ def decode_video(mp4: Path, *, frames_per_second: int = 1, threads: int = 0) -> 
     of a broken file), kept whole so every early exit is visible in one place.
     """
     k = frames_per_second
-    num = NUM_SECONDS * k
+    num = num_seconds * k
     best: list[tuple[float, av.VideoFrame] | None] = [None] * num
     first_frame: av.VideoFrame | None = None
     last_time = 0.0
@@ -167,7 +173,7 @@ def decode_video(mp4: Path, *, frames_per_second: int = 1, threads: int = 0) -> 
         frames.append(previous.to_ndarray(format="rgb24"))  # (H, W, 3)
     mono = np.concatenate(chunks, axis=1).mean(axis=0)  # (n,)
     audio_seconds = mono.shape[0] / SAMPLE_RATE
-    total = NUM_SECONDS * SAMPLE_RATE
+    total = num_seconds * SAMPLE_RATE
     audio = np.zeros(total, dtype=np.float32)
     audio[: min(total, mono.shape[0])] = np.clip(mono[:total], -1.0, 1.0)
     return {
@@ -187,7 +193,8 @@ def _write_outputs(root: Path, video_id: str, decoded: dict[str, Any], frames_pe
     tmp_dir = frames_root / tag
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    for name, frame in zip(frame_names(frames_per_second), decoded["frames"]):
+    names = frame_names(frames_per_second, len(decoded["frames"]) // frames_per_second)
+    for name, frame in zip(names, decoded["frames"], strict=True):
         Image.fromarray(frame).save(tmp_dir / name, format="JPEG", quality=quality)
     final_dir = frames_root / video_id
     if final_dir.exists():  # an incomplete folder (outputs are renamed only when complete)
@@ -198,22 +205,23 @@ def _write_outputs(root: Path, video_id: str, decoded: dict[str, Any], frames_pe
     os.replace(tmp_wav, audio_path(root, video_id))
 
 
-def prepare_one(args: tuple[str, str, int, int, int]) -> dict[str, Any]:
-    """Pool worker: prepares one video; never raises (failures come back as ``status: unreadable``)."""
-    mp4_s, root_s, frames_per_second, quality, threads = args
+def prepare_one(args: tuple[str, str, int, int, int, int]) -> dict[str, Any]:
+    """Pool worker: prepares one video (``(mp4, root, frames_per_second, jpeg_quality, threads, num_seconds)``);
+    never raises (failures come back as ``status: unreadable``)."""
+    mp4_s, root_s, frames_per_second, quality, threads, num_seconds = args
     mp4, root = Path(mp4_s), Path(root_s)
     video_id = mp4.stem
     record: dict[str, Any] = {"video_id": video_id}
-    if is_prepared(root, video_id, frames_per_second):
+    if is_prepared(root, video_id, frames_per_second, num_seconds):
         return {**record, "status": "skipped"}
     try:
-        decoded = decode_video(mp4, frames_per_second=frames_per_second, threads=threads)
+        decoded = decode_video(mp4, frames_per_second=frames_per_second, threads=threads, num_seconds=num_seconds)
         _write_outputs(root, video_id, decoded, frames_per_second, quality)
     except Exception as err:  # a worker must not take the pool down; the report names the video
         return {**record, "status": "unreadable", "error": f"{type(err).__name__}: {err}"}
     short = (
         decoded["padded_frames"]
-        or decoded["audio_seconds"] < NUM_SECONDS - SHORT_AUDIO_TOLERANCE_S
+        or decoded["audio_seconds"] < num_seconds - SHORT_AUDIO_TOLERANCE_S
         or decoded["decode_error"]
     )
     record["status"] = "prepared"
@@ -223,25 +231,30 @@ def prepare_one(args: tuple[str, str, int, int, int]) -> dict[str, Any]:
             "video_seconds": decoded["video_seconds"],
             "audio_seconds": decoded["audio_seconds"],
             "padded_frames": decoded["padded_frames"],
-            "padded_audio_seconds": round(max(0.0, NUM_SECONDS - decoded["audio_seconds"]), 3),
+            "padded_audio_seconds": round(max(0.0, num_seconds - decoded["audio_seconds"]), 3),
             "decode_error": decoded["decode_error"],
         }
     return record
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _annotated_ids(root: Path) -> tuple[set[str], list[str]]:
-    """Video ids named by Annotations.txt and the split files (those present), and parse problems."""
+def annotated_ids(paths: Iterable[Path], parse: Callable[[Path], Iterable[Any]]) -> tuple[set[str], list[str]]:
+    """Video ids named by the annotation files among ``paths`` that exist (``parse`` reads one file into items with
+    a ``video_id``), and the parse problems (reported, never fatal: the videos are prepared anyway)."""
     ids: set[str] = set()
     problems: list[str] = []
-    for name in ("Annotations.txt", *SPLIT_FILES.values()):
-        path = root / name
+    for path in paths:
         if path.is_file():
             try:
-                ids.update(r.video_id for r in parse_annotations(path))
+                ids.update(r.video_id for r in parse(path))
             except ValueError as err:
                 problems.append(str(err))
     return ids, problems
+
+
+def _annotated_ids(root: Path) -> tuple[set[str], list[str]]:
+    """Video ids named by Annotations.txt and the split files (those present), and parse problems."""
+    return annotated_ids([root / n for n in ("Annotations.txt", *SPLIT_FILES.values())], parse_annotations)
 
 
 def _cleanup_temporaries(root: Path, frames_per_second: int) -> None:
@@ -249,6 +262,17 @@ def _cleanup_temporaries(root: Path, frames_per_second: int) -> None:
     for folder in (frames_dir(root, frames_per_second), root / AUDIO_DIR):
         for p in folder.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def check_prepare_args(workers: int, frames_per_second: int, num_seconds: int = NUM_SECONDS) -> None:
+    """Raises ``ValueError`` naming the command-line option of a value out of range."""
+    for option, value in (
+        ("--workers", workers),
+        ("--frames-per-second", frames_per_second),
+        ("--seconds", num_seconds),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
 
 
 def prepare_ave(
@@ -269,21 +293,14 @@ def prepare_ave(
         progress: show a rich progress bar.
 
     Returns:
-        The report (also written to ``ROOT/prepare_report.json``): ``videos``, ``prepared``, ``skipped``,
-        ``unreadable`` (list of ``{video_id, error}``), ``short`` (list of ``{video_id, video_seconds,
-        audio_seconds, padded_frames, padded_audio_seconds, decode_error}``), ``annotated_without_video``.
+        The report of :func:`prepare_videos` (also written to ``ROOT/prepare_report.json``).
 
     Raises:
         FileNotFoundError: ``ROOT/AVE/`` does not exist or holds no mp4.
         ValueError: a parameter out of range.
-
-    The resumable preparation loop (skip done videos, worker pool, per-video report, atomic publish) in one piece: splitting it would scatter the resume invariants.
     """
     root = Path(root)
-    if int(workers) < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if int(frames_per_second) < 1:
-        raise ValueError(f"--frames-per-second must be >= 1, got {frames_per_second}")
+    check_prepare_args(workers, frames_per_second)
     video_dir = root / VIDEO_DIR
     if not video_dir.is_dir():
         raise FileNotFoundError(
@@ -293,16 +310,63 @@ def prepare_ave(
     videos = sorted(video_dir.glob("*.mp4"))
     if not videos:
         raise FileNotFoundError(f"no .mp4 file in {video_dir}")
+    return prepare_videos(
+        root,
+        videos,
+        annotated=lambda: _annotated_ids(root),
+        label="AVE",
+        workers=workers,
+        frames_per_second=frames_per_second,
+        jpeg_quality=jpeg_quality,
+        progress=progress,
+    )
+
+
+def prepare_videos(
+    root: Path,
+    videos: list[Path],
+    *,
+    annotated: Callable[[], tuple[set[str], list[str]]],
+    label: str,
+    num_seconds: int = NUM_SECONDS,
+    workers: int = 1,
+    frames_per_second: int = 1,
+    jpeg_quality: int = JPEG_QUALITY,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decodes ``videos`` into ``ROOT/frames/<id>/`` and ``ROOT/audio/<id>.wav`` (resumable), writes the report.
+
+    The dataset-independent part of :func:`prepare_ave` (also :func:`cola.data.avqa_prepare.prepare_avqa`).
+
+    Args:
+        root: the dataset folder (outputs go to its ``frames/`` and ``audio/``).
+        videos: the mp4 files (the stem is the video id).
+        annotated: returns the video ids the annotations name and their parse problems (reported).
+        label: the dataset's name in the report.
+        num_seconds: seconds decoded per video (shorter videos are padded and listed as ``short``).
+        workers: parallel processes (1: in this process).
+        frames_per_second: frames per second of video (the training code reads 1).
+        jpeg_quality: JPEG quality of the frames.
+        progress: show a rich progress bar.
+
+    Returns:
+        The report (also written to ``ROOT/prepare_report.json``): ``dataset``, ``seconds``, ``videos``,
+        ``prepared``, ``skipped``, ``unreadable`` (list of ``{video_id, error}``), ``short`` (list of ``{video_id,
+        video_seconds, audio_seconds, padded_frames, padded_audio_seconds, decode_error}``),
+        ``annotated_without_video``.
+
+    The resumable preparation loop (skip done videos, worker pool, per-video report, atomic publish) in one piece: splitting it would scatter the resume invariants.
+    """
     frames_dir(root, frames_per_second).mkdir(exist_ok=True)
     (root / AUDIO_DIR).mkdir(exist_ok=True)
     _cleanup_temporaries(root, frames_per_second)
     t0 = time.time()
     threads = 0 if workers == 1 else 1  # one decoder thread per process when processes run in parallel
-    jobs = [(str(p), str(root), int(frames_per_second), int(jpeg_quality), threads) for p in videos]
+    jobs = [(str(p), str(root), int(frames_per_second), int(jpeg_quality), threads, int(num_seconds)) for p in videos]
     records: list[dict[str, Any]] = []
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("prepare AVE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn(f"prepare {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("videos", total=len(jobs))
         if workers == 1:
@@ -328,12 +392,13 @@ def prepare_ave(
         for r in records
         if r.get("short") or (r["status"] == "skipped" and r["video_id"] in previous)
     ]
-    annotated, problems = _annotated_ids(root)
-    without_video = sorted(annotated - {p.stem for p in videos})
+    annotated_ids, problems = annotated()
+    without_video = sorted(annotated_ids - {p.stem for p in videos})
     report = {
+        "dataset": label,
         "root": str(root),
         "frames_per_second": int(frames_per_second),
-        "seconds": NUM_SECONDS,
+        "seconds": int(num_seconds),
         "sample_rate": SAMPLE_RATE,
         "videos": len(videos),
         "prepared": sum(r["status"] == "prepared" for r in records),
@@ -355,7 +420,7 @@ def prepare_ave(
 def format_report(report: dict[str, Any]) -> str:
     """A short human summary of :func:`prepare_ave`'s report (one line, then one per listed problem)."""
     lines = [
-        f"AVE prepared in {report['root']}: {report['videos']} videos, {report['prepared']} prepared now, "
+        f"{report.get('dataset', 'AVE')} prepared in {report['root']}: {report['videos']} videos, {report['prepared']} prepared now, "
         f"{report['skipped']} already prepared, {len(report['short'])} short (padded), "
         f"{len(report['unreadable'])} unreadable ({report['time_s']} s)"
     ]

@@ -42,7 +42,18 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from cola.peft import STREAMS, AdapterLinear, PeftSpec, build_peft, per_stream
 
-from .lockstep import Step, pool_tokens, pooling_weights, resolve_indices, resolve_layer_pairs, schedule
+from .lockstep import (
+    FUSIONS,
+    Step,
+    fuse,
+    match_rows,
+    pool_tokens,
+    pooling_weights,
+    resolve_indices,
+    resolve_layer_groups,
+    resolve_sources,
+    schedule,
+)
 from .outputs import DualEncoderOutput, DualEncoderReport
 from .placement import inject_placements, place_adapters, stage_groups
 from .tower import Tower
@@ -107,10 +118,9 @@ class DualEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = bool(gradient_checkpointing)
-        self._rows_per_sample = 1
         self.towers = nn.ModuleDict(_check_towers(towers))
         self.streams = tuple(self.towers)
-        self._other = dict(zip(self.streams, reversed(self.streams), strict=True))  # each takes the other's state
+        self._rows = dict.fromkeys(self.streams, 1)  # rows per sample of each stream in the current forward
         spec = peft if isinstance(peft, PeftSpec) else build_peft(**dict(peft or {"method": "frozen"}))
         self.method, self.peft_config = spec.method.name, spec.config
         self.exchange = spec.method.exchange  # what adapted layers take from the other stream
@@ -123,6 +133,13 @@ class DualEncoder(nn.Module):
         # keyed by the *source* stream: pooling[s] pools stream s's tokens into the other stream's conditions
         self.pooling = {s: per_stream("condition_pooling", self.condition_pooling, s) for s in self.streams}
         self.anchor = _resolve_anchor(anchor, self.towers)
+        self.condition_fusion = getattr(self.peft_config, "condition_fusion", "concat")
+        if self.condition_fusion not in FUSIONS:
+            raise ValueError(f"peft.condition_fusion must be one of {list(FUSIONS)}, got {self.condition_fusion!r}")
+        # stream -> the streams its layers take states from (lora_param_matched sizes its CoLA by them too)
+        kind = self.exchange or ("condition" if self.peft_config is not None else None)
+        requested = getattr(self.peft_config, "condition_sources", None)
+        self.sources = resolve_sources(self.streams, requested, exchange=kind, anchor=self.anchor)
         ctx = {s: self._context_dim(s) for s in self.streams}
 
         # paired blocks get the method's layers, blocks a layer_map leaves unpaired plain LoRA (placement.py)
@@ -153,7 +170,7 @@ class DualEncoder(nn.Module):
     def _pair_blocks(self, layers: Sequence[int] | None, layer_map: Any) -> None:
         """Sets the block pairs, the indices of the adapted ones and the lockstep schedule."""
         depths = {s: t.depth for s, t in self.towers.items()}
-        self.layer_pairs = resolve_layer_pairs(layer_map, *depths.values())
+        self.layer_pairs = resolve_layer_groups(layer_map, depths)
         all_pairs = list(range(len(self.layer_pairs)))
         self.adapted_pairs = (
             all_pairs if layers is None else sorted(set(resolve_indices(layers, len(all_pairs), "peft.layers")))
@@ -169,53 +186,79 @@ class DualEncoder(nn.Module):
             for k in self.adapted_pairs
         }
 
-    def _context_dim(self, stream: str) -> int | None:
-        """Width of what ``stream``'s layers take from the other stream (``None``: they take nothing)."""
-        other = self.towers[self._other[stream]]
-        if self.exchange is not None and self.propagation == "progressive" and other.context_size != other.hidden_size:
-            raise ValueError(
-                f"propagation=progressive hands over the {other.modality} tower's attention context (width "
-                f"{other.context_size}) but conditions are sized to its hidden width {other.hidden_size}"
-            )
-        if self.peft_config is not None and not self.peft_config.queries_other(anchor=self.anchor == stream):
+    def _context_dim(self, stream: str) -> int | tuple[int, ...] | None:
+        """Width of what ``stream``'s layers take from the other streams (``None``: they take nothing): one width,
+        their sum (``condition_fusion=concat``), or the tuple of source widths (``per_stream`` with several
+        sources: one hypernetwork per source)."""
+        queries = self.peft_config is not None and self.peft_config.queries_other(anchor=self.anchor == stream)
+        if not queries:
             return None
-        return other.hidden_size
+        if stream not in self.sources:
+            raise ValueError(
+                f"the {stream} stream is MokA's anchor; with {len(self.streams)} towers it cannot query the others "
+                "(set peft.bidirectional=false)"
+            )
+        sources = [self.towers[o] for o in self.sources[stream]]
+        for other in sources:
+            if self.exchange is not None and self.propagation == "progressive":
+                if other.context_size != other.hidden_size:
+                    raise ValueError(
+                        f"propagation=progressive hands over the {other.modality} tower's attention context (width "
+                        f"{other.context_size}) but conditions are sized to its hidden width {other.hidden_size}"
+                    )
+        widths = [t.hidden_size for t in sources]
+        if len(widths) == 1 or self.exchange == "tokens":
+            return widths[0]
+        if self.condition_fusion == "mean":
+            if len(set(widths)) != 1:
+                raise ValueError(
+                    f"peft.condition_fusion=mean averages the {stream} stream's sources {self.sources[stream]}, whose "
+                    f"widths differ ({widths}); use concat or per_stream"
+                )
+            return widths[0]
+        return tuple(widths) if self.condition_fusion == "per_stream" else sum(widths)
 
     # ------------------------------------------------------------------------------------------ forward
-    def _hand(self, layers: list[AdapterLinear], h_other: torch.Tensor, src: _StreamState, pooled=None):
-        """Gives one stage's layers the other stream's state; returns the pooled condition for reuse."""
+    def _give(self, layers: list[AdapterLinear], stream: str, h: dict[str, torch.Tensor], st, cache: dict, point: str):
+        """Gives one stage's layers of ``stream`` the states ``h`` (at ``point``: x, ctx, x_attn) of its sources:
+        the fused pooled condition (each source pooled once per point) or the anchor's tokens and key mask."""
+        if not layers:
+            return
         if self.exchange == "condition":
-            c = pool_tokens(h_other, src.pool_weights) if pooled is None else pooled  # (B, C_other)
+            conditions = []
+            for o in self.sources[stream]:
+                if (point, o) not in cache:
+                    cache[(point, o)] = pool_tokens(h[o], st[o].pool_weights)  # (B_o, C_o)
+                conditions.append(match_rows(cache[(point, o)], self._rows[o], self._rows[stream]))
+            c = fuse(conditions, self.condition_fusion)  # (B_stream, d_c)
             for m in layers:
-                m.set_condition(c, group=self._rows_per_sample)
-            return c
+                m.set_condition(c, group=self._rows[stream])
+            return
+        (o,) = self.sources[stream]
         for m in layers:  # tokens: unpooled (B, M, C_other) and their key mask
-            m.set_context(h_other, src.key_mask)
-        return None
+            m.set_context(h[o], st[o].key_mask)
 
     def _pair(self, k: int, blocks: dict[str, int], x: dict[str, torch.Tensor], st: dict[str, _StreamState]):
-        """One block pair in lockstep (docs/method.md#propagation); returns the streams' block outputs."""
-        towers, other = self.towers, self._other
+        """One block group in lockstep (docs/method.md#propagation); returns the streams' block outputs."""
+        towers = self.towers
         block = {s: towers[s].blocks[i] for s, i in blocks.items()}
         groups = self._groups.get(k)
-        if groups is None:  # nothing to exchange in this pair
+        if groups is None:  # nothing to exchange in this group
             return {s: towers[s].steps(block[s], x[s], st[s].attn_mask) for s in blocks}
+        cache: dict = {}
         # (a) qkv <- x'
-        c = {s: self._hand(groups[s]["qkv"], x[o], st[o]) for s, o in other.items()}
+        for s in blocks:
+            self._give(groups[s]["qkv"], s, x, st, cache, "x")
         ctx = {s: towers[s].steps.attention_context(block[s], x[s], st[s].attn_mask) for s in blocks}  # (B, N, C)
         # (b) out-proj <- ctx' (progressive) or x'
-        for s, o in other.items():
-            if self.propagation == "progressive":
-                self._hand(groups[s]["proj"], ctx[o], st[o])
-            else:
-                self._hand(groups[s]["proj"], x[o], st[o], pooled=c[s])
+        progressive = self.propagation == "progressive"
+        for s in blocks:
+            self._give(groups[s]["proj"], s, ctx if progressive else x, st, cache, "ctx" if progressive else "x")
         x_attn = {s: towers[s].steps.attention_out(block[s], x[s], ctx[s]) for s in blocks}
         # (c) fc1, fc2 <- x' (uniform) or x'_attn
-        for s, o in other.items():
-            if self.propagation == "uniform":
-                self._hand(groups[s]["mlp"], x[o], st[o], pooled=c[s])
-            else:
-                self._hand(groups[s]["mlp"], x_attn[o], st[o])
+        uniform = self.propagation == "uniform"
+        for s in blocks:
+            self._give(groups[s]["mlp"], s, x if uniform else x_attn, st, cache, "x" if uniform else "x_attn")
         out = {s: towers[s].steps.mlp_out(block[s], x_attn[s]) for s in blocks}
         self._clear(m for stages in groups.values() for ms in stages.values() for m in ms)  # autograd holds the rest
         return out
@@ -234,7 +277,7 @@ class DualEncoder(nn.Module):
         inputs: Mapping[str, Mapping[str, torch.Tensor]],
         *,
         return_layers: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
-        rows_per_sample: int = 1,
+        rows_per_sample: int | Mapping[str, int] = 1,
     ) -> DualEncoderOutput:
         """Runs the towers in lockstep.
 
@@ -245,7 +288,10 @@ class DualEncoder(nn.Module):
                 are returned in ``layers``: one list for every stream, or a mapping stream -> indices (towers of
                 unequal depth; streams left out return none).
             rows_per_sample: consecutive batch rows that belong to one sample (the 10 seconds of an AVE video, the
-                5 frames of an AVS clip); the ``shuffled`` control then takes conditions from another sample.
+                5 frames of an AVS clip); the ``shuffled`` control then takes conditions from another sample. A
+                mapping gives it per stream when streams have different row counts (AVQA: ``{vision: T, audio: T,
+                text: 1}``): a condition pooled on T rows per sample is averaged over them for a 1-row stream, and
+                repeated T times the other way.
 
         Returns:
             A :class:`DualEncoderOutput`.
@@ -263,7 +309,7 @@ class DualEncoder(nn.Module):
                 pool_weights=pooling_weights(masks[s], tower.num_prefix_tokens, self.pooling[s]),
                 key_mask=masks[s] if tower.has_padding else None,
             )
-        self._rows_per_sample = int(rows_per_sample)
+        self._rows = _rows_per_stream(rows_per_sample, self.streams)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         try:
             for step in self._schedule:
@@ -334,10 +380,19 @@ def _load_legacy_names(module: DualEncoder, state_dict: dict[str, Any], prefix: 
         state_dict.update(new)
 
 
+def _rows_per_stream(rows: int | Mapping[str, int], streams: Sequence[str]) -> dict[str, int]:
+    if not isinstance(rows, Mapping):
+        return dict.fromkeys(streams, int(rows))
+    unknown = sorted(set(rows) - set(streams))
+    if unknown:
+        raise ValueError(f"rows_per_sample names unknown stream(s) {unknown}; streams are {list(streams)}")
+    return {s: int(rows.get(s, 1)) for s in streams}
+
+
 def _check_towers(towers: Mapping[str, Tower]) -> dict[str, Tower]:
     towers = dict(towers)
-    if len(towers) != 2:
-        raise ValueError(f"DualEncoder runs two towers, got {len(towers)}: {list(towers)}")
+    if len(towers) < 2:
+        raise ValueError(f"the encoder runs two or more towers, got {len(towers)}: {list(towers)}")
     for name, tower in towers.items():
         if not isinstance(tower, Tower):
             raise TypeError(f"towers must be cola.models.Tower, got {type(tower).__name__} for {name!r}")

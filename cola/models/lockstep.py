@@ -118,3 +118,102 @@ def block_filter(names: list[str], blocks: Sequence[int]):
         return None
     prefixes = tuple(names[i] + "." for i in blocks)
     return lambda name: name.startswith(prefixes)
+
+
+# ----------------------------------------------------------------------------------------------- N streams
+FUSIONS = ("concat", "mean", "per_stream")
+"""How the pooled states of several source streams become one condition (docs/method.md#n-streams)."""
+
+
+def resolve_layer_groups(layer_map: Any, depths: dict[str, int]) -> list[tuple[int, ...]]:
+    """Block groups run in lockstep, one block index per stream (``depths`` in stream order).
+
+    Two streams: :func:`resolve_layer_pairs` (``layer_map`` ``None`` | ``every_other`` | a list of pairs). More:
+    ``layer_map`` is ``None`` (every tower equally deep) or a mapping ``{stream: map}`` pairing each other stream
+    with the *first* one (``map`` as for two towers, ``None`` for an equally deep tower); a group is a block of the
+    first stream that every other stream pairs, and blocks outside every group run alone (plain LoRA).
+    """
+    streams = list(depths)
+    if len(streams) == 2:
+        return resolve_layer_pairs(layer_map, *depths.values())
+    first, rest = streams[0], streams[1:]
+    if layer_map is None:
+        if len(set(depths.values())) != 1:
+            raise ValueError(
+                f"towers have different depths {depths}; set peft.layer_map to a mapping {{stream: every_other | "
+                f"[[i_{first}, i_stream], ...]}} pairing each other stream with the {first} tower"
+            )
+        return [(i,) * len(streams) for i in range(depths[first])]
+    if not isinstance(layer_map, dict) or not set(layer_map) <= set(rest):
+        raise ValueError(
+            f"peft.layer_map with {len(streams)} towers must be null or a mapping from {rest} to a pairing with the "
+            f"{first} tower (null | every_other | [[i_{first}, i_stream], ...]), got {layer_map!r}"
+        )
+    per = {s: dict(resolve_layer_pairs(layer_map.get(s), depths[first], depths[s])) for s in rest}
+    common = sorted(set.intersection(*(set(p) for p in per.values())))
+    if not common:
+        raise ValueError(f"peft.layer_map {layer_map!r} leaves no {first} block paired with every other stream")
+    return [(i, *(per[s][i] for s in rest)) for i in common]
+
+
+def resolve_sources(
+    streams: Sequence[str], requested: Any, *, exchange: str | None, anchor: str | None
+) -> dict[str, list[str]]:
+    """For every stream whose layers take another stream's state, the streams they take it from.
+
+    Conditions (CoLA): ``requested`` is ``None`` (every other stream) or ``{stream: [sources]}``
+    (``peft.condition_sources``; streams left out take every other stream). Tokens (MokA): the other stream with two
+    towers; with more, every stream but the anchor queries the anchor's tokens (MokA's audio-visual-text design).
+    """
+    if exchange is None:
+        return {}
+    if exchange == "tokens":
+        if len(streams) == 2:
+            return {s: [o] for s, o in zip(streams, reversed(streams), strict=True)}
+        if anchor is None:
+            raise ValueError(
+                f"MokA with {len(streams)} towers queries one anchor stream (the text tower); none is set among "
+                f"{list(streams)}"
+            )
+        return {s: [anchor] for s in streams if s != anchor}
+    sources = {s: [o for o in streams if o != s] for s in streams}
+    if requested is None:
+        return sources
+    if not isinstance(requested, dict):
+        raise ValueError(f"peft.condition_sources must be null or a mapping {{stream: [sources]}}, got {requested!r}")
+    for s, src in requested.items():
+        if s not in streams:
+            raise ValueError(f"peft.condition_sources names unknown stream {s!r}; the streams are {list(streams)}")
+        src = [src] if isinstance(src, str) else list(src)
+        bad = [o for o in src if o not in sources[s]]
+        if not src or bad:
+            raise ValueError(
+                f"peft.condition_sources.{s} must be a non-empty list of other streams {sources[s]}, got {src!r}"
+            )
+        sources[s] = src
+    return sources
+
+
+def match_rows(c: torch.Tensor, rows_from: int, rows_to: int) -> torch.Tensor:
+    """A condition pooled on a stream with ``rows_from`` rows per sample, for a stream with ``rows_to``: repeated
+    (the question's text for each of its video segments) or averaged over the sample's rows (the segments for the
+    question's text)."""
+    if rows_from == rows_to:
+        return c
+    if rows_from < rows_to:
+        if rows_to % rows_from:
+            raise ValueError(f"rows per sample {rows_to} is not a multiple of {rows_from}")
+        return c.repeat_interleave(rows_to // rows_from, dim=0)
+    if rows_from % rows_to:
+        raise ValueError(f"rows per sample {rows_from} is not a multiple of {rows_to}")
+    return c.reshape(-1, rows_from // rows_to, c.shape[-1]).mean(dim=1)
+
+
+def fuse(conditions: list[torch.Tensor], mode: str) -> torch.Tensor:
+    """One condition from the pooled states of the source streams: ``concat`` and ``per_stream`` concatenate (the
+    layer's hypernetworks split them again per source), ``mean`` averages (equal widths)."""
+    if len(conditions) == 1:
+        return conditions[0]
+    if mode == "mean":
+        return torch.stack(conditions).mean(dim=0)
+    return torch.cat(conditions, dim=-1)

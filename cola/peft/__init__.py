@@ -3,11 +3,12 @@
 
 h = W0 x + b + (alpha / r) B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)
 
-Every method is a :class:`Method` in :data:`METHODS`; :func:`build_peft` parses a ``peft`` config node.
+The intra path may be LoRA, DoRA, rsLoRA or PiSSA (``intra``, :mod:`cola.peft.variants`). Every method is a :class:`Method` in :data:`METHODS`; :func:`build_peft` parses a ``peft`` config node.
 """
 
 from .config import (
     CONDITION_CHOICES,
+    INTRA_CHOICES,
     POOLING_CHOICES,
     PROPAGATION_CHOICES,
     SHARING_CHOICES,
@@ -16,6 +17,7 @@ from .config import (
     CoLAConfig,
     LoRAConfig,
     per_stream,
+    scaling_denominator,
 )
 from .hypernet import HyperNetwork, stacked_hypernet_forward
 from .inject import (
@@ -26,8 +28,10 @@ from .inject import (
     find_targets,
     inject_adapters,
     is_adapter_param,
+    is_up_projection,
     mark_only_adapters_trainable,
     merge_adapters,
+    original_weights,
     unmerge_adapters,
 )
 from .layers import AdapterLinear, CoLALinear, LoRALinear, LowRankLinear
@@ -35,6 +39,7 @@ from .methods import (
     ADAPTER_LAYERS,
     ADAPTER_PREFIXES,
     METHODS,
+    UP_PROJECTIONS,
     MatchedLoRA,
     Method,
     ParamMatchedConfig,
@@ -50,36 +55,43 @@ from .moka import MoKAConfig, MoKALinear
 from .state import (
     adapter_state_dict,
     atomic_replace,
+    check_intra_convention,
     diff_configs,
+    fill_legacy_keys,
+    intra_convention,
     load_adapter_state_dict,
     load_adapters,
     read_adapters,
     save_adapters,
     upgrade_state_keys,
 )
+from .variants import IntraVariantMixin, pissa_factors, row_norm
 
 __all__ = [
     "ADAPTER_LAYERS",
     "ADAPTER_PREFIXES",
     "CONDITION_CHOICES",
+    "INTRA_CHOICES",
     "METHODS",
     "POOLING_CHOICES",
     "PROPAGATION_CHOICES",
     "SHARING_CHOICES",
     "STREAMS",
+    "UP_PROJECTIONS",
     "AdapterConfig",
     "AdapterLinear",
     "CoLAConfig",
     "CoLALinear",
     "HyperNetwork",
     "InjectionReport",
+    "IntraVariantMixin",
     "LoRAConfig",
     "LoRALinear",
     "LowRankLinear",
     "MatchedLoRA",
+    "Method",
     "MoKAConfig",
     "MoKALinear",
-    "Method",
     "ParamMatchedConfig",
     "PeftSpec",
     "adapter_layers",
@@ -87,23 +99,31 @@ __all__ = [
     "adapter_state_dict",
     "atomic_replace",
     "build_peft",
+    "check_intra_convention",
     "config_from_dict",
     "count_parameters",
     "diff_configs",
+    "fill_legacy_keys",
     "find_targets",
     "get_method",
     "inject_adapters",
+    "intra_convention",
     "is_adapter_param",
+    "is_up_projection",
     "layer_for",
     "load_adapter_state_dict",
     "load_adapters",
     "mark_only_adapters_trainable",
     "match_lora",
     "merge_adapters",
+    "original_weights",
     "param_matched_lora_rank",
     "per_stream",
+    "pissa_factors",
     "read_adapters",
+    "row_norm",
     "save_adapters",
+    "scaling_denominator",
     "stacked_hypernet_forward",
     "unmerge_adapters",
     "upgrade_state_keys",

@@ -7,6 +7,7 @@ with its layer in :mod:`cola.peft.moka`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
@@ -16,6 +17,9 @@ CONDITION_CHOICES = ("pooled", "shuffled", "zero", "random_frozen")
 PROPAGATION_CHOICES = ("uniform", "module_wise", "progressive")
 POOLING_CHOICES = ("mean", "mean_with_padding", "cls")
 HYPERNET_INIT_CHOICES = ("trunc_normal", "torch")
+FUSION_CHOICES = ("concat", "mean", "per_stream")
+INTRA_CHOICES = ("lora", "dora", "rslora", "pissa")
+"""``peft.intra``: how the intra (LoRA) path is scaled, initialised and applied (:mod:`cola.peft.variants`)."""
 STREAMS = ("vision", "text", "audio")
 """Stream names a per-stream setting (``reduction``, ``condition_pooling``) may be keyed by."""
 
@@ -51,6 +55,17 @@ def _check_per_stream(name: str, value: Any, check: Callable[[str, Any], None]) 
         check(name, value)
 
 
+def scaling_denominator(intra: str, rank: int) -> float:
+    """The rank term of the intra scale ``s = alpha / denominator``: ``sqrt(rank)`` for rsLoRA, ``rank`` otherwise."""
+    return math.sqrt(rank) if intra == "rslora" else rank
+
+
+def _check_sources(name: str, value: Any) -> None:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or any(v not in STREAMS for v in names):
+        raise ValueError(f"{name} must be a non-empty list of streams from {list(STREAMS)}, got {value!r}")
+
+
 def per_stream(name: str, value: Any, stream: str) -> Any:
     """The value of a per-stream setting for ``stream`` (a plain value applies to every stream)."""
     if not isinstance(value, Mapping):
@@ -62,7 +77,8 @@ def per_stream(name: str, value: Any, stream: str) -> Any:
 
 @dataclass
 class AdapterConfig:
-    """Fields and checks every method shares: rank, alpha, dropout and ``scaling = alpha / rank``.
+    """Fields and checks every method shares: rank, alpha, dropout, the intra-path variant and the scale
+    ``scaling = alpha / rank`` (rsLoRA: ``alpha / sqrt(rank)``).
 
     A method's config subclasses this (redeclaring a field only to change its default) and names itself in
     ``method``; :mod:`cola.peft.methods` registers it. ``from_dict`` rejects unknown keys by name.
@@ -72,11 +88,13 @@ class AdapterConfig:
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
+    intra: str = "lora"
 
     def __post_init__(self) -> None:
         _check_positive("rank", self.rank, integer=True)
         _check_positive("alpha", self.alpha)
         _check_dropout("dropout", self.dropout)
+        _check_choice("intra", self.intra, INTRA_CHOICES)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
@@ -91,16 +109,18 @@ class AdapterConfig:
 
     @property
     def scaling(self) -> float:
-        """s = alpha / rank, the scale of every low-rank path."""
-        return self.alpha / self.rank
+        """s = alpha / rank, the scale of every low-rank path (``intra=rslora``: alpha / sqrt(rank), rsLoRA); the
+        one place the convention is computed."""
+        return self.alpha / scaling_denominator(self.intra, self.rank)
 
     def for_stream(self, stream: str) -> AdapterConfig:
         """This config with per-stream settings resolved for the layers of ``stream`` (none by default)."""
         return self
 
     def as_lora(self) -> LoRAConfig:
-        """The plain LoRA at this rank, alpha and dropout (what unpaired blocks of towers of unequal depth get)."""
-        return LoRAConfig(rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout))
+        """The plain LoRA at this rank, alpha, dropout and intra variant (what unpaired blocks of towers of unequal
+        depth get)."""
+        return LoRAConfig(rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout), intra=self.intra)
 
     def queries_other(self, *, anchor: bool) -> bool:
         """Whether layers of a stream take the other stream's state (``anchor``: the stream the other queries)."""
@@ -119,6 +139,8 @@ class LoRAConfig(AdapterConfig):
         rank: r, the inner dimension of A (r, d_in) and B (d_out, r).
         alpha: scaling numerator; the update is scaled by alpha / rank.
         dropout: dropout on the adapter input (0 disables it and skips the work).
+        intra: ``lora`` | ``dora`` (weight-decomposed, + a magnitude of d_out) | ``rslora`` (alpha / sqrt(rank)) |
+            ``pissa`` (A, B from W0's top-r SVD, the base replaced by the residual); docs/method.md#intra-path-variants.
         split_fused: give each output slice of a fused layer (timm ``attn.qkv``) its own A and B, as the
             official code's ``MergedLinear``; ``False`` treats the fused layer as one linear (HF peft).
     """
@@ -133,7 +155,12 @@ class LoRAConfig(AdapterConfig):
         self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
     ) -> int:
         s = out_splits if self.split_fused else 1
-        return s * self.rank * in_features + out_features * self.rank
+        return s * self.rank * in_features + out_features * self.rank + _magnitude(self.intra, out_features)
+
+
+def _magnitude(intra: str, out_features: int) -> int:
+    """DoRA's trainable magnitude (one per output row); PiSSA's initial factors are buffers, not parameters."""
+    return out_features if intra == "dora" else 0
 
 
 @dataclass
@@ -145,9 +172,12 @@ class CoLAConfig(AdapterConfig):
         rank: r for both paths; Phi(c) is r x r.
         alpha: intra-path scaling numerator.
         dropout: input dropout, applied separately in each path (official).
+        intra: the intra path's variant, ``lora`` | ``dora`` | ``rslora`` | ``pissa`` (docs/method.md#intra-path-variants);
+            the inter path adds outside it. ``pissa`` cannot share B (``sharing=shared_b|full``).
         reduction: hypernetwork hidden width is ``floor(d_c / reduction)``; an int, or a mapping keyed by the
             stream whose layers hold the hypernetworks (official AVS: ``{vision: 16, audio: 8}``).
-        lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding).
+        lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding), also
+            under ``intra=rslora``: rsLoRA rescales the intra path only, so the inter path starts as in the paper.
         sharing: ``none`` | ``shared_a`` (A_C = A_L) | ``shared_b`` (B_C = B_L) | ``full`` (both).
         condition: ``pooled`` | ``shuffled`` (derangement of the batch) | ``zero`` | ``random_frozen``.
         propagation: which hidden state of the other stream conditions each sub-step (docs/method.md#propagation).
@@ -157,6 +187,12 @@ class CoLAConfig(AdapterConfig):
         hypernet_dropout: dropout inside the hypernetwork (official: 0).
         hypernet_init: ``trunc_normal`` (official: Linear weights trunc_normal std 0.02, biases 0, as the host
             models re-initialise every nn.Linear) | ``torch`` (nn.Linear's own default init).
+        condition_fusion: with more than two streams, how a layer's condition combines its source streams
+            (docs/method.md#n-streams): ``concat`` (one hypernetwork on the concatenated pooled states), ``mean``
+            (their average; equal widths) or ``per_stream`` (one hypernetwork per source, cores summed). With one
+            source (two streams) all three are the same layer.
+        condition_sources: ``{stream: [sources]}``: the streams whose states condition that stream's layers;
+            ``None`` (or a stream left out): every other stream.
     """
 
     method: ClassVar[str] = "cola"
@@ -168,6 +204,8 @@ class CoLAConfig(AdapterConfig):
     condition_pooling: str | dict[str, str] = "mean"
     hypernet_dropout: float = 0.0
     hypernet_init: str = "trunc_normal"
+    condition_fusion: str = "concat"
+    condition_sources: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,9 +219,17 @@ class CoLAConfig(AdapterConfig):
         _check_choice("sharing", self.sharing, SHARING_CHOICES)
         _check_choice("condition", self.condition, CONDITION_CHOICES)
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
+        _check_choice("condition_fusion", self.condition_fusion, FUSION_CHOICES)
+        if self.condition_sources is not None:
+            _check_per_stream("condition_sources", self.condition_sources, _check_sources)
         _check_per_stream(
             "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
         )
+        if self.intra == "pissa" and self.sharing in ("shared_b", "full"):
+            raise ValueError(
+                f"peft.intra='pissa' cannot be combined with peft.sharing={self.sharing!r}: B_C would be PiSSA's "
+                "non-zero B_L, so the inter path would change the pretrained model at init; use sharing none or shared_a"
+            )
 
     def for_stream(self, stream: str) -> CoLAConfig:
         """This config with ``reduction`` resolved for the layers of ``stream`` (the stream holding the hypernets)."""
@@ -191,7 +237,8 @@ class CoLAConfig(AdapterConfig):
 
     @property
     def lambda_value(self) -> float:
-        return float(self.scaling if self.lambda_init is None else self.lambda_init)
+        """The initial lambda: ``lambda_init``, or alpha / rank when it is ``None`` (whatever ``intra`` is)."""
+        return float(self.alpha / self.rank if self.lambda_init is None else self.lambda_init)
 
     def params_per_layer(
         self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
@@ -201,11 +248,14 @@ class CoLAConfig(AdapterConfig):
         if context_dim is None:
             raise ValueError("CoLA needs context_dim (the other stream's hidden size)")
         s, r = out_splits, self.rank
-        n = s * r * in_features + out_features * r  # A_L, B_L
+        n = s * r * in_features + out_features * r + _magnitude(self.intra, out_features)  # A_L, B_L (, m)
         n += 0 if self.sharing in ("shared_a", "full") else s * r * in_features
         n += 0 if self.sharing in ("shared_b", "full") else out_features * r
-        h = context_dim // self.reduction
-        hyper = context_dim * h + h + 2 * h + h * r * r + r * r + 2 * r * r
+        dims = context_dim if isinstance(context_dim, tuple) else (context_dim,)  # per_stream: one net per source
+        hyper = 0
+        for d_c in dims:
+            h = d_c // self.reduction
+            hyper += d_c * h + h + 2 * h + h * r * r + r * r + 2 * r * r
         n += s * (hyper + 1)  # hypernetwork and lambda per slice
         if self.condition == "random_frozen":
             n -= s * hyper

@@ -110,3 +110,24 @@ def stacked_hypernet_forward(nets: nn.ModuleList, c: torch.Tensor) -> torch.Tens
     out = first.drop2(torch.baddbmm(w["fc2.bias"][:, None], h, w["fc2.weight"].transpose(1, 2)))  # (S, B, r*r)
     phi = F.layer_norm(out.reshape(len(nets), c.shape[0], r, r), (r, r), eps=first.norm2.eps)  # (S, B, r, r)
     return phi * w["norm2.weight"][:, None] + w["norm2.bias"][:, None]
+
+
+class MultiSourceHyperNetwork(nn.Module):
+    """``peft.condition_fusion=per_stream``: one hypernetwork per source stream, their cores summed,
+    ``Phi(c) = sum_o Phi_o(c_o)`` where ``c = [c_1, ..., c_M]`` is the concatenation of the sources' pooled states
+    (docs/method.md#n-streams).
+
+    Args:
+        context_dims: the width of each source, in the order the encoder concatenates them.
+        rank, reduction, dropout, init: as :class:`HyperNetwork` (``reduction`` applies to each source's width).
+    """
+
+    def __init__(self, context_dims: tuple[int, ...], rank: int, **kwargs) -> None:
+        super().__init__()
+        self.context_dims = tuple(int(d) for d in context_dims)
+        self.rank = rank
+        self.nets = nn.ModuleList(HyperNetwork(d, rank, **kwargs) for d in self.context_dims)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        parts = c.split(self.context_dims, dim=-1)
+        return torch.stack([net(p) for net, p in zip(self.nets, parts, strict=True)]).sum(dim=0)

@@ -6,11 +6,12 @@ import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .layers import AdapterLinear
-from .methods import ADAPTER_LAYERS, ADAPTER_PREFIXES, layer_for
+from .layers import AdapterLinear, LowRankLinear
+from .methods import ADAPTER_LAYERS, ADAPTER_PREFIXES, UP_PROJECTIONS, layer_for
 
 
 @dataclass
@@ -111,6 +112,18 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLinear]]:
 def is_adapter_param(name: str) -> bool:
     """True for parameters that belong to an adapter (a name component carries an adapter prefix)."""
     return any(part.startswith(ADAPTER_PREFIXES) for part in name.split("."))
+
+
+def is_up_projection(name: str) -> bool:
+    """True for the B matrix of any method (``lora_B``, ``cola_B``, ``moka_B``: the last name component), the
+    parameters LoRA+ trains at a higher learning rate."""
+    return name.rpartition(".")[2] in UP_PROJECTIONS
+
+
+def original_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """W0 of every layer with an intra path, as the pretrained model had it (by adapted module name): the base weight
+    with a merge undone and, under PiSSA, the residual plus ``s B0 A0`` (:meth:`LowRankLinear.original_weight`)."""
+    return {n: m.original_weight() for n, m in adapter_layers(model) if isinstance(m, LowRankLinear)}
 
 
 def mark_only_adapters_trainable(model: nn.Module) -> int:

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig, CoLAConfig, LoRAConfig
-from .hypernet import HyperNetwork, stacked_hypernet_forward
+from .hypernet import HyperNetwork, MultiSourceHyperNetwork, stacked_hypernet_forward
+from .upproject import accumulate_up_, slice_major, up_project
+from .variants import IntraVariantMixin
 
 
 def _flatten_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +56,7 @@ class AdapterLinear(nn.Module):
     Attributes:
         config_class: the config dataclass the layer is built from (:func:`cola.peft.methods.layer_for`).
         prefixes: name prefixes of its adapter parameters (filtering is a prefix check).
+        up_projections: names of its B matrices (the up-projections LoRA+ gives their own learning rate).
         exchange: what it takes from the other stream: ``"condition"`` (a pooled (B, d_c) vector, through
             ``set_condition``), ``"tokens"`` (the other stream's tokens and key mask, through ``set_context``)
             or ``None``.
@@ -62,6 +65,7 @@ class AdapterLinear(nn.Module):
 
     config_class: ClassVar[type[AdapterConfig]]
     prefixes: ClassVar[tuple[str, ...]] = ()
+    up_projections: ClassVar[tuple[str, ...]] = ()
     exchange: ClassVar[str | None] = None
     mergeable: ClassVar[bool] = False
 
@@ -125,28 +129,18 @@ class AdapterLinear(nn.Module):
         layer multiplies each slice by its own block (one batched GEMM), never a block-diagonal (d_out, S*k)
         matrix whose zero blocks would triple the up-projection's cost (and its backward's) for q/k/v.
 
-        Under autograd the add is out of place: accumulating into the base layer's output in place would make
-        autograd's backward copy the whole (N, d_out) gradient several times (CopySlices), which costs more
-        than the forward copy it saves (docs/benchmarks/). Without autograd (eval, merged inference) the GEMM
+        Under autograd it is :func:`cola.peft.upproject.up_project`: an autograd function that adds in place into
+        the fresh base output and computes B's gradient as ``z^T g`` (autograd's ``g^T z`` runs 6-10x slower for
+        k <= 8 on CPU; docs/benchmarks/batch_profile.md). Without autograd (eval, merged inference) the GEMM
         accumulates into the fresh base output in place. In-place ops are outside autocast, so the operands take
         the output's dtype (bf16 under autocast).
         """
         s, k, d = self.out_splits, b.shape[1], self.out_features
         n = out.numel() // d
         z, b = z.to(out.dtype), b.to(out.dtype)
-        track = torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or b.requires_grad)
-        if s == 1:
-            flat = out.view(n, d)  # the base layer's fresh (contiguous) output
-            if track:
-                return torch.addmm(flat, z.reshape(n, k), b.t()).view(out.shape)
-            flat.addmm_(z.reshape(n, k), b.t())
-            return out
-        zs = z.reshape(n, s, k).transpose(0, 1)  # (S, N, k)
-        bs = b.reshape(s, d // s, k).transpose(1, 2)  # (S, k, d_out / S)
-        per_slice = out.view(n, s, d // s)
-        if track:
-            return (per_slice + torch.bmm(zs, bs).transpose(0, 1)).view(out.shape)
-        per_slice.transpose(0, 1).baddbmm_(zs, bs)  # slice s of every row: a strided (N, d_out / S) block
+        if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or b.requires_grad):
+            return up_project(out, z, b, s)
+        accumulate_up_(out.view(n, d), z.reshape(n, s * k), slice_major(b, s), s)  # into the fresh base output
         return out
 
     def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -154,47 +148,35 @@ class AdapterLinear(nn.Module):
         s, r = self.out_splits, a.shape[0] // self.out_splits
         return torch.einsum("sor,sri->soi", b.reshape(s, -1, r), a.reshape(s, r, -1)).reshape(self.out_features, -1)
 
-    def _fold(self, delta: torch.Tensor, sign: float) -> None:
-        w = self.base_layer.weight
-        new = w.data + sign * delta.to(w.dtype)
-        if not torch.isfinite(new).all():
-            raise FloatingPointError(f"{self.adapter_name}: merging the adapter gives non-finite weights; not merged")
-        w.data.copy_(new)
 
-
-class LowRankLinear(AdapterLinear):
+class LowRankLinear(IntraVariantMixin, AdapterLinear):
     """The intra-modal path LoRA and CoLA share: ``s B_L A_L drop(x)`` with ``lora_A`` (S r, d_in) kaiming-uniform
-    and ``lora_B`` (d_out, r) zero, and the one merge of it into W0 (idempotent, guarded by ``merged``)."""
+    and ``lora_B`` (d_out, r) zero, and the one merge of it into W0 (idempotent, guarded by ``merged``).
+
+    ``config.intra`` picks its variant (:mod:`cola.peft.variants`): ``lora``, ``rslora`` (another scale), ``dora``
+    (+ ``lora_magnitude`` (d_out,)) or ``pissa`` (A, B from W0's SVD; the base holds the residual, the initial
+    factors are the buffers ``lora_pissa_A0`` / ``lora_pissa_B0``).
+    """
 
     prefixes: ClassVar[tuple[str, ...]] = ("lora_",)
+    up_projections: ClassVar[tuple[str, ...]] = ("lora_B",)
     mergeable: ClassVar[bool] = True
 
     def _init_intra(self, config: AdapterConfig) -> None:
         r, s = config.rank, self.out_splits
         self._check_rank(r)
+        self.intra = config.intra
         self.scaling = config.scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         w = self.base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # drawn for PiSSA too: the same RNG stream follows
         self.merged = False
+        self._init_variant()
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * self._delta_weight(self.lora_A, self.lora_B)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Folds s B_L A_L into W0 (idempotent); any input-dependent path keeps running."""
-        if not self.merged:
-            self._fold(self.delta_weight(), 1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self._fold(self.delta_weight(), -1.0)
-            self.merged = False
 
 
 class LoRALinear(LowRankLinear):
@@ -219,6 +201,11 @@ class LoRALinear(LowRankLinear):
         return cls(base_layer, config, out_splits=out_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.intra == "dora" and not self.merged:
+            xd = self.lora_dropout(x)
+            g = self.dora_scale()  # (d_out,) m / ||W0 + s B A||
+            out = self.dora_base(x, xd if self.training and self.config.dropout > 0 else None, g)
+            return self._add_up(out, (xd @ self.lora_A.t()) * self.scaling, self.lora_B * g[:, None])
         out = self.base_layer(x)
         if self.merged:
             return out
@@ -243,22 +230,31 @@ class CoLALinear(LowRankLinear):
     the 10 seconds of an AVE video, the 5 frames of an AVS clip), so a row never gets a condition of its own
     video (a fixed derangement of the samples; needs >= 2 of them); ``zero`` uses c = 0; ``random_frozen``
     keeps the hypernetwork at its random init (its parameters never train).
+
+    Intra variants (``config.intra``, :mod:`cola.peft.variants`) change only the intra path. Under DoRA the inter
+    path adds *outside* the decomposition, ``h = DoRA(x) + lambda B_C Phi(c) A_C drop(x)``, not inside the
+    normalised direction: the inter update is input-dependent (Phi(c) changes per sample) while DoRA's magnitude and
+    row norm are properties of one weight matrix, so there is no per-layer weight to normalise it into; outside, CoLA
+    over DoRA at zero init is exactly DoRA (B_C = 0), and ``merge()`` folds the DoRA weight exactly as DoRA alone.
     """
 
     config_class: ClassVar[type[AdapterConfig]] = CoLAConfig
     prefixes: ClassVar[tuple[str, ...]] = ("lora_", "cola_")
+    up_projections: ClassVar[tuple[str, ...]] = ("lora_B", "cola_B")
     exchange: ClassVar[str | None] = "condition"
 
     def __init__(self, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int, out_splits: int = 1) -> None:
         super().__init__(base_layer, out_splits=out_splits)
-        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
-            raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}")
+        dims = context_dim if isinstance(context_dim, tuple) else (context_dim,)  # a tuple: one net per source
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims) or not dims:
+            raise ValueError(f"context_dim must be a positive integer (or a tuple of them), got {context_dim!r}")
         if isinstance(config.reduction, Mapping):
             raise ValueError(
                 f"reduction={dict(config.reduction)} is per stream; build the layer with config.for_stream(<stream>)"
             )
         self.config = config
-        self.context_dim = context_dim
+        self.context_dim = sum(dims)  # width of the condition set_condition takes
+        self.context_dims = dims
         r, s = config.rank, self.out_splits
         self._init_intra(config)
         w = base_layer.weight
@@ -271,14 +267,9 @@ class CoLALinear(LowRankLinear):
         if not self.share_b:
             self.cola_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))
         self.cola_lambda = nn.Parameter(torch.full((s,), config.lambda_value, **kw))
+        hyper = dict(reduction=config.reduction, dropout=config.hypernet_dropout, init=config.hypernet_init)
         nets = [
-            HyperNetwork(
-                context_dim,
-                r,
-                reduction=config.reduction,
-                dropout=config.hypernet_dropout,
-                init=config.hypernet_init,
-            )
+            HyperNetwork(dims[0], r, **hyper) if len(dims) == 1 else MultiSourceHyperNetwork(dims, r, **hyper)
             for _ in range(s)
         ]
         self.cola_hypernet = nets[0] if s == 1 else nn.ModuleList(nets)
@@ -334,6 +325,8 @@ class CoLALinear(LowRankLinear):
         """Phi for every slice: (S, B, r, r)."""
         if self.out_splits == 1:
             return self.cola_hypernet(c).unsqueeze(0)
+        if len(self.context_dims) > 1:  # per_stream: each slice sums its per-source hypernetworks
+            return torch.stack([net(c) for net in self.cola_hypernet])
         return stacked_hypernet_forward(self.cola_hypernet, c)
 
     # ----------------------------------------------------------------- weights
@@ -352,12 +345,13 @@ class CoLALinear(LowRankLinear):
                 f"{self.adapter_name}: CoLALinear ran without a condition; run it inside DualEncoder or call "
                 "set_condition(c) first"
             )
-        out = self.base_layer(x)
+        dora = self.intra == "dora" and not self.merged
+        out = None if dora else self.base_layer(x)  # DoRA: the scaled base output is formed below
         s, r = self.out_splits, self.config.rank
         phi = self.phi(self._effective_condition(self._condition))  # (S, B, r, r)
         xt = _flatten_tokens(x)  # (B', L, d_in)
         phi = _repeat_for_windows(phi, xt.shape[0], self.adapter_name, dim=1)
-        dropout = self.config.dropout > 0
+        dropout, xd = self.config.dropout > 0, None
         # Down-projections: one GEMM for [A_L; A_C] when both paths see the same (undropped) input.
         if self.merged:
             z_l = None
@@ -366,7 +360,8 @@ class CoLALinear(LowRankLinear):
             z = xt @ torch.cat([self.lora_A, self.cola_A]).t()  # (B', L, 2 S r)
             z_l, z_c = z.split(s * r, dim=-1)
         else:
-            z_l = self.lora_dropout(xt) @ self.lora_A.t()
+            xd = self.lora_dropout(xt)
+            z_l = xd @ self.lora_A.t()
             z_c = z_l if (self.share_a and not dropout) else self.lora_dropout(xt) @ self.A_C.t()
         # Inter core: t = z_c Phi^T per slice and sample, as one batched matmul.
         zc = z_c.reshape(xt.shape[0], xt.shape[1], s, r).transpose(1, 2)  # (B', S, L, r)
@@ -374,9 +369,14 @@ class CoLALinear(LowRankLinear):
         t = (t * self.cola_lambda.reshape(1, s, 1, 1)).transpose(1, 2).reshape(xt.shape[0], xt.shape[1], s * r)
         if z_l is None:
             return self._add_up(out, t, self.B_C)
-        if self.share_b:  # one up-projection: B (s z_l + lambda t)
+        b_l = self.lora_B
+        if dora:  # DoRA(x) + inter path: m / ||W0 + s B_L A_L|| scales W0 x and the intra path, never the inter one
+            g = self.dora_scale()  # (d_out,)
+            out = self.dora_base(x, xd if dropout and self.training else None, g)
+            b_l = self.lora_B * g[:, None]  # diag(g) B_L: the row scale folded into the up-projection
+        elif self.share_b:  # one up-projection: B (s z_l + lambda t)
             return self._add_up(out, self.scaling * z_l + t, self.lora_B)
         # one up-projection of width 2r per slice: [B_L | B_C] [s z_l ; lambda t]
         zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
-        b = torch.cat([self.lora_B, self.cola_B], dim=1)  # (d_out, 2r)
+        b = torch.cat([b_l, self.B_C], dim=1)  # (d_out, 2r)
         return self._add_up(out, zz.reshape(*t.shape[:-1], 2 * s * r), b)

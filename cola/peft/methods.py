@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from .config import AdapterConfig, CoLAConfig, LoRAConfig
+from .config import AdapterConfig, CoLAConfig, LoRAConfig, scaling_denominator
 from .layers import AdapterLinear, CoLALinear, LoRALinear
 from .moka import MoKAConfig, MoKALinear
 
@@ -67,7 +67,7 @@ class Method:
 
 
 def param_matched_lora_rank(
-    cola_params: int, layer_shapes: Sequence[tuple[int, int, int]], *, split_fused: bool = True
+    cola_params: int, layer_shapes: Sequence[tuple[int, int, int]], *, split_fused: bool = True, intra: str = "lora"
 ) -> tuple[int, int]:
     """The LoRA rank whose trainable parameters are closest to ``cola_params`` on the same layers.
 
@@ -75,6 +75,7 @@ def param_matched_lora_rank(
         cola_params: the CoLA run's adapter parameters (e.g. ``InjectionReport.params_added`` summed).
         layer_shapes: (in_features, out_features, out_splits) of every adapted layer.
         split_fused: whether LoRA gives fused layers per-slice A (as :class:`LoRALinear` does by default).
+        intra: the matched LoRA's intra variant (DoRA adds a rank-independent magnitude of d_out per layer).
 
     Returns:
         (rank, lora_params) — the rank and the LoRA parameter count it gives.
@@ -83,11 +84,12 @@ def param_matched_lora_rank(
         raise ValueError("layer_shapes is empty: no adapted layer to match")
 
     def lora_params(rank: int) -> int:
-        cfg = LoRAConfig(rank=rank, alpha=rank, split_fused=split_fused)
+        cfg = LoRAConfig(rank=rank, alpha=rank, split_fused=split_fused, intra=intra)
         return sum(cfg.params_per_layer(in_features=i, out_features=o, out_splits=s) for i, o, s in layer_shapes)
 
-    per_rank = lora_params(1)  # the count is linear in the rank
-    lo = max(1, cola_params // per_rank)
+    per_rank = lora_params(2) - lora_params(1)  # the count is affine in the rank: fixed + rank * per_rank
+    fixed = lora_params(1) - per_rank  # DoRA's magnitudes; 0 otherwise
+    lo = max(1, (cola_params - fixed) // per_rank)
     rank = min((lo, lo + 1), key=lambda r: abs(lora_params(r) - cola_params))
     return rank, lora_params(rank)
 
@@ -96,7 +98,8 @@ def match_lora(
     cola: ParamMatchedConfig, planned: Sequence[tuple[AdapterConfig, int, int, int | None, int]]
 ) -> MatchedLoRA:
     """The LoRA config of ``lora_param_matched`` (docs/method.md#lora-param-matched): the rank whose parameters are
-    closest to the CoLA run on the same layers, alpha = ``cola.scaling * rank`` (same intra-path scale).
+    closest to the CoLA run on the same layers, with the CoLA run's intra variant and the same intra-path scale
+    (alpha = ``cola.scaling * rank``; rsLoRA: ``cola.scaling * sqrt(rank)``).
 
     Args:
         cola: the CoLA run to match.
@@ -108,8 +111,9 @@ def match_lora(
         cfg.params_per_layer(in_features=i, out_features=o, context_dim=c, out_splits=s) for cfg, i, o, c, s in planned
     )
     shapes = [(i, o, s) for _, i, o, _, s in planned]
-    rank, params_lora = param_matched_lora_rank(params_cola, shapes, split_fused=cola.split_fused)
-    lora = LoRAConfig(rank=rank, alpha=cola.scaling * rank, dropout=cola.dropout, split_fused=cola.split_fused)
+    rank, params_lora = param_matched_lora_rank(params_cola, shapes, split_fused=cola.split_fused, intra=cola.intra)
+    alpha = cola.scaling * scaling_denominator(cola.intra, rank)
+    lora = LoRAConfig(rank=rank, alpha=alpha, dropout=cola.dropout, split_fused=cola.split_fused, intra=cola.intra)
     return MatchedLoRA(lora, params_cola, params_lora)
 
 
@@ -128,6 +132,8 @@ METHODS: dict[str, Method] = {
 
 ADAPTER_LAYERS: tuple[type[AdapterLinear], ...] = tuple(dict.fromkeys(m.layer for m in METHODS.values() if m.layer))
 ADAPTER_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(p for cls in ADAPTER_LAYERS for p in cls.prefixes))
+UP_PROJECTIONS: tuple[str, ...] = tuple(dict.fromkeys(p for cls in ADAPTER_LAYERS for p in cls.up_projections))
+"""Parameter names of every method's B matrices (``lora_B``, ``cola_B``, ``moka_B``): LoRA+'s faster group."""
 PLACEMENT_KEYS = ("layers", "layer_map")
 """Keys of the ``peft`` node that say where adapters go, read by the encoder, not by a method's config."""
 CONFIG_KEYS = frozenset(f.name for m in METHODS.values() if m.config for f in fields(m.config))

@@ -28,6 +28,7 @@ class MoKAConfig(AdapterConfig):
         rank: r of the self and cross down-projections.
         alpha: both projections are scaled by alpha / rank before the softmax (MokA's AVT release).
         dropout: dropout on x and on the other stream's tokens.
+        intra: ``lora`` (s = alpha / rank) or ``rslora`` (s = alpha / sqrt(rank)); ``dora`` / ``pissa`` raise.
         lambda_cross: fixed weight of the cross-attention term (MokA default 1.0).
         bidirectional: vision-language only: let text layers query vision tokens too.
         condition_pooling: unused by MokA (it attends to tokens); kept so configs share one schema.
@@ -44,6 +45,12 @@ class MoKAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.intra in ("dora", "pissa"):
+            raise ValueError(
+                f"peft.intra={self.intra!r} does not apply to MokA (use lora or rslora): MokA's B is shared by its self "
+                "and cross terms, so there is no intra-only update B A_S to normalise (DoRA), and PiSSA's non-zero B "
+                "would switch the input-dependent cross term on at init, changing the pretrained model"
+            )
         if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
             raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
         _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
@@ -83,6 +90,7 @@ class MoKALinear(AdapterLinear):
 
     config_class: ClassVar[type[AdapterConfig]] = MoKAConfig
     prefixes: ClassVar[tuple[str, ...]] = ("moka_",)
+    up_projections: ClassVar[tuple[str, ...]] = ("moka_B",)
     exchange: ClassVar[str | None] = "tokens"
 
     def __init__(self, base_layer: nn.Linear, config: MoKAConfig, *, context_dim: int | None) -> None:
@@ -151,4 +159,4 @@ class MoKALinear(AdapterLinear):
                 km = _repeat_for_windows(key_mask, xt.shape[0], self.adapter_name)
                 scores = scores.masked_fill(~km[:, None, :], float("-inf"))
             u = u + self.config.lambda_cross * (F.softmax(scores, dim=-1) @ v)
-        return out + (u @ self.moka_B.t()).reshape(out.shape)
+        return self._add_up(out, u, self.moka_B)  # out + u B^T (B's gradient as u^T g: cola/peft/upproject.py)

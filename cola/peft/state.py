@@ -1,5 +1,11 @@
 """Adapter-only state dicts and safetensors files (the frozen towers are never saved), and the atomic file write
-the whole repo uses (:func:`atomic_replace`; ``cola.io`` builds on it)."""
+the whole repo uses (:func:`atomic_replace`; ``cola.io`` builds on it).
+
+A file's metadata holds the peft config (``CONFIG_KEY``) and the intra-path convention of its layers
+(``INTRA_KEY``: ``peft.intra`` and the intra scale s), so an rsLoRA adapter can never be loaded as a LoRA one (their
+scales differ for the same alpha and rank) nor a DoRA / PiSSA one onto plain LoRA layers. Files written before the
+key existed load as ``intra=lora``.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,12 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from .inject import is_adapter_param
+from .inject import adapter_layers, is_adapter_param
 
 CONFIG_KEY = "cola.peft_config"
+INTRA_KEY = "cola.intra"
+LEGACY_DEFAULTS = {"intra": "lora"}
+"""peft keys added after files and checkpoints were first written, and the value an older file without them means."""
 
 
 def atomic_replace(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -68,12 +77,56 @@ def adapter_state_dict(model: nn.Module, *, extra_prefixes: tuple[str, ...] = ()
     }
 
 
+def fill_legacy_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the :data:`LEGACY_DEFAULTS` it lacks and ``current`` has (a config written before ``intra``
+    existed was ``intra=lora``)."""
+    return {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in current and k not in saved}, **saved}
+
+
 def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """One ``"key: saved X != current Y"`` line per key whose values differ."""
+    """One ``"key: saved X != current Y"`` line per key whose values differ (keys added since ``saved`` was written
+    take their old meaning, :func:`fill_legacy_keys`)."""
+    saved = fill_legacy_keys(saved, current)
     keys = sorted(set(saved) | set(current))
     return [
         f"{k}: saved {saved.get(k)!r} != current {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
     ]
+
+
+def intra_convention(model: nn.Module) -> dict[str, list]:
+    """The intra variants and intra scales of ``model``'s adapter layers: ``{"intra": [...], "scaling": [...]}``
+    (sorted, distinct; empty lists for a model without adapters)."""
+    layers = [m for _, m in adapter_layers(model)]
+    return {
+        "intra": sorted({getattr(m.config, "intra", "lora") for m in layers}),
+        "scaling": sorted({float(m.scaling) for m in layers if hasattr(m, "scaling")}),
+    }
+
+
+def check_intra_convention(meta: dict[str, str], model: nn.Module) -> None:
+    """Raises ``ValueError`` naming both when a file's intra convention (``INTRA_KEY``; absent: ``lora``, scale
+    not recorded) is not ``model``'s."""
+    current = intra_convention(model)
+    if not current["intra"]:
+        return
+    saved = json.loads(meta[INTRA_KEY]) if INTRA_KEY in meta else {"intra": ["lora"], "scaling": None}
+    if saved["intra"] != current["intra"] or saved["scaling"] not in (None, current["scaling"]):
+
+        def show(c: dict[str, Any]) -> str:
+            one = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in (c["intra"], c["scaling"])]
+            return f"peft.intra={one[0]!r} (intra scale {'not recorded' if one[1] is None else one[1]})"
+
+        raise ValueError(
+            f"adapter file was saved with {show(saved)} but the model uses {show(current)}; build the model with the "
+            "file's peft.intra (and its rank and alpha) to load it"
+        )
+
+
+def _check_configs(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+    if saved is not None and current is not None:
+        diffs = diff_configs(saved, current)
+        if diffs:
+            raise ValueError("adapter checkpoint was made with another peft config: " + "; ".join(diffs))
 
 
 def load_adapter_state_dict(
@@ -84,20 +137,18 @@ def load_adapter_state_dict(
     saved_config: dict[str, Any] | None = None,
     current_config: dict[str, Any] | None = None,
 ) -> None:
-    """Loads adapter weights, strict on adapter keys and shapes.
+    """Loads adapter weights (and the adapters' persistent buffers, e.g. PiSSA's initial factors, which re-base the
+    residual through the layer's load hook), strict on adapter keys and shapes.
 
     Raises:
         ValueError: the configs differ (each differing field is named), keys are missing or unexpected, or a
             shape differs (typically another rank or sharing).
     """
-    if saved_config is not None and current_config is not None:
-        diffs = diff_configs(saved_config, current_config)
-        if diffs:
-            raise ValueError("adapter checkpoint was made with another peft config: " + "; ".join(diffs))
+    _check_configs(saved_config, current_config)
     state = upgrade_state_keys(model, state)
     own = {
         n: p
-        for n, p in model.named_parameters()
+        for n, p in model.state_dict(keep_vars=True).items()
         if is_adapter_param(n) or (extra_prefixes and n.startswith(extra_prefixes))
     }
     missing = sorted(set(own) - set(state))
@@ -114,9 +165,8 @@ def load_adapter_state_dict(
                 f"adapter tensor {n!r} has shape {tuple(state[n].shape)} in the checkpoint but {tuple(p.shape)} in "
                 "the model; was it saved with another rank or sharing?"
             )
-    with torch.no_grad():
-        for n, p in own.items():
-            p.copy_(state[n].to(device=p.device, dtype=p.dtype))
+    with torch.no_grad():  # load_state_dict runs the layers' load hooks (PiSSA re-bases its residual)
+        model.load_state_dict({n: state[n] for n in own}, strict=False)
 
 
 def save_adapters(
@@ -133,6 +183,9 @@ def save_adapters(
     meta = dict(metadata or {})
     if config is not None:
         meta[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    convention = intra_convention(model)
+    if convention["intra"]:
+        meta[INTRA_KEY] = json.dumps(convention)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, extra_prefixes=extra_prefixes).items()}
     return atomic_replace(path, lambda f: f.write(save(tensors, metadata=meta)))
 
@@ -158,7 +211,10 @@ def load_adapters(
     config: dict[str, Any] | None = None,
     extra_prefixes: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """Loads a safetensors adapter file into ``model``; with ``config`` given, checks it equals the saved one."""
+    """Loads a safetensors adapter file into ``model``; checks the file's intra convention is the model's and, with
+    ``config`` given, that it equals the saved config."""
     state, saved, meta = read_adapters(path)
+    _check_configs(saved, config)  # first: it names every differing field (rank, alpha, intra, ...)
+    check_intra_convention(meta, model)  # also without a config: the layers' own intra and scale
     load_adapter_state_dict(model, state, extra_prefixes=extra_prefixes, saved_config=saved, current_config=config)
     return meta

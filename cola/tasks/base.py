@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from cola.callbacks.nonfinite import NonFiniteLossError, check_policy, nonfinite_loss  # noqa: F401  (re-exported)
-from cola.optim import INTERVALS, adam, check_choice, warmup_schedule
-from cola.peft import is_adapter_param, upgrade_state_keys
+from cola.optim import INTERVALS, adam, check_choice, check_loraplus_ratio, warmup_schedule
+from cola.peft import fill_legacy_keys, is_adapter_param, is_up_projection, upgrade_state_keys
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class DualStreamTask(L.LightningModule):
         on_nonfinite: ``raise`` (default) or ``skip`` the batch (optimiser step) when the loss (a gradient) is not
             finite.
         peft_config: the peft config (plain dict) stored in checkpoints and checked on load.
+        loraplus_ratio: LoRA+ (Hayou et al., 2024): the B matrices of every adapter (``lora_B``, ``cola_B``,
+            ``moka_B``) train at ``lr_adapters * loraplus_ratio`` in a group of their own; ``None`` = off.
     """
 
     def __init__(
@@ -77,9 +79,11 @@ class DualStreamTask(L.LightningModule):
         test_splits: list[str] | tuple[str, ...] = ("test",),
         on_nonfinite: str = "raise",
         peft_config: dict[str, Any] | None = None,
+        loraplus_ratio: float | None = None,
     ) -> None:
         super().__init__()
         check_choice("optim.schedule_interval", schedule_interval, INTERVALS)
+        check_loraplus_ratio(loraplus_ratio, (peft_config or {}).get("method"))
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
         self.encoder = encoder
@@ -92,6 +96,7 @@ class DualStreamTask(L.LightningModule):
         self.test_splits = list(test_splits)
         self.on_nonfinite = check_policy(on_nonfinite)
         self.peft_config = dict(peft_config or {})
+        self.loraplus_ratio = loraplus_ratio
         self.strict_loading = False  # checkpoints omit the frozen towers; on_load_checkpoint checks the rest
         self.skipped_batches = 0  # batches skipped for a non-finite loss or non-finite gradients
         self.last_terms: dict[str, torch.Tensor] = {}  # the last training loss terms (named by NonFiniteGuard)
@@ -208,7 +213,12 @@ class DualStreamTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:
-        groups: dict[str, list[nn.Parameter]] = {"adapters": [], "adapters_no_wd": [], "heads": [], "heads_no_wd": []}
+        """Adapters / heads x decay / no decay (1-D tensors and lambda are not decayed unless ``decay_1d``), and with
+        ``loraplus_ratio`` the adapters' B matrices in ``adapters_B`` at ``lr_adapters * ratio`` (decayed as their
+        A). LoRA+ touches B matrices only: DoRA magnitudes, lambdas and hypernetworks keep ``lr_adapters``, whereas
+        HF peft's ``create_loraplus_optimizer`` puts every 1-D adapter tensor (DoRA's magnitude too) in its B group."""
+        names = ("adapters", "adapters_B", "adapters_no_wd", "adapters_B_no_wd", "heads", "heads_no_wd")
+        groups: dict[str, list[nn.Parameter]] = {k: [] for k in names}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -218,9 +228,13 @@ class DualStreamTask(L.LightningModule):
                 if in_encoder and (is_adapter_param(name) or self.peft_config.get("method") == "full")
                 else "heads"
             )
+            if key == "adapters" and self.loraplus_ratio is not None and is_up_projection(name):
+                key = "adapters_B"
             no_wd = not self.decay_1d and (p.ndim <= 1 or name.endswith("cola_lambda"))
             groups[key + ("_no_wd" if no_wd else "")].append(p)
         lrs = {"adapters": self.lr_adapters, "heads": self.lr_heads}
+        if self.loraplus_ratio is not None:
+            lrs["adapters_B"] = self.lr_adapters * self.loraplus_ratio
         return [
             {
                 "params": ps,
@@ -272,6 +286,8 @@ class DualStreamTask(L.LightningModule):
         keys |= {n for n in self.state_dict() if not n.startswith("encoder.") and n not in params}
         # CoLA's random_frozen hypernetworks are frozen but random: keep them so a reload is exact
         keys |= {n for n in params if n.startswith("encoder.") and ".cola_hypernet." in n}
+        # adapter buffers (PiSSA's initial factors): a reload re-bases the residual on them
+        keys |= {n for n in self.state_dict() if n.startswith("encoder.") and n not in params and is_adapter_param(n)}
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -288,6 +304,8 @@ class DualStreamTask(L.LightningModule):
         # names written before the towers were named by stream (tower_a. -> towers.vision.) load too
         checkpoint["state_dict"] = upgrade_state_keys(self, checkpoint["state_dict"])
         saved = checkpoint.get("cola_peft_config")
+        if saved is not None and self.peft_config:  # a config written before peft.intra existed means intra=lora
+            saved = fill_legacy_keys(saved, self.peft_config)
         if saved is not None and self.peft_config and saved != self.peft_config:
             diffs = [
                 f"{k}: checkpoint {saved.get(k)!r} != run {self.peft_config.get(k)!r}"

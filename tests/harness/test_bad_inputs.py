@@ -64,7 +64,7 @@ CONFIG_CASES = {
     ),
     "task_model_mismatch": ConfigCase(
         ("task=ave", "model=dinov2_bert"),
-        r"task ave pairs vision with a audio tower.*model=dinov2_ast",
+        r"task ave runs the towers \[.vision., .audio.\].*pick a model with a audio tower.*model=dinov2_ast",
         "data",
         tiny=False,
         grounding=False,

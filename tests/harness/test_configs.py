@@ -94,7 +94,7 @@ def test_default_run_is_the_demo():
 
 
 def test_validation_errors_are_one_paragraph():
-    with pytest.raises(SetupError, match="pairs vision with a audio tower, but model dinov2_bert"):
+    with pytest.raises(SetupError, match=r"runs the towers \[.vision., .audio.\], but model dinov2_bert"):
         validate_config(compose_cfg(["task=ave", "model=dinov2_bert"], tiny=False))
     with pytest.raises(SetupError, match="peft: rank must be a positive integer, got 0"):
         validate_config(compose_cfg(["peft.rank=0"], tiny=False))

@@ -389,8 +389,13 @@ def _tiny_model(seed=0):
         CoLAConfig(rank=4, reduction=2),
         CoLAConfig(rank=4, sharing="full", reduction=2),
         MoKAConfig(),
+        LoRAConfig(rank=4, intra="dora"),
+        LoRAConfig(rank=4, intra="pissa"),
+        CoLAConfig(rank=4, reduction=2, intra="dora"),
+        CoLAConfig(rank=4, reduction=2, sharing="shared_a", intra="pissa"),
+        MoKAConfig(intra="rslora"),
     ],
-    ids=["lora", "cola", "cola_full", "moka"],
+    ids=["lora", "cola", "cola_full", "moka", "lora_dora", "lora_pissa", "cola_dora", "cola_shared_a_pissa", "moka_rs"],
 )
 def test_inject_report_counts(config):
     model = _tiny_model()
@@ -589,11 +594,14 @@ def test_shuffled_groups_take_the_next_sample():
 
 # ----------------------------------------------------------------------------------------- the method registry
 def _method_layer(name: str, seed: int = 0) -> nn.Module:
-    """One layer of a registered method on a (D_IN -> 3 * D_OUT) fused base, its exchange input handed over."""
+    """One layer of a row of the method table (``method`` or ``method+intra``) on a (D_IN -> 3 * D_OUT) fused base
+    (``_base(D_IN, 3 * D_OUT)``: the original layer), its exchange input handed over."""
     from cola.peft import METHODS
 
-    m = METHODS[name]
-    config = m.config(rank=R, alpha=2.0, dropout=0.0) if m.config is not LoRAConfig else LoRAConfig(rank=R)
+    method, _, intra = name.partition("+")
+    m = METHODS[method]
+    kw = dict(intra=intra or "lora")
+    config = m.config(rank=R, alpha=2.0, dropout=0.0, **kw) if m.config is not LoRAConfig else LoRAConfig(rank=R, **kw)
     if m.derive is not None:  # a factory: the config it derives for these shapes
         config = m.derive(config, [(config, D_IN, 3 * D_OUT, D_C, 3)]).config
     torch.manual_seed(seed)
@@ -606,13 +614,17 @@ def _method_layer(name: str, seed: int = 0) -> nn.Module:
 
 
 ADAPTING = [n for n in ("cola", "lora", "lora_param_matched", "moka")]
+VARIANTS = ["lora+dora", "lora+rslora", "lora+pissa", "cola+dora", "cola+rslora", "cola+pissa"]
+VARIANTS += ["lora_param_matched+dora", "moka+rslora"]
+ROWS = ADAPTING + VARIANTS
+"""The shared method table: every method, and the intra variants (``peft.intra``) of those with an intra path."""
 
 
 def test_registry_lists_every_method_and_names_the_choices():
     from cola.peft import METHODS, build_peft, get_method
 
     assert list(METHODS) == ["cola", "lora", "lora_param_matched", "moka", "frozen", "full"]
-    assert set(ADAPTING) == {n for n, m in METHODS.items() if m.injects}
+    assert set(ADAPTING) == {n for n, m in METHODS.items() if m.injects} == {r.partition("+")[0] for r in ROWS}
     with pytest.raises(ValueError, match=r"peft.method must be one of \['cola'.*got 'dora'"):
         get_method("dora")
     spec = build_peft(method="lora_param_matched", rank=4, alpha=2, split_fused=False, layers=[0])
@@ -620,28 +632,38 @@ def test_registry_lists_every_method_and_names_the_choices():
     assert build_peft(method="full").config is None and METHODS["full"].trains_towers
 
 
-@pytest.mark.parametrize("name", ADAPTING)
+@pytest.mark.parametrize("name", ROWS)
 def test_every_method_is_the_base_layer_at_init_and_merges_exactly(name):
     from cola.peft import METHODS
 
     layer = _method_layer(name)
+    original = _base(D_IN, 3 * D_OUT)  # the layer before injection (PiSSA replaces the base by a residual)
     x = torch.randn(2, 5, D_IN)
-    torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=1e-6)  # zero-init = frozen model
+    # zero-init = the frozen (original) model; PiSSA's W_res x + s B0 A0 x re-associates fp32 sums of ~D_IN terms
+    # of size ~1 (a few ulps), where every other row adds exact zeros
+    tol = 1e-5 if name.endswith("pissa") else 1e-6
+    torch.testing.assert_close(layer(x), original(x), rtol=0, atol=tol)
     _perturb(layer)
     before = layer(x)
-    assert layer.mergeable == METHODS[name].merges
+    assert layer.mergeable == METHODS[name.partition("+")[0]].merges
     if layer.mergeable:
         layer.merge()
         torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.original_weight(), original.weight, rtol=0, atol=1e-5)
         layer.unmerge()
+        torch.testing.assert_close(layer.original_weight(), original.weight, rtol=0, atol=1e-5)
     torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ADAPTING)
+@pytest.mark.parametrize("name", ROWS)
 def test_every_method_trains_exactly_its_adapter_parameters(name):
     model = nn.Sequential(_method_layer(name))
-    mark_only_adapters_trainable(model)
+    n_trainable = mark_only_adapters_trainable(model)
     _perturb(model[0])
     model(torch.randn(2, 5, D_IN)).square().sum().backward()
     for n, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad == (not n.startswith("0.base_layer.")), n
+    # the count from shapes alone (what param matching and the injection report use) is the built layer's
+    cfg = model[0].config
+    assert n_trainable == cfg.params_per_layer(in_features=D_IN, out_features=3 * D_OUT, context_dim=D_C, out_splits=3)
+    assert n_trainable == count_parameters(model)["adapter"]

@@ -213,3 +213,19 @@ def test_autocast_dtypes_train_and_keep_fp32_weights(bench, dtype):
         assert updated
     else:  # fp16: the scaler either stepped, or skipped an overflowing step and lowered its scale
         assert updated or runner.scaler.get_scale() < 2.0**16
+
+
+def test_intra_variant_methods(bench):
+    """dora / rslora / pissa are our LoRA with that intra path; cola_<v> is CoLA over it (DoRA adds one magnitude per
+    output row of every adapted layer, the others no parameter)."""
+    args = bench.parse_args(["--tiny", "--batch", "1", "--methods", "lora"])
+    spec = bench.pair_spec("vl", tiny=True)
+    n = {m: bench.Runner(m, spec, args, torch.device("cpu")).params_trainable for m in ("lora", "cola", *bench.INTRA)}
+    n.update(
+        {f"cola_{v}": bench.Runner(f"cola_{v}", spec, args, torch.device("cpu")).params_trainable for v in ("dora",)}
+    )
+    assert n["rslora"] == n["pissa"] == n["lora"]
+    magnitudes = n["dora"] - n["lora"]
+    assert magnitudes == 4 * (3 * 192 + 192 + 4 * 192 + 192) + 4 * (3 * 192 + 192 + 768 + 192)  # d_out per layer
+    assert n["cola_dora"] - n["cola"] == magnitudes
+    assert {"dora/lora", "cola_dora/dora", "cola_dora/lora"} <= {f"{a}/{b}" for a, b in bench.RATIO_PAIRS}

@@ -112,3 +112,64 @@ def test_bad_optimiser_options_name_the_key():
     task._trainer = SimpleNamespace(max_epochs=-1, estimated_stepping_batches=10)
     with pytest.raises(ValueError, match="schedule_interval=epoch needs trainer.max_epochs"):
         task.configure_optimizers()
+
+
+# --------------------------------------------------------------------------------------------- LoRA+
+def _built(*overrides: str):
+    """The task train.py builds for ``overrides`` (its own encoder, so every peft method works), optimiser configured."""
+    from cola.harness import build_encoder
+
+    cfg = compose_cfg(list(overrides))
+    splits = SimpleNamespace(val_split="val", test_splits=["test"])
+    torch.manual_seed(0)
+    return _configured(build_module(cfg, build_encoder(cfg), splits))
+
+
+@pytest.mark.parametrize(
+    "peft,b_names",
+    [
+        (["peft=cola"], ("lora_B", "cola_B")),
+        (["peft=cola", "peft.sharing=shared_b"], ("lora_B",)),  # B_C is B_L: one B per layer
+        (["peft=lora", "peft.intra=dora"], ("lora_B",)),
+        (["peft=moka"], ("moka_B",)),
+    ],
+    ids=["cola", "cola_shared_b", "lora_dora", "moka"],
+)
+def test_loraplus_puts_every_b_matrix_in_its_own_group(peft, b_names):
+    task, opt, _ = _built(*peft, "optim.loraplus_ratio=16", "optim.lr_adapters=1e-4", "optim.weight_decay=0.01")
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == [
+        k for k in ("adapters", "adapters_B", "adapters_no_wd", "heads", "heads_no_wd") if k in groups
+    ]
+    assert {"adapters", "adapters_B", "heads"} <= set(groups)  # MokA has no 1-D adapter tensor (adapters_no_wd)
+    names = {id(p): n for n, p in task.named_parameters()}
+    in_b = {names[id(p)] for p in groups["adapters_B"]["params"]}
+    trainable_b = {n for n, p in task.named_parameters() if p.requires_grad and n.rpartition(".")[2] in b_names}
+    assert in_b == trainable_b and in_b  # exactly the B matrices, of every adapted layer
+    assert groups["adapters_B"]["initial_lr"] == pytest.approx(1.6e-3, rel=1e-12)
+    assert groups["adapters_B"]["weight_decay"] == groups["adapters"]["weight_decay"] == 0.01  # decayed as their A
+    assert {groups[k]["initial_lr"] for k in ("adapters", "adapters_no_wd") if k in groups} == {1e-4}
+    # DoRA magnitudes, lambdas and hypernetworks stay at lr_adapters (HF peft puts 1-D tensors in its B group)
+    slow = {names[id(p)] for k in ("adapters", "adapters_no_wd") for p in groups.get(k, {"params": []})["params"]}
+    assert not any(n.rpartition(".")[2] in b_names for n in slow)
+    if "peft.intra=dora" in peft:
+        assert any(n.endswith("lora_magnitude") for n in slow)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in task.parameters())
+
+
+def test_loraplus_off_keeps_the_groups_and_rates():
+    _, opt, _ = _built("peft=cola", "optim.loraplus_ratio=null")
+    assert [g["name"] for g in opt.param_groups] == ["adapters", "adapters_no_wd", "heads", "heads_no_wd"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "true", ".inf"])
+def test_loraplus_ratio_must_be_positive(value):
+    with pytest.raises(ValueError, match=r"optim.loraplus_ratio must be a positive number .* or null \(off\), got"):
+        _from_config(f"loraplus_ratio={value}")
+
+
+@pytest.mark.parametrize("method", ["frozen", "full"])
+def test_loraplus_ratio_needs_adapters(method):
+    # raised by the task's constructor (hydra wraps it; cola.harness.setup reports the ValueError as a SetupError)
+    with pytest.raises(Exception, match=rf"optim.loraplus_ratio=4 needs adapter B matrices.*peft.method='{method}'"):
+        _built(f"peft={method}", "optim.loraplus_ratio=4")

@@ -6,7 +6,15 @@ one ``train.py`` calls when ``data.root`` is null. Command lines: ``scripts/make
 """
 
 from cola.data.synthetic.ave import build_synthetic_ave, make_synthetic_ave
+from cola.data.synthetic.avqa import build_synthetic_avqa, make_synthetic_avqa
 from cola.data.synthetic.avs import make_synthetic_avs
 from cola.data.synthetic.refcoco import make_synthetic_refcoco
 
-__all__ = ["build_synthetic_ave", "make_synthetic_ave", "make_synthetic_avs", "make_synthetic_refcoco"]
+__all__ = [
+    "build_synthetic_ave",
+    "build_synthetic_avqa",
+    "make_synthetic_ave",
+    "make_synthetic_avqa",
+    "make_synthetic_avs",
+    "make_synthetic_refcoco",
+]

@@ -116,7 +116,8 @@ def _render_audio(video: dict[str, Any], rng: np.random.Generator) -> np.ndarray
 
 
 def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int) -> None:
-    """Muxes H.264 video (MPEG-4 part 2 where libx264 is missing) and stereo AAC into ``path``."""
+    """Muxes H.264 video (MPEG-4 part 2 where libx264 is missing) and stereo AAC into ``path``; ``frames``
+    (F, H, W, 3) uint8 at ``fps`` and ``audio`` (2, N) at 44.1 kHz cover the same whole seconds."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     options = {"preset": "ultrafast", "crf": "23", "threads": "1"} if codec == "libx264" else {"threads": "1"}
     with av.open(str(path), mode="w", format="mp4") as out:
@@ -127,7 +128,7 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int) -> N
         astream.bit_rate = 64000
         chunk = 1024  # AAC frame size
         audio_pts = 0
-        for second in range(NUM_SECONDS):  # interleave one second of video and audio at a time
+        for second in range(frames.shape[0] // fps):  # interleave one second of video and audio at a time
             for i in range(second * fps, (second + 1) * fps):
                 frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
                 frame.pts = i

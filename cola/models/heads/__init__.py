@@ -1,6 +1,7 @@
 """Task heads on top of the dual encoder."""
 
 from .av import AVEHead, AVSMaskDecoder, pool_stream
+from .avqa import AVQAHead, pool_text
 from .grounding import GroundingHead, MaskDecoder
 
-__all__ = ["AVEHead", "AVSMaskDecoder", "GroundingHead", "MaskDecoder", "pool_stream"]
+__all__ = ["AVEHead", "AVQAHead", "AVSMaskDecoder", "GroundingHead", "MaskDecoder", "pool_stream", "pool_text"]

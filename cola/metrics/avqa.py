@@ -1,0 +1,93 @@
+"""MUSIC-AVQA answer accuracy (SPEC §8; docs/data.md#music-avqa): overall, per modality and per question type.
+
+Keys (:data:`AVQA_KEYS`): ``acc`` (correct answers / questions), ``acc_audio``, ``acc_visual``,
+``acc_audiovisual`` (correct / questions of that modality) and ``acc_<modality>_<type>`` for the nine types of
+:data:`cola.data.avqa_annotations.QUESTION_TYPES` (``acc_audio_counting``, ..., ``acc_audiovisual_temporal``).
+
+Averaging follows the official evaluation (GeWu-Lab/MUSIC-AVQA, ``net_grd_avst/main_avst.py``, ``test``): every
+number is a micro average over questions, the modality accuracies included (``(sum(A_count) + sum(A_cmp)) /
+(len(A_count) + len(A_cmp))``, not the mean of the type accuracies), and the overall accuracy is
+``correct / total``. The state is one (correct, total) count per question type, summed over batches and
+processes, so the result does not depend on batching. A subset without any question computes NaN (the official
+script divides by zero there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from cola.data.avqa_annotations import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
+
+__all__ = ["AVQA_KEYS", "AVQAAccuracy", "avqa_metrics"]
+
+_SUBSETS: dict[str, list[int]] = {
+    "acc": list(range(NUM_TYPES)),
+    **{
+        f"acc_{name}": [i for i, (m, _) in enumerate(QUESTION_TYPES) if m == release]
+        for release, name in MODALITIES.items()
+    },
+    **{f"acc_{key}": [i] for i, key in enumerate(TYPE_KEYS)},
+}
+AVQA_KEYS: tuple[str, ...] = tuple(_SUBSETS)  # acc, acc_audio, acc_visual, acc_audiovisual, acc_audio_counting, ...
+
+
+class AVQAAccuracy(Metric):
+    """Answer accuracy over the questions of one subset (``key``; see the module docstring).
+
+    ``update(preds, target, question_type)``: ``preds`` (B, A) answer scores (argmax taken) or (B,) answer
+    indices, ``target`` (B,) answer indices (a negative index, an answer outside the vocabulary, is never
+    correct), ``question_type`` (B,) indices into ``QUESTION_TYPES``. ``compute()`` returns the 0-dim accuracy of
+    ``key``; :meth:`compute_all` every key of :data:`AVQA_KEYS` from the same counts.
+
+    Args:
+        key: one of :data:`AVQA_KEYS` (default ``acc``).
+        **kwargs: passed to ``torchmetrics.Metric``.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, key: str = "acc", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if key not in _SUBSETS:
+            raise ValueError(f"AVQAAccuracy key must be one of {list(AVQA_KEYS)}, got {key!r}")
+        self.key = key
+        self.add_state("correct", default=torch.zeros(NUM_TYPES, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(NUM_TYPES, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, question_type: torch.Tensor) -> None:  # type: ignore[override]
+        """Adds a batch (see the class docstring)."""
+        if preds.ndim == 2:
+            preds = preds.detach().argmax(dim=-1)  # (B,)
+        if preds.ndim != 1 or target.shape != preds.shape or question_type.shape != preds.shape:
+            raise ValueError(
+                "AVQAAccuracy expects preds (B, A) or (B,), target (B,) and question_type (B,), got preds "
+                f"{tuple(preds.shape)}, target {tuple(target.shape)}, question_type {tuple(question_type.shape)}"
+            )
+        if question_type.numel() and (question_type.min() < 0 or question_type.max() >= NUM_TYPES):
+            raise ValueError(f"question_type must be in [0, {NUM_TYPES}), got values {question_type.unique().tolist()}")
+        qtype = question_type.to(self.total.device).long()
+        hit = (preds.to(target.device) == target) & (target >= 0)  # (B,)
+        self.correct += torch.bincount(qtype, weights=hit.to(self.total.device, torch.float64), minlength=NUM_TYPES)
+        self.total += torch.bincount(qtype, minlength=NUM_TYPES).to(torch.float64)
+
+    def _ratio(self, key: str) -> torch.Tensor:
+        idx = _SUBSETS[key]
+        total = self.total[idx].sum()
+        if total == 0:
+            return torch.tensor(float("nan"), dtype=torch.float32, device=self.total.device)
+        return (self.correct[idx].sum() / total).float()
+
+    def compute(self) -> torch.Tensor:
+        return self._ratio(self.key)
+
+    def compute_all(self) -> dict[str, torch.Tensor]:
+        """Every key of :data:`AVQA_KEYS` from this metric's counts (0-dim tensors)."""
+        return {key: self._ratio(key) for key in AVQA_KEYS}
+
+
+def avqa_metrics(keys: tuple[str, ...] = AVQA_KEYS) -> dict[str, AVQAAccuracy]:
+    """One :class:`AVQAAccuracy` per key (what the AVQA task logs as ``<split>/<key>``)."""
+    return {key: AVQAAccuracy(key) for key in keys}
