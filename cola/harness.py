@@ -43,7 +43,7 @@ from cola.runio import (  # noqa: F401  (job_config, job_config_yaml: also used 
     start_run_folder,
     write_metrics,
 )
-from cola.validation import SetupError, validate_adapter_targets, validate_config, validate_run_dir
+from cola.validation import SetupError, task_streams, validate_adapter_targets, validate_config, validate_run_dir
 
 if TYPE_CHECKING:  # lightning is imported where it is used, so that config errors show before its slow import
     import lightning as L
@@ -61,13 +61,6 @@ def peft_dict(cfg: DictConfig) -> dict[str, Any]:
     peft = OmegaConf.to_container(cfg.peft, resolve=True)
     peft.pop("_target_", None)  # type: ignore[union-attr]
     return peft  # type: ignore[return-value]
-
-
-def task_streams(cfg: DictConfig) -> list[str]:
-    """The task's towers in lockstep order: ``task.streams`` (AVQA: vision, audio, text), else vision and the
-    task's second tower ``task.modality``."""
-    streams = cfg.task.get("streams")
-    return list(streams) if streams else ["vision", cfg.task.modality]
 
 
 def build_encoder(cfg: DictConfig):

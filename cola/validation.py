@@ -16,6 +16,13 @@ class SetupError(RuntimeError):
     """A bad configuration, dataset or run folder, found before training; train.py prints it without a traceback."""
 
 
+def task_streams(cfg: DictConfig) -> list[str]:
+    """The task's towers in lockstep order: ``task.streams`` (AVQA: vision, audio, text), else vision and the
+    task's second tower ``task.modality``."""
+    streams = cfg.task.get("streams")
+    return list(streams) if streams else ["vision", cfg.task.get("modality")]
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Validates the composed config: peft fields, task/model pairing, logger credentials."""
     from omegaconf import OmegaConf
@@ -30,7 +37,7 @@ def validate_config(cfg: DictConfig) -> None:
         build_peft(**peft)  # the parse the encoder runs
     except ValueError as e:
         raise SetupError(str(e) if str(e).startswith("peft") else f"peft: {e}") from e
-    needed = list(cfg.task.get("streams") or ["vision", cfg.task.get("modality")])
+    needed = task_streams(cfg)
     missing = [s for s in needed if s not in cfg.model or cfg.model.get(s) is None]
     if missing:
         towers = [k for k in ("vision", "text", "audio") if cfg.model.get(k) is not None]

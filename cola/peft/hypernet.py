@@ -79,7 +79,9 @@ def _stacked_params(nets: nn.ModuleList) -> dict[str, torch.Tensor]:
     version counter, which every in-place update such as an optimiser step or ``load_state_dict`` bumps), so an
     evaluation pass stacks once, not once per forward.
     """
-    params = [dict(n.named_parameters()) for n in nets]
+    params = [
+        {k: getattr(getattr(n, k.split(".")[0]), k.split(".")[1]) for k in _STACKED} for n in nets
+    ]  # direct attribute reads: this runs in every forward of a fused layer
     if torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED):
         return {k: torch.stack([p[k] for p in params]) for k in _STACKED}
     key = tuple((p[k].data_ptr(), p[k]._version, p[k].dtype, p[k].device) for p in params for k in _STACKED)
