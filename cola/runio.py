@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -287,8 +288,17 @@ def print_metrics_table(metrics: dict[str, Any], title: str, run_dir: Path | Non
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    """Writes ``<run dir>/metrics.json`` atomically: its presence means the run finished."""
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    """Writes ``<run dir>/metrics.json`` atomically: its presence means the run finished.
+
+    The file is strict JSON: a non-finite value (NaN, e.g. every metric of a split whose samples were all
+    unreadable) is left out, with one warning naming the keys; an absent key is what a metric without any sample
+    is everywhere (AVQA's question types without a question are never logged, :func:`cola.metrics.avqa.absent_keys`).
+    """
+    dropped = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if dropped:
+        log.warning("metrics.json: %s left out (not a finite number: no sample evaluated)", ", ".join(dropped))
+    kept = {k: v for k, v in metrics.items() if k not in dropped}
+    atomic_write_text(run_dir / "metrics.json", json.dumps(kept, indent=2, sort_keys=True))
 
 
 def finish_wandb() -> None:

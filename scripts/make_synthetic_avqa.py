@@ -26,7 +26,11 @@ log = logging.getLogger("make_synthetic_avqa")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="folder to create (question files + MUSIC-AVQA-videos-Real/)")
+    parser.add_argument(
+        "root",
+        type=Path,
+        help="folder to create (question files + MUSIC-AVQA-videos-Real/ and MUCIS-AVQA-videos-Synthetic/)",
+    )
     parser.add_argument("--num-videos", type=int, default=170, help="number of videos (default 170)")
     parser.add_argument("--questions-per-video", type=int, default=4, help="questions per video (default 4)")
     parser.add_argument("--seconds", type=int, default=2, help="video length in seconds (default 2)")

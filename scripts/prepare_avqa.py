@@ -5,9 +5,12 @@ Usage::
 
     python scripts/prepare_avqa.py ROOT [--workers N] [--seconds 60]
 
-ROOT holds avqa-train.json, avqa-val.json, avqa-test.json and the videos (MUSIC-AVQA-videos-Real/,
-MUSIC-AVQA-videos-Synthetic/, or one MUSIC-AVQA-Videos/). What it writes and how a run resumes:
-:mod:`cola.data.avqa_prepare` (the decoding and the resumable driver are AVE's, :mod:`cola.data.ave_prepare`).
+ROOT holds avqa-train.json, avqa-val.json, avqa-test.json and the videos in the release's two folders,
+MUSIC-AVQA-videos-Real/ and MUCIS-AVQA-videos-Synthetic/ (sic: the release misspells it; MUSIC-AVQA-videos-Synthetic/
+or one MUSIC-AVQA-Videos/ are accepted too). What it writes and how a run resumes: :mod:`cola.data.avqa_prepare`
+(the decoding and the resumable driver are AVE's, :mod:`cola.data.ave_prepare`). The last line printed sums up
+what each video folder held, e.g. ``MUSIC-AVQA-videos-Real: 12 videos, MUCIS-AVQA-videos-Synthetic: 8 videos,
+prepared 20, unreadable 0, missing 0`` (missing: question-file video ids without an mp4).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ if str(REPO) not in sys.path:  # run as `python scripts/prepare_avqa.py` from an
     sys.path.insert(0, str(REPO))
 
 from cola.data.ave_prepare import JPEG_QUALITY, format_report  # noqa: E402
-from cola.data.avqa_prepare import NUM_SECONDS, prepare_avqa  # noqa: E402
+from cola.data.avqa_prepare import NUM_SECONDS, folder_summary, prepare_avqa  # noqa: E402
 
 log = logging.getLogger("prepare_avqa")
 
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 2
-    Console(highlight=False, soft_wrap=True).print(format_report(report))  # no hard wraps: greppable in logs
+    console = Console(highlight=False, soft_wrap=True)  # no hard wraps: greppable in logs
+    console.print(format_report(report))
+    console.print(folder_summary(report))  # last: a video folder that was not found shows at once
     return 0
 
 

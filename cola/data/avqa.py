@@ -7,8 +7,9 @@ files, templating and types are read by :mod:`cola.data.avqa_annotations`).
 Layout under ``root`` (after ``python scripts/prepare_avqa.py ROOT``)::
 
     avqa-train.json avqa-val.json avqa-test.json     the release's question files
-    MUSIC-AVQA-videos-Real/<video_id>.mp4            the release videos (~60 s; read only by the preparation,
-    MUSIC-AVQA-videos-Synthetic/<video_id>.mp4       which also accepts one folder MUSIC-AVQA-Videos/)
+    MUSIC-AVQA-videos-Real/<video_id>.mp4            the release videos (~60 s; read only by the preparation):
+    MUCIS-AVQA-videos-Synthetic/<video_id>.mp4       the real ones and the synthetic ones, whose folder the release
+                                                     misspells (sic); see :data:`VIDEO_DIRS` for the alternatives
     frames/<video_id>/<t>.jpg                        t = 0..S-1: the frame nearest the centre of second t
     audio/<video_id>.wav                             16 kHz mono, S seconds
     prepare_report.json                              the preparation's report; its ``seconds`` is S (60)
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from cola.data.audio import SAMPLE_RATE, load_audio
+from cola.data.audio import SAMPLE_RATE
 from cola.data.av import AVDataModule, AVDataset, collate_samples, to_chw
 from cola.data.ave import AUDIO_DIR, FRAMES_DIR, PREPARE_REPORT, audio_path, frame_path
 from cola.data.avqa_annotations import (
@@ -66,6 +67,10 @@ __all__ = [
     "NUM_TYPES",
     "QUESTION_TYPES",
     "TYPE_KEYS",
+    "REAL_VIDEO_DIR",
+    "SINGLE_VIDEO_DIR",
+    "SYNTHETIC_VIDEO_DIR",
+    "SYNTHETIC_VIDEO_DIR_CORRECTED",
     "VIDEO_DIRS",
     "AVQADataModule",
     "AVQADataset",
@@ -74,7 +79,17 @@ __all__ = [
     "segment_seconds",
 ]
 
-VIDEO_DIRS = ("MUSIC-AVQA-videos-Real", "MUSIC-AVQA-videos-Synthetic", "MUSIC-AVQA-Videos")
+REAL_VIDEO_DIR = "MUSIC-AVQA-videos-Real"
+"""The release's folder of real videos (8-digit numeric ids, e.g. ``00000093``)."""
+SYNTHETIC_VIDEO_DIR = "MUCIS-AVQA-videos-Synthetic"
+"""The release's folder of synthetic videos (prefixed ids, e.g. ``sa00007434``), named as the release unpacks it:
+misspelt ``MUCIS`` (sic)."""
+SYNTHETIC_VIDEO_DIR_CORRECTED = "MUSIC-AVQA-videos-Synthetic"
+"""Also accepted for the synthetic videos: the folder name spelt correctly."""
+SINGLE_VIDEO_DIR = "MUSIC-AVQA-Videos"
+"""Also accepted instead of the two folders: one folder holding every video (what the official README suggests)."""
+VIDEO_DIRS = (REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR, SYNTHETIC_VIDEO_DIR_CORRECTED, SINGLE_VIDEO_DIR)
+"""Every folder the preparation reads videos from, in this order (each one present is read; an id may be in one)."""
 DEFAULT_SEGMENTS = 10  # official: 10 of the 60 one-second segments
 STACKED = ("pixel_values", "input_values", "input_ids", "attention_mask", "labels", "question_type")
 
@@ -142,7 +157,7 @@ class AVQADataset(AVDataset):
         """Loads question ``index``; raises on unreadable files (``__getitem__`` catches and skips)."""
         q = self.questions[index]
         frames = self.frames([frame_path(self.root, q.video_id, t) for t in self.seconds])  # (T, S, S, 3)
-        waveform = select_seconds(load_audio(audio_path(self.root, q.video_id)), self.seconds)  # (T * 16000,)
+        waveform = select_seconds(self.waveform(audio_path(self.root, q.video_id)), self.seconds)  # (T * 16000,)
         tokens = self.tokenizer(
             q.text, max_length=self.max_question_len, padding="max_length", truncation=True, return_tensors="pt"
         )
@@ -266,8 +281,8 @@ class AVQADataModule(AVDataModule):
         if problems:
             raise FileNotFoundError(
                 f"MUSIC-AVQA data at data.root={root} is incomplete:\n  " + "\n  ".join(problems) + "\nexpected "
-                f"layout: avqa-{{train,val,test}}.json, {VIDEO_DIRS[0]}/<id>.mp4, frames/<id>/<t>.jpg, audio/<id>.wav, "
-                f"{PREPARE_REPORT} (docs/data.md#music-avqa)"
+                f"layout: avqa-{{train,val,test}}.json, {REAL_VIDEO_DIR}/<id>.mp4 and {SYNTHETIC_VIDEO_DIR}/<id>.mp4 "
+                f"(sic), frames/<id>/<t>.jpg, audio/<id>.wav, {PREPARE_REPORT} (docs/data.md#music-avqa)"
             )
 
     def _resolve_seconds(self) -> list[int]:

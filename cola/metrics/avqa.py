@@ -8,18 +8,28 @@ Averaging follows the official evaluation (GeWu-Lab/MUSIC-AVQA, ``net_grd_avst/m
 number is a micro average over questions, the modality accuracies included (``(sum(A_count) + sum(A_cmp)) /
 (len(A_count) + len(A_cmp))``, not the mean of the type accuracies), and the overall accuracy is
 ``correct / total``. The state is one (correct, total) count per question type, summed over batches and
-processes, so the result does not depend on batching. A subset without any question computes NaN (the official
-script divides by zero there).
+processes, so the result does not depend on batching.
+
+A subset without any question (a question type, or a whole modality, that a split does not hold; the official
+script divides by zero there) is **absent**: its key is left out, never NaN, so ``metrics.json`` stays valid JSON.
+:meth:`AVQAAccuracy.compute_all` omits such keys and the AVQA task leaves their ``<split>/<key>`` out of what it
+logs (:func:`absent_keys`), with one ``logging.warning`` per split naming the types. Only :meth:`AVQAAccuracy.compute`
+of an empty subset, which must return a tensor, still gives NaN.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
 
 import torch
 from torchmetrics import Metric
 
 from cola.data.avqa_annotations import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
 
-__all__ = ["AVQA_KEYS", "AVQAAccuracy", "avqa_metrics"]
+log = logging.getLogger(__name__)
+
+__all__ = ["AVQA_KEYS", "AVQAAccuracy", "absent_keys", "avqa_metrics", "warn_absent"]
 
 _SUBSETS: dict[str, list[int]] = {
     "acc": list(range(NUM_TYPES)),
@@ -80,12 +90,57 @@ class AVQAAccuracy(Metric):
             return torch.tensor(float("nan"), dtype=torch.float32, device=self.total.device)
         return (self.correct[idx].sum() / total).float()
 
+    def num_questions(self, key: str | None = None) -> int:
+        """Questions counted so far in the subset of ``key`` (default: this metric's own key)."""
+        return int(self.total[_SUBSETS[self.key if key is None else key]].sum())
+
     def compute(self) -> torch.Tensor:
+        """The 0-dim accuracy of ``key`` (NaN when its subset holds no question: see :func:`absent_keys`)."""
         return self._ratio(self.key)
 
-    def compute_all(self) -> dict[str, torch.Tensor]:
-        """Every key of :data:`AVQA_KEYS` from this metric's counts (0-dim tensors)."""
-        return {key: self._ratio(key) for key in AVQA_KEYS}
+    def compute_all(self, where: str = "") -> dict[str, torch.Tensor]:
+        """Every key of :data:`AVQA_KEYS` whose subset holds a question (0-dim tensors); the others are left out,
+        with one warning naming them (``where``, e.g. the split, starts it)."""
+        absent = [key for key in AVQA_KEYS if self.num_questions(key) == 0]
+        warn_absent(absent, where)
+        return {key: self._ratio(key) for key in AVQA_KEYS if key not in absent}
+
+
+def _subset_name(key: str) -> str:
+    """The question type (``audiovisual_temporal``) or modality (``visual (modality)``) a key averages over."""
+    if key == "acc":
+        return "any type"
+    return key[4:] if key[4:] in TYPE_KEYS else f"{key[4:]} (modality)"
+
+
+def warn_absent(keys: Iterable[str], where: str = "") -> None:
+    """One ``logging.warning`` naming the question types (or modalities) of the absent ``keys`` (none: nothing)."""
+    keys = list(keys)
+    if keys:
+        log.warning(
+            "MUSIC-AVQA%s: no question of type(s) %s; %s left out of the metrics (absent, not NaN)",
+            f" {where}" if where else "",
+            ", ".join(_subset_name(k) for k in keys),
+            ", ".join(keys),
+        )
+
+
+def absent_keys(metrics: Mapping[str, Metric], where: str = "") -> list[str]:
+    """The names of the :class:`AVQAAccuracy` among ``metrics`` that were updated but hold no question of their
+    subset (a question type the split does not have): the keys to leave out rather than log as NaN. Warns once,
+    naming their types (``where``, e.g. the split, starts the message).
+
+    Metrics never updated (an unreadable split) and other metric classes are not included. The test is on
+    :meth:`AVQAAccuracy.compute` (NaN exactly when the subset is empty), which reduces the counts over processes
+    first: every process leaves out the same keys, and the value is cached for the caller's own ``compute()``.
+    """
+    absent = [
+        name
+        for name, metric in metrics.items()
+        if isinstance(metric, AVQAAccuracy) and metric.update_count > 0 and bool(torch.isnan(metric.compute()))
+    ]
+    warn_absent(absent, where)
+    return absent
 
 
 def avqa_metrics(keys: tuple[str, ...] = AVQA_KEYS) -> dict[str, AVQAAccuracy]:

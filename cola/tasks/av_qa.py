@@ -11,7 +11,9 @@ pools the segments (mean, or the question's attention), fuses and scores the ans
 
 Loss: cross-entropy over the answers (optional ``label_smoothing``; a label of -1, an answer outside the train
 vocabulary, only occurs in val/test and is ignored). Metrics (:class:`cola.metrics.AVQAAccuracy`): ``acc``,
-``acc_audio``, ``acc_visual``, ``acc_audiovisual`` and ``acc_<modality>_<type>`` for the nine question types.
+``acc_audio``, ``acc_visual``, ``acc_audiovisual`` and ``acc_<modality>_<type>`` for the nine question types; a
+type (or modality) with no question in a split is absent from that split's metrics (its key left out, with one
+warning naming it), never NaN (:func:`cola.metrics.avqa.absent_keys`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cola.metrics import avqa_metrics
+from cola.metrics.avqa import absent_keys
 from cola.models.heads.av import POOLING_CHOICES, pool_stream
 from cola.models.heads.avqa import AVQAHead, pool_text
 
@@ -139,3 +142,11 @@ class AVQATask(DualStreamTask):
         preds = out["logits"].detach().argmax(dim=-1)  # (B,)
         for metric in metrics.values():
             metric.update(preds, batch["labels"], batch["question_type"])
+
+    def _log_and_reset(self, split: str) -> dict[str, float]:
+        """Logs the split's metrics, leaving out (with one warning naming them) the accuracies of question types
+        and modalities the split has no question of: absent keys, not NaN in the logs and ``metrics.json``."""
+        metrics = self.metrics_of(split)
+        for name in absent_keys(metrics, where=split):
+            metrics[name].reset()  # no update left: the base class logs no value for it
+        return super()._log_and_reset(split)

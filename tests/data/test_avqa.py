@@ -17,7 +17,15 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from cola.data.avqa import AVQADataModule, collate_avqa, segment_seconds
+from cola.data.avqa import (
+    REAL_VIDEO_DIR,
+    SINGLE_VIDEO_DIR,
+    SYNTHETIC_VIDEO_DIR,
+    SYNTHETIC_VIDEO_DIR_CORRECTED,
+    AVQADataModule,
+    collate_avqa,
+    segment_seconds,
+)
 from cola.data.avqa_annotations import (
     NUM_TYPES,
     QUESTION_TYPES,
@@ -29,7 +37,7 @@ from cola.data.avqa_annotations import (
     parse_questions,
     question_words,
 )
-from cola.data.avqa_prepare import prepare_avqa
+from cola.data.avqa_prepare import find_videos, folder_summary, prepare_avqa
 from cola.data.synthetic import make_synthetic_avqa
 from cola.data.synthetic.avqa import INSTRUMENTS, SLOTS
 from cola.models import minilm_path
@@ -218,9 +226,81 @@ def test_synthetic_release_layout(prepared):
             checked += expected is not None
             assert expected in (None, q.answer), (q, scenes[q.video_id])
     assert checked >= 5
-    with av.open(str(root / "MUSIC-AVQA-videos-Real" / f"{next(iter(scenes))}.mp4")) as container:
+    first = next(iter(scenes.values()))
+    with av.open(str(root / first["folder"] / f"{first['video_id']}.mp4")) as container:
         assert container.streams.audio[0].rate == 44100 and container.streams.audio[0].channels == 2
         assert abs(float(container.duration / av.time_base) - SECONDS) < 0.2
+
+
+def test_videos_are_split_over_both_release_folders_and_all_prepared(prepared):
+    """The release's two folders, as it names them (MUCIS, sic): numeric ids in the real one, ``sa`` ids in the
+    synthetic one; the question files name exactly these videos and every one of them is prepared."""
+    videos = _manifest(prepared)["videos"]
+    stems = {d: sorted(p.stem for p in (prepared / d).glob("*.mp4")) for d in (REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR)}
+    assert {d for d in stems if stems[d]} == {REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR}
+    assert not (prepared / SYNTHETIC_VIDEO_DIR_CORRECTED).exists() and not (prepared / SINGLE_VIDEO_DIR).exists()
+    assert all(len(v) == 8 and v.isdigit() for v in stems[REAL_VIDEO_DIR])
+    assert all(v.startswith("sa") and len(v) == 10 and v[2:].isdigit() for v in stems[SYNTHETIC_VIDEO_DIR])
+    assert {d: sorted(v["video_id"] for v in videos if v["folder"] == d) for d in stems} == stems
+    annotated = {q.video_id for n in ("train", "val", "test") for q in parse_questions(prepared / f"avqa-{n}.json")}
+    assert annotated == {v for ids in stems.values() for v in ids}  # json video_id == file stem, both folders
+    report = json.loads((prepared / "prepare_report.json").read_text())
+    assert report["video_folders"] == {d: len(ids) for d, ids in stems.items()}
+    assert report["prepared"] == len(annotated) and report["annotated_without_video"] == [] == report["unreadable"]
+    for video_id in annotated:
+        assert (prepared / "audio" / f"{video_id}.wav").is_file()
+        assert sorted(p.name for p in (prepared / "frames" / video_id).iterdir()) == [f"{t}.jpg" for t in range(3)]
+    dm = _dm(prepared)
+    dm.validate()
+    assert dm.num_dropped == 0 and sum(len(qs) for qs in dm.index.values()) == sum(
+        len(parse_questions(prepared / f"avqa-{n}.json")) for n in ("train", "val", "test")
+    )
+
+
+@pytest.mark.parametrize("synthetic_dir", [SYNTHETIC_VIDEO_DIR, SYNTHETIC_VIDEO_DIR_CORRECTED, SINGLE_VIDEO_DIR])
+def test_every_accepted_video_folder_is_found(prepared, tmp_path, synthetic_dir):
+    """The misspelt synthetic folder of the release, its correct spelling, and one folder of every video."""
+    root = tmp_path / "copy"
+    shutil.copytree(prepared, root)  # prepared already: the preparation below only finds and skips
+    real, synthetic = (len(list((root / d).glob("*.mp4"))) for d in (REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR))
+    (root / SYNTHETIC_VIDEO_DIR).rename(root / synthetic_dir)
+    if synthetic_dir == SINGLE_VIDEO_DIR:  # everything in one folder
+        for mp4 in (root / REAL_VIDEO_DIR).glob("*.mp4"):
+            mp4.rename(root / SINGLE_VIDEO_DIR / mp4.name)
+        (root / REAL_VIDEO_DIR).rmdir()
+    assert len(find_videos(root)) == 8
+    report = prepare_avqa(root, seconds=SECONDS, workers=1, progress=False)
+    assert report["skipped"] == 8 and report["annotated_without_video"] == []
+    expected = (
+        {SINGLE_VIDEO_DIR: 8} if synthetic_dir == SINGLE_VIDEO_DIR else {REAL_VIDEO_DIR: real, synthetic_dir: synthetic}
+    )
+    assert report["video_folders"] == expected
+    assert folder_summary(report) == ", ".join(
+        [*(f"{d}: {n} videos" for d, n in expected.items()), "prepared 8", "unreadable 0", "missing 0"]
+    )
+
+
+def test_a_missed_folder_shows_in_the_summary(prepared, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(prepared, root)
+    synthetic = sorted(p.stem for p in (root / SYNTHETIC_VIDEO_DIR).glob("*.mp4"))
+    shutil.rmtree(root / SYNTHETIC_VIDEO_DIR)
+    report = prepare_avqa(root, seconds=SECONDS, workers=1, progress=False)
+    assert report["annotated_without_video"] == synthetic
+    assert folder_summary(report) == (
+        f"{REAL_VIDEO_DIR}: {8 - len(synthetic)} videos, {SYNTHETIC_VIDEO_DIR}: not found, "
+        f"prepared {8 - len(synthetic)}, unreadable 0, missing {len(synthetic)}"
+    )
+    (root / SYNTHETIC_VIDEO_DIR_CORRECTED).mkdir()  # both spellings, one id in each: which one is meant?
+    shutil.copy(
+        root / REAL_VIDEO_DIR / f"{_manifest(root)['videos'][0]['video_id']}.mp4", root / SYNTHETIC_VIDEO_DIR_CORRECTED
+    )
+    with pytest.raises(ValueError, match="is in two folders"):
+        find_videos(root)
+    shutil.rmtree(root / SYNTHETIC_VIDEO_DIR_CORRECTED)
+    shutil.rmtree(root / REAL_VIDEO_DIR)
+    with pytest.raises(FileNotFoundError, match=f"expected the release's {REAL_VIDEO_DIR} and {SYNTHETIC_VIDEO_DIR}"):
+        find_videos(root)
 
 
 def test_prepared_frames_and_tones_follow_the_scene(prepared):
@@ -288,6 +368,12 @@ def test_prepare_cli_and_bad_roots(prepared, tmp_path, capsys):
     assert prepare_mod.main([str(root), "--workers", "1", "--seconds", str(SECONDS), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "MUSIC-AVQA prepared in" in out and "8 videos, 0 prepared now, 8 already prepared" in out
+    folders = [v["folder"] for v in _manifest(root)["videos"]]
+    real, synthetic = folders.count(REAL_VIDEO_DIR), folders.count(SYNTHETIC_VIDEO_DIR)
+    assert real and synthetic and real + synthetic == 8
+    assert out.splitlines()[-1] == (  # the last line: what each video folder held
+        f"{REAL_VIDEO_DIR}: {real} videos, {SYNTHETIC_VIDEO_DIR}: {synthetic} videos, prepared 8, unreadable 0, missing 0"
+    )
     assert prepare_mod.main([str(root), "--seconds", "0", "--no-progress"]) == 2
     make_mod = _script("make_synthetic_avqa")
     assert make_mod.main([str(tmp_path / "made"), "--num-videos", "3", "--seconds", "2"]) == 0

@@ -5,8 +5,12 @@ From Python: ``make_synthetic_avqa(root, num_videos=170, seed=0)``; the harness 
 
 ``ROOT`` then looks like the release (docs/data.md#music-avqa): ``avqa-train.json``, ``avqa-val.json``,
 ``avqa-test.json`` with the release's fields (``video_id``, ``question_id``, string-encoded ``type`` and
-``templ_values``, ``question_content`` with ``<...>`` placeholders, ``question_deleted``, ``anser``) and
-``MUSIC-AVQA-videos-Real/<video_id>.mp4`` (``seconds``-long H.264 videos, 64 x 64 at 8 fps, stereo 44.1 kHz AAC).
+``templ_values``, ``question_content`` with ``<...>`` placeholders, ``question_deleted``, ``anser``) and the
+videos (``seconds``-long H.264, 64 x 64 at 8 fps, stereo 44.1 kHz AAC) split over the release's two folders as the
+release splits them: 8-digit numeric ids (``00012345.mp4``) in ``MUSIC-AVQA-videos-Real/`` and ``sa``-prefixed ids
+(``sa00012345.mp4``) in ``MUCIS-AVQA-videos-Synthetic/`` (sic, the release's misspelt name): every fourth video in
+id order, from the second (:func:`video_folder`), so a root of three or more videos has both folders. The folder
+only decides the file's place and id; every video is generated the same way.
 
 What makes it answerable: a scene holds one to three of four instruments (:data:`INSTRUMENTS`, answer words of
 the release, ``acoustic_guitar`` included), each a coloured shape in one of three slots (left, middle, right)
@@ -30,7 +34,7 @@ drawn from real release templates whose answers follow from the scene:
 Answers are balanced within each template where the scene allows (yes/no close to half each), so the
 per-type majority floor is low and beating it needs the audio, the frames and the question. The output is
 deterministic for a seed and written atomically; ``ROOT/synthetic.json`` records the parameters, every scene
-and every question.
+and every question (with each video's ``folder``).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cola.data.avqa import VIDEO_DIRS
+from cola.data.avqa import REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR
 from cola.data.avqa_annotations import SPLIT_FILES
 from cola.data.synthetic.ave import _write_mp4  # the AVE set's H.264 + AAC muxer (any whole number of seconds)
 from cola.data.synthetic.folder import MANIFEST, keep_existing, publish, staging_folder
@@ -64,7 +68,17 @@ SLOTS = {"left": 1 / 6, "middle": 1 / 2, "right": 5 / 6}  # horizontal centres
 LEVELS = (0.04, 0.09, 0.18, 0.35)  # tone amplitudes, distinct per sounding instrument of a video
 BACKGROUNDS = {"indoor": (95, 60, 40), "outdoor": (120, 170, 215)}
 COUNTS = ("zero", "one", "two", "three", "four")
-VERSION = 1
+SYNTHETIC_PREFIX = "sa"  # the release's synthetic videos have prefixed ids (sa00007434); its real ones are numeric
+VERSION = 2  # 2: videos split over MUSIC-AVQA-videos-Real/ and MUCIS-AVQA-videos-Synthetic/ (1: all in the first)
+
+
+def video_folder(k: int, number: int) -> tuple[str, str]:
+    """The folder and id of the video with the k-th smallest drawn ``number``: every fourth one from the second
+    (k % 4 == 1) is a synthetic video of the release (``sa`` + 8 digits, in its misspelt synthetic folder), the
+    others real ones (8 digits)."""
+    if k % 4 == 1:
+        return SYNTHETIC_VIDEO_DIR, f"{SYNTHETIC_PREFIX}{number:08d}"
+    return REAL_VIDEO_DIR, f"{number:08d}"
 
 
 # ------------------------------------------------------------------------------------------------- scenes
@@ -322,18 +336,22 @@ def make_synthetic_avqa(
         return root
     with staging_folder(root) as tmp:
         rng = np.random.default_rng(seed)
-        ids = [f"{i:08d}" for i in sorted(rng.choice(10**5, size=params["num_videos"], replace=False).tolist())]
+        numbers = sorted(rng.choice(10**5, size=params["num_videos"], replace=False).tolist())
+        places = [video_folder(k, number) for k, number in enumerate(numbers)]  # (folder, video id)
+        ids = [video_id for _, video_id in places]
         order = rng.permutation(len(ids)).tolist()
         splits = [s for s in ("train", "val", "test") for _ in range(sizes[s])]
-        (tmp / VIDEO_DIRS[0]).mkdir()
+        for folder in (REAL_VIDEO_DIR, SYNTHETIC_VIDEO_DIR):
+            (tmp / folder).mkdir()
         videos, entries = [], {s: [] for s in SPLIT_FILES}
         for j, split in zip(order, splits, strict=True):
+            folder = places[j][0]
             scene = _scene(rng, params["seconds"])
             questions = _questions(scene, rng, params["questions_per_video"])
             noise = np.random.default_rng(int(rng.integers(2**31)))
             frames = _render_frames(scene, params["size"], params["fps"], noise)
-            _write_mp4(tmp / VIDEO_DIRS[0] / f"{ids[j]}.mp4", frames, _render_audio(scene, noise), params["fps"])
-            videos.append({"video_id": ids[j], "split": split, **scene})
+            _write_mp4(tmp / folder / f"{ids[j]}.mp4", frames, _render_audio(scene, noise), params["fps"])
+            videos.append({"video_id": ids[j], "folder": folder, "split": split, **scene})
             entries[split] += [(ids[j], q) for q in questions]
         question_id = 0
         for split, name in SPLIT_FILES.items():  # the release lists questions in no particular order
@@ -361,10 +379,11 @@ def build_synthetic_avqa(root: str | os.PathLike, **kwargs: Any) -> Path:
         The path of the prepared folder.
     """
     from cola.data.ave_prepare import format_report
-    from cola.data.avqa_prepare import prepare_avqa
+    from cola.data.avqa_prepare import folder_summary, prepare_avqa
 
     root = make_synthetic_avqa(root, **kwargs)
     seconds = json.loads((root / MANIFEST).read_text())["params"]["seconds"]
     report = prepare_avqa(root, seconds=seconds, workers=min(8, os.cpu_count() or 1), progress=False)
     log.info("%s", format_report(report))
+    log.info("%s", folder_summary(report))
     return root
