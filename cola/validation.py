@@ -5,6 +5,7 @@ from __future__ import annotations
 import netrc
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -48,9 +49,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"task {cfg.task.name} runs the towers {needed}, but model {cfg.model.get('name')} has towers {towers}; "
             f"pick a model with a {' and a '.join(missing)} tower (e.g. model=tiny or model={suggestion})"
         )
-    if peft.get("condition_pooling") == "mean_with_padding" and cfg.get("data", {}).get("pad_to") == "longest":
+    pooling = peft.get("condition_pooling")
+    pooled = pooling.values() if isinstance(pooling, Mapping) else [pooling]
+    if "mean_with_padding" in pooled and cfg.get("data", {}).get("pad_to") == "longest":
         raise SetupError(
-            "peft.condition_pooling=mean_with_padding averages the padding positions too, so it depends on how far "
+            f"peft.condition_pooling={pooling} averages the padding positions too, so it depends on how far "
             "expressions are padded; set data.pad_to=max_length (pad every expression to data.max_query_len, as the "
             "official code) instead of data.pad_to=longest"
         )

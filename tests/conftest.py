@@ -136,10 +136,10 @@ FAST_RUN = [
     "data.limit_per_split=8",
     "data.batch_size=4",
     "data.eval_batch_size=8",
-    "task.module.d_fusion=32",
-    "task.module.d_ff=64",
-    "task.module.fusion_layers=1",
-    "task.module.fusion_heads=2",
+    "task.head.width=32",
+    "task.head.ff=64",
+    "task.head.layers=1",
+    "task.head.heads=2",
 ]
 
 
@@ -206,7 +206,18 @@ def mask_bbox(mask: torch.Tensor) -> torch.Tensor:
 TASK_IMAGE = 56
 
 
-def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2", seed: int = 0, **task_kwargs):
+SMALL_HEAD = dict(name="fusion", width=32, layers=1, ff=64, heads=4, dropout=0.0, fusion_box="mlp", fusion_mask="conv")
+"""The grounding head of :func:`make_task`: the fusion head at a test size (``head=`` overrides single keys)."""
+
+
+def make_task(
+    method: str = "cola",
+    *,
+    vit_name: str = "vit_small_patch14_dinov2",
+    seed: int = 0,
+    head: dict | None = None,
+    **task_kwargs,
+):
     from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
     from cola.tasks.grounding import GroundingTask
 
@@ -221,7 +232,7 @@ def make_task(method: str = "cola", *, vit_name: str = "vit_small_patch14_dinov2
         targets={"vision": family_targets("vit"), "text": family_targets("bert")},
         out_splits={"vision": family_out_splits("vit")},
     )
-    kwargs = dict(image_size=TASK_IMAGE, d_fusion=32, fusion_layers=1, d_ff=64, fusion_heads=4, dropout=0.0)
+    kwargs = dict(image_size=TASK_IMAGE, head={**SMALL_HEAD, **(head or {})}, max_query_len=40)
     kwargs.update(task_kwargs)
     return GroundingTask(encoder, peft_config=peft, **kwargs)
 

@@ -1,5 +1,4 @@
-"""Visual grounding (REC + RES, multi-task) on the dual encoder: vision stream "a", text stream "b"
-(docs/metrics.md#tasks).
+"""Visual grounding (REC + RES, multi-task) on the dual encoder: a vision and a text tower (docs/metrics.md#tasks).
 
 Loss (official weighting, every weight configurable):
 ``loss = loss_alpha * (w_l1 * l1 + w_giou * giou) + w_focal * focal + w_dice * dice`` with ``loss_alpha = 0.1``;
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from cola.data.transforms import boxes_to_original, masks_to_original
 from cola.metrics import BoxAccuracy, MaskMIoU, MaskOIoU
+from cola.models.heads.eevg import EEVGHead
 from cola.models.heads.grounding import GroundingHead
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
 
@@ -29,7 +30,66 @@ from .base import DualStreamTask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroundingTask"]
+__all__ = ["GROUNDING_HEADS", "GroundingTask", "build_grounding_head"]
+
+GROUNDING_HEADS = ("official", "fusion")
+HEAD_KEYS = {
+    "name", "width", "layers", "ff", "heads", "dropout", "eliminate", "eliminate_threshold", "eliminate_keep",
+    "fusion_box", "fusion_mask",
+}  # fmt: skip
+
+
+def build_grounding_head(
+    spec: Mapping[str, Any],
+    *,
+    vision_dim: int,
+    text_dim: int,
+    num_prefix_tokens: int,
+    grid_size: int,
+    image_size: int,
+    max_text_len: int,
+) -> nn.Module:
+    """The grounding head named by ``spec["name"]`` (the ``task.head`` node, configs/task/refcoco.yaml).
+
+    ``official``: :class:`cola.models.heads.eevg.EEVGHead` (the official code's EEVG decoder, elimination per
+    ``eliminate``); ``fusion``: :class:`cola.models.heads.GroundingHead` (this repo's lighter encoder head, box and
+    mask heads per ``fusion_box`` / ``fusion_mask``).
+    """
+    unknown = sorted(set(spec) - HEAD_KEYS)
+    if unknown:
+        raise ValueError(f"task.head has unknown keys {unknown}; known: {sorted(HEAD_KEYS)}")
+    name = spec.get("name")
+    if name not in GROUNDING_HEADS:
+        raise ValueError(f"task.head.name must be one of {list(GROUNDING_HEADS)}, got {name!r}")
+    shape = dict(width=768, layers=3, ff=1024, heads=8, dropout=0.1)
+    shape.update({k: spec[k] for k in shape if k in spec})
+    where = dict(vision_dim=vision_dim, text_dim=text_dim, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
+    if name == "official":
+        return EEVGHead(
+            **where,
+            image_size=image_size,
+            max_text_len=max_text_len,
+            **shape,
+            eliminate=bool(spec.get("eliminate", True)),
+            eliminate_threshold=float(spec.get("eliminate_threshold", 0.015)),
+            eliminate_keep=float(spec.get("eliminate_keep", 0.1)),
+        )
+    if spec.get("eliminate"):
+        raise ValueError(
+            "task.head.eliminate=true needs task.head.name=official (the fusion head keeps every visual token); "
+            "set task.head.eliminate=false or task.head.name=official"
+        )
+    return GroundingHead(
+        **where,
+        image_size=image_size,
+        d_fusion=shape["width"],
+        fusion_layers=shape["layers"],
+        d_ff=shape["ff"],
+        heads=shape["heads"],
+        dropout=shape["dropout"],
+        box_head=spec.get("fusion_box", "mlp"),
+        mask_head=spec.get("fusion_mask", "official"),
+    )
 
 
 def vision_grid_size(encoder: nn.Module, image_size: int) -> int:
@@ -57,21 +117,19 @@ def vision_grid_size(encoder: nn.Module, image_size: int) -> int:
 
 
 class GroundingTask(DualStreamTask):
-    """REC + RES grounding: fusion layers, a box head on [REG] and a mask head on the fused visual tokens.
+    """REC + RES grounding: a fusion head (the official EEVG decoder or this repo's fusion encoder), a box head on
+    [REG] and a mask head on the fused visual tokens.
 
     Args:
-        encoder: a :class:`cola.models.DualEncoder` with the vision tower as stream "a", the text tower as "b".
+        encoder: a :class:`cola.models.DualEncoder` with a ``vision`` and a ``text`` tower.
         image_size: side S of the square input images (``data.image_size``).
-        d_fusion: width of the fusion layers.
-        fusion_layers: number of fusion transformer layers (official 3).
-        d_ff: feed-forward width of the fusion layers (official 1024).
-        fusion_heads: attention heads of the fusion layers.
-        dropout: dropout in the fusion layers.
-        box_head: ``mlp`` (official: MLP on [REG]) | ``spatial`` ([REG] attends over the patch grid, soft-argmax
-            centre; :class:`cola.models.heads.GroundingHead`).
-        mask_head: ``official`` (MLP on every fused visual token -> its patch's pixel block, tiled to S x S, one
-            5x5 conv; needs ``image_size`` divisible by the patch grid side) | ``conv`` (conv decoder on the
-            patch grid, bilinear to S x S). Both give mask logits at S x S.
+        head: the ``task.head`` node (:func:`build_grounding_head`): ``name`` official (the EEVG decoder of the
+            official code, with visual-token elimination) | fusion (this repo's lighter encoder head); ``width``,
+            ``layers``, ``ff``, ``heads``, ``dropout``; ``eliminate``, ``eliminate_threshold``, ``eliminate_keep``
+            (official); ``fusion_box`` mlp | spatial, ``fusion_mask`` official | conv (fusion). Default: the
+            official head at the official size.
+        max_query_len: the text length the data pads or cuts to (``data.max_query_len``): the official head's
+            number of learned text positions.
         loss_alpha: weight of both box losses (official 0.1).
         w_l1: weight of the box L1 loss inside ``loss_alpha``.
         w_giou: weight of the box GIoU loss inside ``loss_alpha``.
@@ -87,13 +145,8 @@ class GroundingTask(DualStreamTask):
         encoder: nn.Module,
         *,
         image_size: int,
-        d_fusion: int = 256,
-        fusion_layers: int = 3,
-        d_ff: int = 1024,
-        fusion_heads: int = 8,
-        dropout: float = 0.1,
-        box_head: str = "mlp",
-        mask_head: str = "conv",
+        head: Mapping[str, Any] | None = None,
+        max_query_len: int = 40,
         loss_alpha: float = 0.1,
         w_l1: float = 1.0,
         w_giou: float = 1.0,
@@ -108,19 +161,15 @@ class GroundingTask(DualStreamTask):
         self.loss_alpha = loss_alpha
         self.w_l1, self.w_giou, self.w_focal, self.w_dice = w_l1, w_giou, w_focal, w_dice
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.head = GroundingHead(
+        self.head_name = str((head or {}).get("name", "official"))
+        self.head = build_grounding_head(
+            dict(head or {"name": "official"}),
             vision_dim=encoder.towers["vision"].hidden_size,
             text_dim=encoder.towers["text"].hidden_size,
             num_prefix_tokens=int(encoder.towers["vision"].num_prefix_tokens),
             grid_size=vision_grid_size(encoder, self.image_size),
             image_size=self.image_size,
-            d_fusion=d_fusion,
-            fusion_layers=fusion_layers,
-            d_ff=d_ff,
-            heads=fusion_heads,
-            dropout=dropout,
-            box_head=box_head,
-            mask_head=mask_head,
+            max_text_len=int(max_query_len),
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -187,10 +187,10 @@ def test_bad_target_stage_names_the_key_and_choices():
         resolve_all(compose_cfg(["model.target_stages=[qkv,ffn]"], tiny=False))
 
 
-# The grounding head and query length each (task, model) pair composed to when they sat in the model configs.
+# The grounding head and query length each (task, model) pair composes to.
 HEAD_BEFORE = {
-    "tiny": dict(d_fusion=128, fusion_layers=2, d_ff=512, fusion_heads=4, box_head="spatial", mask_head="conv"),
-    "dinov2_bert": dict(d_fusion=256, fusion_layers=3, d_ff=1024, fusion_heads=8, box_head="mlp", mask_head="official"),
+    "tiny": dict(name="fusion", width=128, layers=2, ff=512, heads=4, eliminate=False, fusion_box="spatial"),
+    "dinov2_bert": dict(name="official", width=768, layers=3, ff=1024, heads=8, eliminate=True),
 }
 HEAD_BEFORE["dinov2_ast"] = HEAD_BEFORE["dinov2_bert"]
 QUERY_LEN_BEFORE = {"tiny": 20, "dinov2_bert": 40, "dinov2_ast": 40}
@@ -200,8 +200,10 @@ QUERY_LEN_BEFORE = {"tiny": 20, "dinov2_bert": 40, "dinov2_ast": 40}
 @pytest.mark.parametrize("model", ["tiny", "dinov2_bert", "dinov2_ast"])
 def test_grounding_head_preset_follows_the_model(task, model):
     resolved = resolve_all(compose_cfg([f"task={task}", f"model={model}"], tiny=False))
-    assert {k: resolved["task"]["module"][k] for k in HEAD_BEFORE[model]} == HEAD_BEFORE[model]
+    assert {k: resolved["task"]["head"][k] for k in HEAD_BEFORE[model]} == HEAD_BEFORE[model]
+    assert resolved["task"]["module"]["head"] == resolved["task"]["head"]  # the task builds the node it shows
     assert resolved["data"]["max_query_len"] == QUERY_LEN_BEFORE[model]
+    assert resolved["task"]["module"]["max_query_len"] == QUERY_LEN_BEFORE[model]
     assert "grounding_head" not in resolved["model"] and "max_query_len" not in resolved["model"]
 
 
@@ -211,5 +213,6 @@ def test_grounding_experiments_fix_the_official_head(model):
     overrides = ["experiment=main_refcoco", "debug=fast"] if model == "tiny" else ["experiment=main_refcoco"]
     resolved = resolve_all(compose_cfg(overrides, tiny=False))
     assert resolved["model"]["name"] == model
-    assert {k: resolved["task"]["module"][k] for k in HEAD_BEFORE["dinov2_bert"]} == HEAD_BEFORE["dinov2_bert"]
+    official = dict(HEAD_BEFORE["dinov2_bert"], dropout=0.1, eliminate_threshold=0.015, eliminate_keep=0.1)
+    assert {k: resolved["task"]["head"][k] for k in official} == official
     assert resolved["data"]["max_query_len"] == 40

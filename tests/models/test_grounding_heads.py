@@ -123,7 +123,7 @@ def test_bad_mask_head_names_key_value_and_choices():
     with pytest.raises(ValueError, match=r"mask_head must be one of \['official', 'conv'\], got 'unet'"):
         _head(mask_head="unet")
     with pytest.raises(ValueError, match="mask_head.*'unet'"):
-        make_task("frozen", mask_head="unet")
+        make_task("frozen", head={"fusion_mask": "unet"})
     assert MASK_HEADS == ("official", "conv")
 
 
@@ -136,12 +136,13 @@ def test_conv_mask_head_is_the_python_default():
 
 # ----------------------------------------------------------------------------------------------- configs
 @pytest.mark.parametrize(
-    ("model", "expected"), [("tiny", "conv"), ("dinov2_bert", "official"), ("dinov2_ast", "official")]
+    ("model", "expected"), [("tiny", "fusion"), ("dinov2_bert", "official"), ("dinov2_ast", "official")]
 )
-def test_config_plumbs_mask_head_from_the_model(model, expected):
+def test_config_plumbs_the_head_from_the_model(model, expected):
     cfg = compose_cfg(["task=refcoco", f"model={model}"], tiny=False)
-    assert cfg.task.preset.mask_head == expected  # task.presets row of model.name (official for dinov2_ast)
-    assert cfg.task.module.mask_head == expected  # ${task.preset.mask_head}
+    assert cfg.task.preset.head == expected  # task.presets row of model.name (official for dinov2_ast)
+    assert cfg.task.head.name == expected  # ${task.preset.head}
+    assert cfg.task.module.head.name == expected  # what the task builds
 
 
 def test_tiny_default_still_builds_the_conv_head():
@@ -156,7 +157,7 @@ def test_tiny_default_still_builds_the_conv_head():
 
 # ----------------------------------------------------------------------------------------------- task
 def test_grounding_task_with_the_official_mask_head_trains_one_step():
-    task = make_task("cola", mask_head="official")
+    task = make_task("cola", head={"fusion_mask": "official"})
     assert isinstance(task.head.mask_head, TokenMaskHead) and task.head.mask_head.patch == 14  # 56 px / 4 patches
     batch = hand_batch(batch_size=2)
     out = task(batch)
@@ -180,7 +181,7 @@ def test_grounding_task_with_the_official_mask_head_runs_a_lightning_training_st
     dm = refcoco_datamodule(
         synthetic_refcoco, image_size=TASK_IMAGE, batch_size=2, eval_batch_size=2, limit_per_split=2
     )
-    task = make_task("cola", mask_head="official", val_split="val", test_splits=["val"])
+    task = make_task("cola", head={"fusion_mask": "official"}, val_split="val", test_splits=["val"])
     trainer = fast_dev_trainer(tmp_path, limit_val_batches=0)
     trainer.fit(task, datamodule=dm)
     assert trainer.global_step == 1

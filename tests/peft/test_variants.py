@@ -379,10 +379,10 @@ def _task(intra: str, method: str = "cola"):
     from tests.conftest import compose_cfg
 
     small = [
-        "task.module.d_fusion=32",
-        "task.module.d_ff=64",
-        "task.module.fusion_layers=1",
-        "task.module.fusion_heads=2",
+        "task.head.width=32",
+        "task.head.ff=64",
+        "task.head.layers=1",
+        "task.head.heads=2",
     ]
     cfg = compose_cfg([f"peft={method}", f"peft.intra={intra}", *small])
     torch.manual_seed(0)

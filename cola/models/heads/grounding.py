@@ -129,12 +129,22 @@ class TokenMaskHead(nn.Module):
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) fused visual features -> (B, S, S) mask logits."""
-        B, _, h, w = grid.shape
+        _, _, h, w = grid.shape
         if h != self.grid_size or w != self.grid_size:
             raise ValueError(f"expected a {self.grid_size} x {self.grid_size} grid, got {h} x {w}")
-        p = self.patch
-        blocks = self.mlp(grid.flatten(2).transpose(1, 2))  # (B, h*w, p*p), one pixel block per token
-        x = blocks.reshape(B, h, w, p, p).permute(0, 1, 3, 2, 4).reshape(B, 1, h * p, w * p)  # (B, 1, S, S)
+        return self.from_tokens(grid.flatten(2).transpose(1, 2))
+
+    def from_tokens(self, tokens: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k, C) visual tokens at grid positions ``index`` (B, k) (None: all h*w in order) -> (B, S, S) logits.
+
+        The blocks of grid positions without a token are zeros (the official head after token elimination).
+        """
+        B, g, p = tokens.shape[0], self.grid_size, self.patch
+        blocks = self.mlp(tokens)  # (B, k, p*p), one pixel block per token
+        if index is not None:
+            full = blocks.new_zeros(B, g * g, p * p)
+            blocks = full.scatter(1, index[..., None].expand(-1, -1, p * p), blocks)  # (B, g*g, p*p)
+        x = blocks.reshape(B, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(B, 1, g * p, g * p)  # (B, 1, S, S)
         return self.refine(x)[:, 0]  # (B, S, S)
 
 
