@@ -57,12 +57,40 @@ def validate_config(cfg: DictConfig) -> None:
             "expressions are padded; set data.pad_to=max_length (pad every expression to data.max_query_len, as the "
             "official code) instead of data.pad_to=longest"
         )
+    _validate_options(cfg)
     wb = cfg.logger.get("wandb")
     if wb and not wb.get("offline", True) and not _wandb_has_credentials():
         raise SetupError(
             "logger.wandb.offline=false but no W&B credentials were found (WANDB_API_KEY, ~/.netrc); run "
             "`wandb login`, or keep the default offline mode and `wandb sync` the run later"
         )
+
+
+def _validate_options(cfg: DictConfig) -> None:
+    """Choices that are otherwise only checked where they are used, after the towers are built: the grounding head,
+    the selection on ties, the audio channel."""
+    from omegaconf import OmegaConf
+
+    from cola.callbacks.checkpoints import check_select_ties
+    from cola.data.audio import check_audio_channel
+
+    checks = []
+    head = OmegaConf.select(cfg, "task.head")
+    if head is not None and OmegaConf.select(cfg, "task.family") == "grounding":
+        from cola.tasks.grounding import check_head_spec
+
+        checks.append(lambda: check_head_spec(OmegaConf.to_container(head, resolve=True)))
+    ties = OmegaConf.select(cfg, "callbacks.model_checkpoint.select_ties")
+    if ties is not None:
+        checks.append(lambda: check_select_ties(ties))
+    channel = OmegaConf.select(cfg, "data.audio_channel")
+    if channel is not None:
+        checks.append(lambda: check_audio_channel(channel))
+    for check in checks:
+        try:
+            check()
+        except ValueError as e:
+            raise SetupError(str(e)) from e
 
 
 def validate_adapter_targets(tower, *, targets: list[str], out_splits: dict[str, int], peft: dict, stream: str) -> None:

@@ -1,12 +1,13 @@
-"""Prepares the AVE release for training: one frame per second and a 16 kHz mono wav per video
-(docs/data.md#preparing-ave).
+"""Prepares the AVE release for training: one frame per second and a 16 kHz wav per video, with the source's
+channels (docs/data.md#preparing-ave).
 
 Usage::
 
     python scripts/prepare_ave.py ROOT [--workers N] [--frames-per-second 1]
 
-What it writes (frames, 16 kHz mono wavs, ``ROOT/prepare_report.json``), the padding of short videos and how a
-run resumes: :mod:`cola.data.ave_prepare`.
+What it writes (frames, 16 kHz wavs with every source channel, ``ROOT/prepare_report.json``), the padding of short
+videos and how a run resumes (a folder prepared when the wavs were averaged to mono gets them rewritten):
+:mod:`cola.data.ave_prepare`.
 
 The work is done by :func:`cola.data.ave_prepare.prepare_ave`; this file is its command line.
 """

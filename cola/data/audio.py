@@ -29,6 +29,10 @@ that is every 15,822.2 samples (clip 9 starts at 8.9 s, not 9 s); for a 5-s AVSB
 follows the input: ``official`` with ``pad``, ``seconds`` with ``interpolate``. The official loaders also
 subtract the waveform's mean first; Kaldi's per-frame DC removal makes that a no-op, so it is not repeated.
 
+Channels (``data.audio_channel``): a multi-channel file becomes one waveform by ``mean`` (the channels
+averaged) or ``first`` (channel 0 only, what the official AVE and AVS loaders feed ``kaldi.fbank``, whose
+default ``channel=-1`` reads channel 0; their downmix line is commented out). Mono files read the same either way.
+
 The defaults ``mean = -4.27``, ``std = 4.57`` are AST's AudioSet statistics (``ASTFeatureExtractor``:
 -4.2677393, 4.5689974); a dataset's own statistics can be passed instead (``data.audio_mean``,
 ``data.audio_std``).
@@ -54,6 +58,7 @@ FRAME_LENGTH_MS, FRAME_SHIFT_MS = 25, 10  # AST's fbank window and hop
 AST_FRAMES = 1024  # the pretrained AST's input length (10.24 s; positional grid 12 x 101 patches)
 AUDIO_INPUTS = ("pad", "interpolate")  # data.audio_input
 AUDIO_WINDOWS = ("seconds", "official")  # data.audio_windows (null: official with pad, seconds with interpolate)
+AUDIO_CHANNELS = ("first", "mean")  # data.audio_channel: channel 0, or the channels averaged
 OFFICIAL_MARGIN_S = 0.1  # the official loaders keep the last window this far from the end
 
 
@@ -62,16 +67,31 @@ class AudioReadError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, allow_resample: bool = True) -> torch.Tensor:
+def check_audio_channel(channel: str) -> str:
+    """Returns ``channel`` when it is one of :data:`AUDIO_CHANNELS`.
+
+    Raises:
+        ValueError: another value (naming ``data.audio_channel``, the value and the choices).
+    """
+    if channel not in AUDIO_CHANNELS:
+        raise ValueError(f"data.audio_channel must be one of {list(AUDIO_CHANNELS)}, got {channel!r}")
+    return channel
+
+
+def load_audio(
+    path: str | Path, *, sample_rate: int = SAMPLE_RATE, allow_resample: bool = True, channel: str = "mean"
+) -> torch.Tensor:
     """Reads an audio file as a float32 mono waveform in [-1, 1] at ``sample_rate``.
 
-    Multi-channel audio is downmixed by averaging the channels. Another sample rate is converted with a
-    polyphase filter (``scipy.signal.resample_poly``), or rejected when ``allow_resample`` is False.
+    Multi-channel audio becomes one channel as ``channel`` says: ``mean`` averages the channels, ``first`` keeps
+    channel 0 (the official AVE/AVS loaders' input). Another sample rate is converted with a polyphase filter
+    (``scipy.signal.resample_poly``), or rejected when ``allow_resample`` is False.
 
     Args:
         path: the audio file (anything libsndfile reads: wav, flac, ogg, ...).
         sample_rate: the rate the caller needs.
         allow_resample: convert other rates (True) or raise (False).
+        channel: ``mean`` (default) or ``first``; both read a mono file as it is.
 
     Returns:
         ``(num_samples,)`` float32 tensor.
@@ -79,8 +99,10 @@ def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, allow_resamp
     Raises:
         FileNotFoundError: ``path`` does not exist.
         AudioReadError: the file cannot be decoded.
-        ValueError: its rate differs from ``sample_rate`` and ``allow_resample`` is False.
+        ValueError: an unknown ``channel``, or the file's rate differs from ``sample_rate`` and ``allow_resample``
+            is False.
     """
+    check_audio_channel(channel)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
@@ -91,12 +113,12 @@ def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, allow_resamp
     channels = data.shape[1]
     if channels == 0:
         raise AudioReadError(f"audio file {path} has no channels")
-    mono = data.mean(axis=1) if channels > 1 else data[:, 0]  # (N,)
+    mono = data.mean(axis=1) if channels > 1 and channel == "mean" else data[:, 0]  # (N,)
     if rate != sample_rate:
         if not allow_resample:
             raise ValueError(
                 f"audio file {path} is {rate} Hz with {channels} channel(s); expected {sample_rate} Hz "
-                f"(mono, or any channel count to downmix) and allow_resample=False"
+                f"(any channel count) and allow_resample=False"
             )
         from scipy.signal import resample_poly
 

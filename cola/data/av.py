@@ -5,7 +5,7 @@ layout, their index, their labels or masks.
 
 Audio features: per clip (one per frame), the Kaldi fbank of :func:`cola.data.audio.audio_clip_features`,
 normalised with AST's AudioSet statistics (:data:`cola.data.audio.AUDIOSET_MEAN`, ``AUDIOSET_STD``) unless
-``audio_mean``/``audio_std`` say otherwise.
+``audio_mean``/``audio_std`` say otherwise, of the wav's channel 0 or its channel mean (``audio_channel``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cola.data.audio import (
     AUDIOSET_MEAN,
     AUDIOSET_STD,
     audio_clip_features,
+    check_audio_channel,
     check_audio_input,
     check_audio_setting,
     load_audio,
@@ -58,6 +59,8 @@ class AVDataset(Dataset):
         audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
         audio_clip_seconds: length of each audio clip.
         audio_windows: clip placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
+        audio_channel: what a multi-channel wav contributes: ``mean`` (the channels averaged) or ``first``
+            (channel 0, the official loaders' input); see :func:`cola.data.audio.load_audio`.
     """
 
     unit = "sample"
@@ -76,6 +79,7 @@ class AVDataset(Dataset):
         audio_input: str = "interpolate",
         audio_clip_seconds: float = 1.0,
         audio_windows: str | None = None,
+        audio_channel: str = "mean",
     ) -> None:
         self.image_size = int(image_size)
         self.mean = np.asarray(mean, dtype=np.float32)  # (3,), broadcast over (..., 3) pixels
@@ -85,6 +89,7 @@ class AVDataset(Dataset):
         self.audio_input = check_audio_input(audio_input)
         self.audio_clip_seconds = float(audio_clip_seconds)
         self.audio_windows = resolve_windows(audio_windows, audio_input)
+        self.audio_channel = check_audio_channel(audio_channel)
         self.augment = augment
         self.name = name
         # samples skipped at load time (skip_key -> reason); each DataLoader worker holds its own copy
@@ -109,8 +114,12 @@ class AVDataset(Dataset):
         return bool(self.augment and torch.rand(()) < 0.5)
 
     def audio(self, wav: Path, clips: int) -> torch.Tensor:
-        """(clips, T, 128) normalised fbank of the 16 kHz mono ``wav``, one clip per frame."""
-        return self.audio_features(load_audio(wav), clips)
+        """(clips, T, 128) normalised fbank of the 16 kHz ``wav`` (its ``audio_channel``), one clip per frame."""
+        return self.audio_features(self.waveform(wav), clips)
+
+    def waveform(self, wav: Path) -> torch.Tensor:
+        """(N,) 16 kHz waveform of ``wav``: channel 0 or the channel mean, as ``audio_channel`` says."""
+        return load_audio(wav, channel=self.audio_channel)
 
     def audio_features(self, waveform: torch.Tensor, clips: int) -> torch.Tensor:
         """(clips, T, 128) normalised fbank of a (N,) 16 kHz mono waveform with this dataset's audio settings."""
@@ -186,6 +195,8 @@ class AVDataModule(CoLADataModule):
             frame, official 1.95).
         audio_windows: clip placement: ``seconds``, ``official`` (the official loaders' spread; see the
             subclasses) or ``None`` (official with pad, seconds with interpolate).
+        audio_channel: ``mean`` (default: a multi-channel wav's channels averaged) or ``first`` (channel 0, as
+            the official AVE and AVS loaders read it).
 
     Subclasses set :attr:`label` (log prefix), :attr:`unit` and :attr:`units` (what the entries are, in messages),
     and implement :meth:`check_layout`, :meth:`read_index` and :meth:`build_dataset`.
@@ -219,9 +230,11 @@ class AVDataModule(CoLADataModule):
         audio_input: str = "interpolate",
         audio_clip_seconds: float = 1.0,
         audio_windows: str | None = None,
+        audio_channel: str = "mean",
     ) -> None:
         super().__init__()
         check_audio_input(audio_input)
+        self.audio_channel = check_audio_channel(audio_channel)
         self.audio_windows = resolve_windows(audio_windows, audio_input)
         if select_on not in SELECT_ON:
             raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
@@ -262,6 +275,7 @@ class AVDataModule(CoLADataModule):
             audio_input=self.audio_input,
             audio_clip_seconds=self.audio_clip_seconds,
             audio_windows=self.audio_windows,
+            audio_channel=self.audio_channel,
         )
 
     # -------------------------------------------------------------------------------------------- checks

@@ -13,12 +13,15 @@ Layout under ``root`` (the release's ``AVE_Dataset/`` after ``python scripts/pre
     Annotations.txt                      all rows (the release's copy starts with a header line)
     trainSet.txt valSet.txt testSet.txt  rows of each split (no header); 3,339 / 402 / 402 rows
     frames/<video_id>/<t>.jpg            t = 0..9: the frame nearest the centre of second t (t + 0.5 s)
-    audio/<video_id>.wav                 16 kHz mono, 10 s
+    audio/<video_id>.wav                 16 kHz, the source's channels (mostly stereo), 10 s
+    audio/channels.txt                   how the wavs were written: ``source`` (channels kept) or ``mean``
 
 Batches (dict): ``pixel_values (B, 10, 3, S, S)`` normalised, ``input_values (B, 10, T, 128)`` normalised
 Kaldi fbank per second (:func:`cola.data.audio.audio_clip_features`; ``T`` = 1024 with
-``audio_input='pad'``, the official input, else ``audio_target_frames``), ``labels (B, 10)`` int64 in
-[0, 29), ``video_id`` list.
+``audio_input='pad'``, the official input, else ``audio_target_frames``) of the wav's channel mean or, with
+``audio_channel='first'`` (the official loader), its channel 0, ``labels (B, 10)`` int64 in [0, 29), ``video_id``
+list. A folder prepared before the wavs kept their channels holds mono wavs (``audio/channels.txt`` missing or
+``mean``): ``first`` then reads the downmix, with one warning; rerunning the preparation rewrites them.
 
 Robustness: :meth:`AVEDataModule.validate` checks the layout before any long work (an unprepared root
 stops with the preparation command); rows whose video has no prepared frames or audio are dropped with one
@@ -85,6 +88,8 @@ __all__ = [
 
 VIDEO_DIR, FRAMES_DIR, AUDIO_DIR = "AVE", "frames", "audio"
 PREPARE_REPORT = "prepare_report.json"
+CHANNELS_FILE = "channels.txt"  # in AUDIO_DIR: how the preparation wrote the wavs (one of PREPARED_CHANNELS)
+PREPARED_CHANNELS = ("source", "mean")  # the source's channels kept | averaged to mono
 
 
 def prepare_command(root: str | Path) -> str:
@@ -99,8 +104,30 @@ def frame_path(root: str | Path, video_id: str, t: int) -> Path:
 
 
 def audio_path(root: str | Path, video_id: str) -> Path:
-    """``root/audio/<video_id>.wav``: 16 kHz mono."""
+    """``root/audio/<video_id>.wav``: 16 kHz; AVE: the source's channels (mono when an older version prepared it),
+    MUSIC-AVQA: mono."""
     return Path(root) / AUDIO_DIR / f"{video_id}.wav"
+
+
+def prepared_channels(root: str | Path) -> str | None:
+    """How the preparation wrote ``root/audio/*.wav``: ``source`` (each source's channels kept), ``mean`` (averaged
+    to mono) or ``None`` (no wav yet).
+
+    Read from ``root/audio/channels.txt``. Without it (or with an unknown word in it), wavs that exist were written
+    by a preparation older than the file, which averaged the channels: ``mean``.
+    """
+    folder = Path(root) / AUDIO_DIR
+    try:
+        word = (folder / CHANNELS_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        word = None
+    if word in PREPARED_CHANNELS:
+        return word
+    if not folder.is_dir():
+        return None
+    with os.scandir(folder) as entries:  # stops at the first wav, not a listing of thousands
+        has_wav = any(e.name.endswith(".wav") and not e.name.startswith(".") for e in entries)
+    return "mean" if has_wav else None
 
 
 def missing_prepared(root: str | Path, video_id: str, *, num_seconds: int = NUM_SECONDS) -> Path | None:
@@ -190,6 +217,20 @@ class AVEDataModule(AVDataModule):
 
     def collate(self):
         return collate_ave
+
+    def validate(self) -> None:
+        """:meth:`cola.data.av.AVDataModule.validate`, then one warning when ``audio_channel='first'`` meets wavs an
+        older preparation downmixed (``first`` then reads their channel mean; training goes on)."""
+        fresh = self.index is None
+        super().validate()
+        if fresh and self.audio_channel == "first" and prepared_channels(self.root) == "mean":
+            log.warning(
+                "AVE: data.audio_channel=first, but the wavs in %s were downmixed to mono by an older preparation, "
+                "so channel 0 is the channels' mean; rerun `%s` to rewrite them with the source's channels (it "
+                "decodes the downmixed videos again)",
+                self.root / AUDIO_DIR,
+                prepare_command(self.root),
+            )
 
     # -------------------------------------------------------------------------------------------- checks
     def check_layout(self) -> None:

@@ -1,5 +1,5 @@
-"""Prepares the AVE release for training: one frame per second and a 16 kHz mono wav per video
-(docs/data.md#preparing-ave).
+"""Prepares the AVE release for training: one frame per second and a 16 kHz wav per video, with the source's
+channels (docs/data.md#preparing-ave).
 
 From Python: ``prepare_ave(root, workers=8)``; command line (same options)::
 
@@ -14,7 +14,10 @@ video, PyAV decodes
   folder, ``ROOT/frames_<K>fps/<video_id>/<t>_<k>.jpg``, k = 0..K-1, nearest the centres of the K equal
   parts of second t (the training code reads ``frames/``);
 - ``ROOT/audio/<video_id>.wav``: the first 10 s of the audio track resampled to 16 kHz with PyAV's
-  ``AudioResampler`` (libswresample), channels averaged to mono, 16-bit PCM.
+  ``AudioResampler`` (libswresample), every source channel kept (not averaged: the data module picks channel 0,
+  as the official loader, or the mean, ``data.audio_channel``), 16-bit PCM.
+  ``ROOT/audio/channels.txt`` records that (``source``; MUSIC-AVQA's preparation, sharing this code, writes
+  ``mean``: its wavs are averaged to mono).
 
 A video shorter than 10 s is padded: a second without a frame repeats the last earlier frame (the first
 later one at the very start), missing audio is zeros; such videos are listed as ``short``. A video that
@@ -22,7 +25,10 @@ cannot be opened or has no decodable video or audio is listed as ``unreadable`` 
 the data module drops its rows with a warning.
 
 Resumable: every output is written under a temporary name and renamed when complete, and a video whose
-frames and wav all exist is skipped, so an interrupted run continues where it stopped. The final report
+frames and wav all exist is skipped, so an interrupted run continues where it stopped. Wavs written in the other
+channel layout than ``channels.txt`` asks for (a folder prepared before the wavs kept their channels has mono wavs
+and no ``channels.txt``) are not skipped: a rerun decodes those videos again, and ``channels.txt`` changes only
+once all of them are rewritten. The final report
 (printed and written to ``ROOT/prepare_report.json``) counts prepared, skipped, short and unreadable videos
 and the annotated ids without an mp4. The decoding (:func:`decode_video`) and the resumable driver
 (:func:`prepare_videos`) take the number of seconds and are shared with MUSIC-AVQA (:mod:`cola.data.avqa_prepare`).
@@ -48,6 +54,7 @@ from PIL import Image
 
 from cola.data.ave import (
     AUDIO_DIR,
+    CHANNELS_FILE,
     FRAMES_DIR,
     NUM_SECONDS,
     PREPARE_REPORT,
@@ -55,6 +62,7 @@ from cola.data.ave import (
     VIDEO_DIR,
     audio_path,
     parse_annotations,
+    prepared_channels,
 )
 
 log = logging.getLogger(__name__)
@@ -91,19 +99,26 @@ def is_prepared(root: Path, video_id: str, frames_per_second: int = 1, num_secon
 
 # ---------------------------------------------------------------------------------------------- decoding
 def decode_video(
-    mp4: Path, *, frames_per_second: int = 1, threads: int = 0, num_seconds: int = NUM_SECONDS
+    mp4: Path,
+    *,
+    frames_per_second: int = 1,
+    threads: int = 0,
+    num_seconds: int = NUM_SECONDS,
+    keep_channels: bool = False,
 ) -> dict[str, Any]:
-    """Decodes the frames nearest the interval centres and the 16 kHz mono audio of the first seconds of a video.
+    """Decodes the frames nearest the interval centres and the 16 kHz audio of the first seconds of a video.
 
     Args:
         mp4: the video file.
         frames_per_second: K frames per second (K equal parts of each second).
         threads: decoder threads (0: FFmpeg's choice).
         num_seconds: S seconds decoded (AVE: 10; MUSIC-AVQA: 60).
+        keep_channels: keep every channel of the audio track (AVE), or average them to mono (False).
 
     Returns:
-        ``{"frames": [(H, W, 3) uint8] * S K, "audio": (S * 16000,) float32, "padded_frames": [interval indices],
-        "video_seconds": float, "audio_seconds": float, "decode_error": str | None}``.
+        ``{"frames": [(H, W, 3) uint8] * S K, "audio": (S * 16000, C) float32 (C: the track's channels with
+        ``keep_channels``, else 1), "padded_frames": [interval indices], "video_seconds": float, "audio_seconds":
+        float, "decode_error": str | None}``.
 
     Raises:
         UnreadableVideoError: the file cannot be opened, or no video frame or audio sample decodes.
@@ -171,11 +186,13 @@ def decode_video(
             if previous is None:  # nothing earlier: the first frame of the video
                 previous = next((b[1] for b in best if b is not None), first_frame)
         frames.append(previous.to_ndarray(format="rgb24"))  # (H, W, 3)
-    mono = np.concatenate(chunks, axis=1).mean(axis=0)  # (n,)
-    audio_seconds = mono.shape[0] / SAMPLE_RATE
+    track = np.concatenate(chunks, axis=1)  # (C, n): the resampler keeps the source's channel layout
+    if not keep_channels:
+        track = track.mean(axis=0, keepdims=True)  # (1, n)
+    audio_seconds = track.shape[1] / SAMPLE_RATE
     total = num_seconds * SAMPLE_RATE
-    audio = np.zeros(total, dtype=np.float32)
-    audio[: min(total, mono.shape[0])] = np.clip(mono[:total], -1.0, 1.0)
+    audio = np.zeros((total, track.shape[0]), dtype=np.float32)  # (N, C): soundfile's frames x channels
+    audio[: min(total, track.shape[1])] = np.clip(track[:, :total].T, -1.0, 1.0)
     return {
         "frames": frames,
         "audio": audio,
@@ -205,17 +222,24 @@ def _write_outputs(root: Path, video_id: str, decoded: dict[str, Any], frames_pe
     os.replace(tmp_wav, audio_path(root, video_id))
 
 
-def prepare_one(args: tuple[str, str, int, int, int, int]) -> dict[str, Any]:
-    """Pool worker: prepares one video (``(mp4, root, frames_per_second, jpeg_quality, threads, num_seconds)``);
-    never raises (failures come back as ``status: unreadable``)."""
-    mp4_s, root_s, frames_per_second, quality, threads, num_seconds = args
+def prepare_one(args: tuple[str, str, int, int, int, int, bool, bool]) -> dict[str, Any]:
+    """Pool worker: prepares one video (``(mp4, root, frames_per_second, jpeg_quality, threads, num_seconds,
+    keep_channels, redo)``; ``redo``: decode it even when its outputs exist); never raises (failures come back as
+    ``status: unreadable``)."""
+    mp4_s, root_s, frames_per_second, quality, threads, num_seconds, keep_channels, redo = args
     mp4, root = Path(mp4_s), Path(root_s)
     video_id = mp4.stem
     record: dict[str, Any] = {"video_id": video_id}
-    if is_prepared(root, video_id, frames_per_second, num_seconds):
+    if not redo and is_prepared(root, video_id, frames_per_second, num_seconds):
         return {**record, "status": "skipped"}
     try:
-        decoded = decode_video(mp4, frames_per_second=frames_per_second, threads=threads, num_seconds=num_seconds)
+        decoded = decode_video(
+            mp4,
+            frames_per_second=frames_per_second,
+            threads=threads,
+            num_seconds=num_seconds,
+            keep_channels=keep_channels,
+        )
         _write_outputs(root, video_id, decoded, frames_per_second, quality)
     except Exception as err:  # a worker must not take the pool down; the report names the video
         return {**record, "status": "unreadable", "error": f"{type(err).__name__}: {err}"}
@@ -315,6 +339,7 @@ def prepare_ave(
         videos,
         annotated=lambda: _annotated_ids(root),
         label="AVE",
+        keep_channels=True,  # the data module picks channel 0 (official) or the mean: data.audio_channel
         workers=workers,
         frames_per_second=frames_per_second,
         jpeg_quality=jpeg_quality,
@@ -333,6 +358,7 @@ def prepare_videos(
     frames_per_second: int = 1,
     jpeg_quality: int = JPEG_QUALITY,
     progress: bool = True,
+    keep_channels: bool = False,
 ) -> dict[str, Any]:
     """Decodes ``videos`` into ``ROOT/frames/<id>/`` and ``ROOT/audio/<id>.wav`` (resumable), writes the report.
 
@@ -348,12 +374,15 @@ def prepare_videos(
         frames_per_second: frames per second of video (the training code reads 1).
         jpeg_quality: JPEG quality of the frames.
         progress: show a rich progress bar.
+        keep_channels: write the wavs with the source's channels (``audio/channels.txt``: ``source``) or
+            averaged to mono (``mean``). Wavs already there in the other layout are written again: every video is
+            decoded, and ``channels.txt`` changes after the last one.
 
     Returns:
-        The report (also written to ``ROOT/prepare_report.json``): ``dataset``, ``seconds``, ``videos``,
-        ``prepared``, ``skipped``, ``unreadable`` (list of ``{video_id, error}``), ``short`` (list of ``{video_id,
-        video_seconds, audio_seconds, padded_frames, padded_audio_seconds, decode_error}``),
-        ``annotated_without_video``.
+        The report (also written to ``ROOT/prepare_report.json``): ``dataset``, ``seconds``, ``audio_channels``
+        (``source`` | ``mean``: the layout of the folder's wavs), ``videos``, ``prepared``, ``skipped``,
+        ``unreadable`` (list of ``{video_id, error}``), ``short`` (list of ``{video_id, video_seconds,
+        audio_seconds, padded_frames, padded_audio_seconds, decode_error}``), ``annotated_without_video``.
 
     The resumable preparation loop (skip done videos, worker pool, per-video report, atomic publish) in one piece: splitting it would scatter the resume invariants.
     """
@@ -361,8 +390,26 @@ def prepare_videos(
     (root / AUDIO_DIR).mkdir(exist_ok=True)
     _cleanup_temporaries(root, frames_per_second)
     t0 = time.time()
+    channels = "source" if keep_channels else "mean"
+    existing = prepared_channels(root)
+    # wavs in the other layout are decoded again; the marker says the new layout only once none is left, so an
+    # interrupted conversion is redone rather than trusted
+    redo = existing is not None and existing != channels
+    if redo:
+        log.warning(
+            "%s: the wavs in %s are %s; writing them again %s (every video is decoded again)",
+            label,
+            root / AUDIO_DIR,
+            "averaged to mono" if existing == "mean" else "multi-channel",
+            "with the source's channels" if keep_channels else "averaged to mono",
+        )
+    else:
+        _write_channels(root, channels)
     threads = 0 if workers == 1 else 1  # one decoder thread per process when processes run in parallel
-    jobs = [(str(p), str(root), int(frames_per_second), int(jpeg_quality), threads, int(num_seconds)) for p in videos]
+    jobs = [
+        (str(p), str(root), int(frames_per_second), int(jpeg_quality), threads, int(num_seconds), keep_channels, redo)
+        for p in videos
+    ]
     records: list[dict[str, Any]] = []
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -379,6 +426,8 @@ def prepare_videos(
                     records.append(record)
                     bar.advance(task)
     records.sort(key=lambda r: r["video_id"])
+    if redo:
+        _finish_conversion(root, channels, {r["video_id"] for r in records if r["status"] == "prepared"}, label)
     # a skipped video's padding was reported by the run that prepared it
     previous: dict[str, dict[str, Any]] = {}
     report_path = root / PREPARE_REPORT
@@ -400,6 +449,7 @@ def prepare_videos(
         "frames_per_second": int(frames_per_second),
         "seconds": int(num_seconds),
         "sample_rate": SAMPLE_RATE,
+        "audio_channels": prepared_channels(root) or channels,  # the folder's wavs: the old layout if any is left
         "videos": len(videos),
         "prepared": sum(r["status"] == "prepared" for r in records),
         "skipped": sum(r["status"] == "skipped" for r in records),
@@ -415,6 +465,39 @@ def prepare_videos(
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, report_path)
     return report
+
+
+def _write_channels(root: Path, channels: str) -> None:
+    """Writes ``ROOT/audio/channels.txt`` (atomically; untouched when it already says ``channels``)."""
+    marker = root / AUDIO_DIR / CHANNELS_FILE
+    if marker.is_file() and marker.read_text().strip() == channels:
+        return
+    tmp = root / AUDIO_DIR / f"{TMP_PREFIX}{CHANNELS_FILE}"
+    tmp.write_text(channels + "\n")
+    os.replace(tmp, marker)
+
+
+def _finish_conversion(root: Path, channels: str, rewritten: set[str], label: str) -> None:
+    """After a run that rewrote wavs of the other layout: marks the folder ``channels`` when every wav in it was
+    rewritten, else warns (wavs without an mp4 or whose video no longer decodes keep the old layout)."""
+    with os.scandir(root / AUDIO_DIR) as entries:
+        stale = sorted(
+            e.name[: -len(".wav")]
+            for e in entries
+            if e.name.endswith(".wav") and not e.name.startswith(".") and e.name[: -len(".wav")] not in rewritten
+        )
+    if not stale:
+        _write_channels(root, channels)
+        return
+    log.warning(
+        "%s: %d wav(s) in %s could not be written again (no mp4, or the video no longer decodes), e.g. %s; the "
+        "folder stays marked as before (%s)",
+        label,
+        len(stale),
+        root / AUDIO_DIR,
+        stale[:MAX_LISTED],
+        root / AUDIO_DIR / CHANNELS_FILE,
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -30,13 +30,33 @@ from .base import DualStreamTask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUNDING_HEADS", "GroundingTask", "build_grounding_head"]
+__all__ = ["GROUNDING_HEADS", "GroundingTask", "build_grounding_head", "check_head_spec"]
 
 GROUNDING_HEADS = ("official", "fusion")
 HEAD_KEYS = {
     "name", "width", "layers", "ff", "heads", "dropout", "eliminate", "eliminate_threshold", "eliminate_keep",
     "fusion_box", "fusion_mask",
 }  # fmt: skip
+
+
+def check_head_spec(spec: Mapping[str, Any]) -> str:
+    """Checks the ``task.head`` node before anything is built; returns its name.
+
+    Raises:
+        ValueError: unknown keys, an unknown name, or elimination asked of the fusion head (naming the key).
+    """
+    unknown = sorted(set(spec) - HEAD_KEYS)
+    if unknown:
+        raise ValueError(f"task.head has unknown keys {unknown}; known: {sorted(HEAD_KEYS)}")
+    name = spec.get("name")
+    if name not in GROUNDING_HEADS:
+        raise ValueError(f"task.head.name must be one of {list(GROUNDING_HEADS)}, got {name!r}")
+    if name == "fusion" and spec.get("eliminate"):
+        raise ValueError(
+            "task.head.eliminate=true needs task.head.name=official (the fusion head keeps every visual token); "
+            "set task.head.eliminate=false or task.head.name=official"
+        )
+    return name
 
 
 def build_grounding_head(
@@ -55,12 +75,7 @@ def build_grounding_head(
     ``eliminate``); ``fusion``: :class:`cola.models.heads.GroundingHead` (this repo's lighter encoder head, box and
     mask heads per ``fusion_box`` / ``fusion_mask``).
     """
-    unknown = sorted(set(spec) - HEAD_KEYS)
-    if unknown:
-        raise ValueError(f"task.head has unknown keys {unknown}; known: {sorted(HEAD_KEYS)}")
-    name = spec.get("name")
-    if name not in GROUNDING_HEADS:
-        raise ValueError(f"task.head.name must be one of {list(GROUNDING_HEADS)}, got {name!r}")
+    name = check_head_spec(spec)
     shape = dict(width=768, layers=3, ff=1024, heads=8, dropout=0.1)
     shape.update({k: spec[k] for k in shape if k in spec})
     where = dict(vision_dim=vision_dim, text_dim=text_dim, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
@@ -73,11 +88,6 @@ def build_grounding_head(
             eliminate=bool(spec.get("eliminate", True)),
             eliminate_threshold=float(spec.get("eliminate_threshold", 0.015)),
             eliminate_keep=float(spec.get("eliminate_keep", 0.1)),
-        )
-    if spec.get("eliminate"):
-        raise ValueError(
-            "task.head.eliminate=true needs task.head.name=official (the fusion head keeps every visual token); "
-            "set task.head.eliminate=false or task.head.name=official"
         )
     return GroundingHead(
         **where,

@@ -215,8 +215,8 @@ def test_prepared_outputs_follow_annotations(prepared):
     for video in manifest["videos"]:
         vid = video["video_id"]
         wav, rate = sf.read(root / "audio" / f"{vid}.wav")
-        assert rate == 16000 and wav.shape == (160000,)
-        rms = np.sqrt((wav.reshape(10, 16000) ** 2).mean(axis=1))  # (10,)
+        assert rate == 16000 and wav.shape == (160000, 2)  # the source's stereo kept (data.audio_channel picks)
+        rms = np.sqrt((wav.mean(axis=1).reshape(10, 16000) ** 2).mean(axis=1))  # (10,)
         colours = [manifest["categories"][o["category"]]["colour"] for o in video["objects"]]
         for t in range(10):
             event = video["start"] <= t < video["end"]
@@ -301,7 +301,7 @@ def test_corrupt_and_short_videos_are_reported(tmp_path):
     assert short["video_id"] == short_id and short["padded_frames"] == [4, 5, 6, 7, 8, 9]
     assert 3.8 < short["audio_seconds"] < 4.2
     wav, _ = sf.read(root / "audio" / f"{short_id}.wav")
-    assert wav.shape == (160000,) and np.all(wav[5 * 16000 :] == 0) and np.abs(wav[16000:48000]).min() > 0.05
+    assert wav.shape == (160000, 2) and np.all(wav[5 * 16000 :] == 0) and np.abs(wav[16000:48000]).min() > 0.05
     last = np.asarray(sf_image(root / "frames" / short_id / "3.jpg"))
     for t in range(4, 10):
         assert np.array_equal(np.asarray(sf_image(root / "frames" / short_id / f"{t}.jpg")), last)

@@ -100,6 +100,30 @@ CONFIG_CASES = {
     "unknown_non_finite_policy": ConfigCase(
         ("optim.on_nonfinite=ignore",), r"optim\.on_nonfinite must be one of", "trainer"
     ),
+    "mean_with_padding_per_stream_needs_fixed_padding": ConfigCase(
+        ("peft.condition_pooling={vision:mean,text:mean_with_padding}",),
+        r"mean_with_padding.*set data\.pad_to=max_length",
+        "data",
+    ),
+    "unknown_grounding_head": ConfigCase(
+        ("task.head.name=eevg",), r"task\.head\.name must be one of \['official', 'fusion'\], got 'eevg'", "data"
+    ),
+    "elimination_asked_of_the_fusion_head": ConfigCase(
+        ("task.head.name=fusion", "task.head.eliminate=true"), r"task\.head\.eliminate=true needs", "data"
+    ),
+    "unknown_selection_on_ties": ConfigCase(
+        ("callbacks.model_checkpoint.select_ties=last",),
+        r"callbacks\.model_checkpoint\.select_ties must be one of \['earlier', 'later'\], got 'last'",
+        "data",
+    ),
+    "unknown_audio_channel": ConfigCase(
+        ("task=ave", "data.audio_channel=left"),
+        r"data\.audio_channel must be one of \['first', 'mean'\], got 'left'",
+        "data",
+        tiny=False,
+        synthetic=False,
+        grounding=False,
+    ),
 }
 
 
