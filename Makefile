@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train test test-full lint format bench clean
+.PHONY: help install demo train test test-ci test-full lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ demo: install ## Train + test CoLA on the embedded synthetic grounding set (no d
 train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft=cola rank=8"
 	$(PY) train.py $(ARGS)
 
-test: install ## Fast test suite (no slow/gpu tests)
+test: install ## Fast test suite (no slow/gpu/ci tests)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+test-ci: install ## train.py process tests CI runs after `make test`: sweeps, CPU DDP, SIGTERM resume (minutes)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m ci
 
 test-full: install ## Every test, slow ones included
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not gpu"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_args, train_py
+from tests.conftest import cli_args, train_py
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -132,7 +132,14 @@ def test_any_positive_rank_runs(synthetic_refcoco, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = (run / "config.yaml").read_text()
     assert "rank: 12" in cfg and "alpha: 6" in cfg
-    assert REPO.exists()
+    from cola.peft import read_adapters
+
+    tensors, peft, _ = read_adapters(run / "adapter.safetensors")  # the trained adapters have that rank
+    assert peft["rank"] == 12 and peft["alpha"] == 6
+    down = {k: t.shape for k, t in tensors.items() if k.endswith("lora_A")}  # (splits x r, d_in), fused qkv: 3 slices
+    up = {k: t.shape for k, t in tensors.items() if k.endswith("lora_B")}  # (d_out, r)
+    assert down and len(down) == len(up), sorted(tensors)
+    assert all(s[0] in (12, 36) for s in down.values()) and all(s[1] == 12 for s in up.values()), (down, up)
 
 
 def test_console_prints_each_line_once_and_ends_with_the_run_folder(synthetic_refcoco, tmp_path):

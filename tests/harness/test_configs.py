@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from cola.validation import SetupError, validate_config
 from tests.conftest import CONFIG_DIR, compose_cfg, resolve_all
@@ -38,6 +40,40 @@ def test_every_option_composes_and_resolves(group, option):
         validate_config(cfg)
 
 
+# sources=... (three towers): what each shorthand writes into peft.condition_sources, and the sources every stream's
+# layers then take (cola.models.lockstep.resolve_sources: null or a stream left out = every other stream)
+SOURCES = {
+    "all": (None, {"vision": ["audio", "text"], "audio": ["vision", "text"], "text": ["vision", "audio"]}),
+    "no_text": (
+        {"vision": ["audio"], "audio": ["vision"]},
+        {"vision": ["audio"], "audio": ["vision"], "text": ["vision", "audio"]},
+    ),
+    "text_only": (
+        {"vision": ["text"], "audio": ["text"]},
+        {"vision": ["text"], "audio": ["text"], "text": ["vision", "audio"]},
+    ),
+}
+
+
+@pytest.mark.parametrize("option", SOURCES)
+@pytest.mark.parametrize(
+    "base", [["task=avqa"], ["task=avqa", "peft=lora_param_matched"], ["experiment=ablation_streams"]]
+)
+def test_sources_shorthand_writes_condition_sources(option, base):
+    from cola.models.lockstep import resolve_sources
+
+    written, taken = SOURCES[option]
+    assert set(SOURCES) == set(_options("sources"))
+    cfg = compose_cfg([*base, f"sources={option}"], tiny=False)
+    assert cfg.hydra.runtime.choices.sources == option
+    resolved = resolve_all(cfg)
+    assert resolved["peft"]["condition_sources"] == written  # after the peft group, whichever method file is picked
+    streams = list(resolved["task"]["streams"])
+    assert streams == ["vision", "audio", "text"]
+    assert resolve_sources(streams, resolved["peft"]["condition_sources"], exchange="condition", anchor=None) == taken
+    validate_config(cfg)
+
+
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local", "submitit_slurm"])
 def test_launchers_compose(launcher):
     cfg = compose_cfg([f"hydra/launcher={launcher}"], tiny=False)
@@ -49,12 +85,18 @@ def test_every_experiment_is_a_sweep_that_composes(experiment):
     cfg = compose_cfg([f"experiment={experiment}"], tiny=False)
     params = cfg.hydra.sweeper.params
     assert "seed" in params and params.seed == "0,1,2"
-    # every sweep point composes too
+    # every sweep point composes too, and each swept value reaches the job's config (a group's choice or a key)
     sweep = {k: str(v).split(",") for k, v in params.items()}
     first = [f"{k}={v[0]}" for k, v in sweep.items()]
     last = [f"{k}={v[-1]}" for k, v in sweep.items()]
     for point in (first, last):
-        resolve_all(compose_cfg([f"experiment={experiment}", *point], tiny=False))
+        job = compose_cfg([f"experiment={experiment}", *point], tiny=False)
+        resolve_all(job)
+        choices = job.hydra.runtime.choices
+        for override in point:
+            key, value = override.split("=", 1)
+            got = choices[key] if key in choices else OmegaConf.select(job, key, throw_on_missing=True)
+            assert str(got) == value, f"{experiment}: {override} composed to {key}={got!r}"
     header = (Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml").read_text().splitlines()[1:4]
     assert any("GPU-hours" in line for line in header), "each experiment says its expected compute"
 
@@ -71,11 +113,48 @@ def test_debug_fast_switches_experiments_to_tiny_cpu(experiment):
     )
 
 
-@pytest.mark.parametrize("task", ["refcoco", "refcoco+", "refcocog", "ave", "avs_s4", "avs_ms3"])
+# data keys a DataModule keeps under another attribute name (`dataset` is CoLADataModule's split accessor)
+DATA_KEY_ATTRIBUTES = {"dataset": "dataset_name", "tokenizer": "tokenizer_name"}
+
+
+def _plain(value):
+    """The YAML form of an attribute: paths as strings, tuples as lists, dataclasses as mappings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def assert_data_keys_reached(dm, data: DictConfig) -> None:
+    """``dm`` is the class ``data._target_`` names and holds every key of ``data`` as an attribute with the
+    configured value. Null keys are skipped: the DataModule derives their value (image_dir from root, audio_windows
+    from audio_input)."""
+    from cola.data.augment import AugmentConfig
+
+    values = OmegaConf.to_container(data, resolve=True)
+    assert f"{type(dm).__module__}.{type(dm).__qualname__}" == values.pop("_target_")
+    for key, value in values.items():
+        if value is None:
+            continue
+        attr = DATA_KEY_ATTRIBUTES.get(key, key)
+        assert hasattr(dm, attr), f"data.{key} did not reach {type(dm).__name__} (no attribute {attr!r})"
+        got = getattr(dm, attr)
+        if key == "augment" and isinstance(value, str):  # a preset's name: the DataModule holds that preset
+            value = AugmentConfig.from_dict(value)
+        assert _plain(got) == _plain(value), f"data.{key}: {value!r} in the config, {got!r} on {type(dm).__name__}"
+
+
+@pytest.mark.parametrize("task", ["refcoco", "refcoco+", "refcocog", "ave", "avs_s4", "avs_ms3", "avqa"])
 def test_task_datamodules_instantiate(task, tmp_path):
-    cfg = compose_cfg([f"task={task}", f"data.root={tmp_path}"])
+    cfg = compose_cfg([f"task={task}", f"data.root={tmp_path}", "data.batch_size=3", "data.limit_per_split=5"])
     dm = instantiate(cfg.data, _convert_="all")
-    assert dm is not None
+    assert dm.batch_size == 3 and dm.limit_per_split == 5 and dm.root == tmp_path  # the overrides, not the defaults
+    assert_data_keys_reached(dm, cfg.data)
 
 
 def test_tiny_model_instantiates_towers():

@@ -22,6 +22,7 @@ from cola.reproduction import (
     unsourced,
 )
 from tests.conftest import CONFIG_DIR
+from tests.harness.test_configs import assert_data_keys_reached
 
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"
 ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if not p.stem.startswith("_"))
@@ -149,4 +150,4 @@ def test_every_experiment_builds_its_datamodule(experiment, tmp_path):
 
     for debug in ([], ["debug=fast"]):
         cfg = compose([f"experiment={experiment}", "peft=cola", f"data.root={tmp_path}", *debug])
-        assert instantiate(cfg.data, _convert_="all") is not None
+        assert_data_keys_reached(instantiate(cfg.data, _convert_="all"), cfg.data)

@@ -207,10 +207,32 @@ def test_rows_per_sample_per_stream_match_conditions():
 
 
 def test_lora_and_moka_run_three_streams():
+    # LoRA: each tower runs its own adapters (B made non-zero by _three) and takes nothing from the other streams.
+    # Tokens are |t| < 5 after the final norm: an unchanged stream is equal up to a reordered float32 sum (a few ulps
+    # of 4.8e-7), atol 1e-5; a tower's adapter term moves its tokens by ~1 (0.86 to 1.08 measured), far above 0.1.
     lora = _three({"method": "lora", "rank": 4, "alpha": 2})
     with torch.no_grad():
-        out = lora(_inputs(0))
-    assert set(out.tokens) == {"vision", "audio", "text"}
+        out = lora(_inputs(0)).tokens
+        x = _inputs(0)
+        x["text"] = _inputs(1)["text"]
+        other_question = lora(x).tokens
+        without = {}  # stream -> tokens with that tower's lora_B zeroed (its adapters off)
+        for s in out:
+            ups = [p for n, p in lora.towers[s].named_parameters() if n.endswith("lora_B")]
+            saved = [p.clone() for p in ups]
+            for p in ups:
+                p.zero_()
+            without[s] = lora(_inputs(0)).tokens
+            for p, value in zip(ups, saved, strict=True):
+                p.copy_(value)
+    assert set(out) == {"vision", "audio", "text"}
+    for s in ("vision", "audio"):  # another question changes the text tokens only
+        torch.testing.assert_close(other_question[s], out[s], rtol=0, atol=1e-5)
+    assert (other_question["text"] - out["text"]).abs().max() > 0.1
+    for s, tokens in without.items():
+        assert (tokens[s] - out[s]).abs().max() > 0.1, s
+        for other in set(out) - {s}:
+            torch.testing.assert_close(tokens[other], out[other], rtol=0, atol=1e-5, msg=f"{s} adapters reach {other}")
     moka = _three({"method": "moka", "rank": 4, "alpha": 2, "dropout": 0.0}, anchor="text")
     contexts = {}
     for s, tower in moka.towers.items():

@@ -215,8 +215,18 @@ def test_lora_equals_hf_peft():
         hf_layer.lora_B["default"].weight.copy_(b)
         report.modules["proj"].lora_A.copy_(a)
         report.modules["proj"].lora_B.copy_(b)
-    x = torch.randn(3, 4, D_IN)
-    torch.testing.assert_close(ours(x), hf(x), atol=1e-6, rtol=1e-6)
+    # In float64: both compute W x + b + s B (A x) (s = alpha / r = 4) from the same operands, perhaps summing in
+    # another order. Each output then carries at most ~(D_IN + R + 3) u sum|terms| of rounding per side (dot-product
+    # bound, u = 2**-53; the terms' magnitudes below), ~1e-12 for outputs of up to ~160; a wrong scale, slice or
+    # transpose is off by O(1). (In float32 one ulp at 160 is 1.5e-5: a fixed 1e-6 would test the summation order.)
+    ours.double(), hf.double()
+    x = torch.randn(3, 4, D_IN, dtype=torch.float64)
+    w, bias, s = ours.proj.base_layer.weight, ours.proj.base_layer.bias, 16 / R
+    terms = x.abs() @ w.abs().T + bias.abs() + s * (x.abs() @ a.double().abs().T) @ b.double().abs().T
+    bound = 2 * (D_IN + R + 3) * 2.0**-53 * terms
+    with torch.no_grad():
+        diff = (ours(x) - hf(x)).abs()
+    assert (diff <= bound).all(), (diff.max(), bound.min())
 
 
 def test_lora_split_fused_slices_are_independent():
@@ -615,7 +625,7 @@ def _method_layer(name: str, seed: int = 0) -> nn.Module:
 
 ADAPTING = [n for n in ("cola", "lora", "lora_param_matched", "moka")]
 VARIANTS = ["lora+dora", "lora+rslora", "lora+pissa", "cola+dora", "cola+rslora", "cola+pissa"]
-VARIANTS += ["lora_param_matched+dora", "moka+rslora"]
+VARIANTS += ["lora_param_matched+dora", "moka+rslora", "lora+adalora", "cola+adalora", "lora_param_matched+adalora"]
 ROWS = ADAPTING + VARIANTS
 """The shared method table: every method, and the intra variants (``peft.intra``) of those with an intra path."""
 

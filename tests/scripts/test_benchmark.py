@@ -204,20 +204,25 @@ def test_autocast_dtypes_train_and_keep_fp32_weights(bench, dtype):
     spec = bench.pair_spec(args.pair, tiny=True)
     runner = bench.Runner("cola", spec, args, torch.device("cpu"))
     assert (runner.scaler is not None) == (dtype == "fp16")
+    scaler_calls = []
+    if runner.scaler is not None:
+        for name in ("scale", "step", "update"):
+            real = getattr(runner.scaler, name)
+            setattr(runner.scaler, name, lambda *a, _real=real, _name=name: scaler_calls.append(_name) or _real(*a))
     before = {n: p.detach().clone() for n, p in runner.model.named_parameters() if p.requires_grad}
     runner.train_step()
     after = dict(runner.model.named_parameters())
     assert all(after[n].dtype == torch.float32 for n in before)
-    updated = any(not torch.equal(before[n], after[n]) for n in before)
-    if runner.scaler is None:
-        assert updated
-    else:  # fp16: the scaler either stepped, or skipped an overflowing step and lowered its scale
-        assert updated or runner.scaler.get_scale() < 2.0**16
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the optimiser stepped
+    if runner.scaler is not None:
+        # fp16: the loss went through the scaler, which found finite gradients and stepped (a skipped step leaves the
+        # weights as they were and halves the scale from its initial 2**16)
+        assert scaler_calls == ["scale", "step", "update"] and runner.scaler.get_scale() == 2.0**16
 
 
 def test_intra_variant_methods(bench):
-    """dora / rslora / pissa are our LoRA with that intra path; cola_<v> is CoLA over it (DoRA adds one magnitude per
-    output row of every adapted layer, the others no parameter)."""
+    """dora / rslora / pissa / adalora are our LoRA with that intra path; cola_<v> is CoLA over it (DoRA adds one
+    magnitude per output row of every adapted layer, AdaLoRA one singular value per rank, the others no parameter)."""
     args = bench.parse_args(["--tiny", "--batch", "1", "--methods", "lora"])
     spec = bench.pair_spec("vl", tiny=True)
     n = {m: bench.Runner(m, spec, args, torch.device("cpu")).params_trainable for m in ("lora", "cola", *bench.INTRA)}
@@ -229,3 +234,7 @@ def test_intra_variant_methods(bench):
     assert magnitudes == 4 * (3 * 192 + 192 + 4 * 192 + 192) + 4 * (3 * 192 + 192 + 768 + 192)  # d_out per layer
     assert n["cola_dora"] - n["cola"] == magnitudes
     assert {"dora/lora", "cola_dora/dora", "cola_dora/lora"} <= {f"{a}/{b}" for a, b in bench.RATIO_PAIRS}
+    # AdaLoRA adds one singular value per triplet: rank 8 x 40 matrices (ViT 4 x qkv, proj, fc1, fc2 with one A/B on
+    # qkv as the lora row; BERT 4 x q, k, v, o, intermediate, output)
+    assert n["adalora"] - n["lora"] == 8 * (4 * 4 + 4 * 6)
+    assert {"adalora/lora", "cola_adalora/adalora", "cola_adalora/lora"} <= {f"{a}/{b}" for a, b in bench.RATIO_PAIRS}
