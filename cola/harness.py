@@ -269,11 +269,13 @@ def selected_metrics(cfg: DictConfig, trainer: L.Trainer, module, datamodule) ->
 
 
 def run_summary(module, datamodule) -> dict[str, Any]:
-    """What ``metrics.json`` holds besides the scores: the floors of the evaluated splits, the parameter counts,
-    and the number of unreadable samples skipped (when any)."""
+    """What ``metrics.json`` holds besides the scores: the floors of the evaluated splits, the parameter counts (and
+    an adaptive intra variant's budget: ``params/intra_ranks_*``, ``params/trainable_at_*_budget``), and the number of
+    unreadable samples skipped (when any)."""
     metrics: dict[str, Any] = dict(reference_metrics(datamodule))
     counts = module.parameter_counts()
     metrics.update({"params/trainable": counts["trainable"], "params/total": counts["total"]})
+    metrics.update(module.budget_summary())  # an adaptive intra variant's ranks and parameters (AdaLoRA); else none
     skipped = datamodule.num_skipped
     if skipped:
         log.warning("%d samples were skipped because their files could not be read (warnings above)", skipped)

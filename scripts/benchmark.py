@@ -72,7 +72,7 @@ from cola.models import (  # noqa: E402
     family_out_splits,
     family_targets,
 )
-from cola.peft import merge_adapters  # noqa: E402
+from cola.peft import INTRA_VARIANTS, merge_adapters  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
@@ -86,14 +86,18 @@ METHODS = (
     "cola_shared_b",
     "cola_full",
     "moka",
-    *(f"{v}" for v in ("dora", "rslora", "pissa")),
-    *(f"cola_{v}" for v in ("dora", "rslora", "pissa")),
+    *(f"{v}" for v in INTRA_VARIANTS if v != "lora"),
+    *(f"cola_{v}" for v in INTRA_VARIANTS if v != "lora"),
 )
 SPEC_METHODS = ("frozen", "lora", "peft_lora", "cola", "moka")  # the methods every JSON report names (README.md)
 COLA_SHARING = {"cola": "none", "cola_shared_a": "shared_a", "cola_shared_b": "shared_b", "cola_full": "full"}
-INTRA = ("dora", "rslora", "pissa")
-"""Intra-path variants (``peft.intra``, docs/method.md#intra-path-variants): method ``<v>`` is our LoRA with that
-variant, ``cola_<v>`` CoLA over it (sharing none)."""
+INTRA = tuple(v for v in INTRA_VARIANTS if v != "lora")
+"""Intra-path variants (``peft.intra``, docs/method.md#intra-path-variants; every one of the table but plain LoRA,
+which is the ``lora`` row): method ``<v>`` is our LoRA with that variant, ``cola_<v>`` CoLA over it (sharing none)."""
+BENCH_ADALORA = {"tinit": 0, "tfinal": 0, "delta_t": 1}
+"""``peft.adalora`` of the benchmark: a budget allocation after every timed step (the budget phase's cost, its
+worst case: importance update, scores and the model-wide k-th value), over a schedule longer than the run."""
+SCHEDULE_STEPS = 10**6  # the trainer's step count the intra variants are told (the budget phase never ends)
 PAIRS = ("vl", "av")
 HEAD_DIM = 16  # outputs of the benchmark head
 TEXT_LEN = 40  # max query length of the grounding task (docs/official_settings.md#deliberate-differences)
@@ -238,9 +242,16 @@ def peft_node(method: str, args: argparse.Namespace, pooling: str) -> dict[str, 
     if method == "lora":
         return {"method": "lora", **common, "split_fused": args.lora_split_fused}
     if method in INTRA:  # the LoRA row's layout (one A/B on fused qkv unless --lora-split-fused), another intra path
-        return {"method": "lora", **common, "split_fused": args.lora_split_fused, "intra": method}
+        return {
+            "method": "lora",
+            **common,
+            "split_fused": args.lora_split_fused,
+            "intra": method,
+            "adalora": BENCH_ADALORA,
+        }
     if method.startswith("cola_") and method[5:] in INTRA:
-        return {"method": "cola", **common, "sharing": "none", "condition_pooling": pooling, "intra": method[5:]}
+        cola = {"sharing": "none", "condition_pooling": pooling, "intra": method[5:], "adalora": BENCH_ADALORA}
+        return {"method": "cola", **common, **cola}
     if method == "moka":
         return {"method": "moka", **common, "condition_pooling": pooling}
     if method == "lora_param_matched":  # LoRA at the rank whose parameter count matches CoLA's (sharing none)
@@ -326,6 +337,8 @@ class Runner:
         # fp16 trains with a loss scaler, as Lightning's 16-mixed does (bf16 needs none)
         self.scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
         self.merged = False
+        self.steps_taken = 0
+        self.model.encoder.prepare_training(SCHEDULE_STEPS)
 
     def set_batch(self, batch: int) -> None:
         """Makes the following steps run on ``batch`` samples (the same deterministic inputs for every method)."""
@@ -334,10 +347,15 @@ class Runner:
             self.batch = batch
 
     def train_step(self) -> None:
+        """Forward, loss (with the intra variants' terms: AdaLoRA's regulariser), backward, AdamW step and the intra
+        variants' per-step hook (AdaLoRA's budget allocation), as a training step of cola.tasks runs them."""
         self.optimizer.zero_grad(set_to_none=True)
+        encoder = self.model.encoder
         with self.autocast():
             pred = self.forward(self.inputs)  # (B, HEAD_DIM)
         loss = F.mse_loss(pred.float(), self.target)
+        for extra in encoder.extra_losses().values():
+            loss = loss + extra.float()
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -345,6 +363,8 @@ class Runner:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        encoder.after_optimizer_step(self.steps_taken, SCHEDULE_STEPS)
+        self.steps_taken += 1
 
     def prepare_eval(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

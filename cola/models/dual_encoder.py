@@ -40,7 +40,18 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from cola.peft import STREAMS, AdapterLinear, PeftSpec, build_peft, per_stream
+from cola.peft import (
+    STREAMS,
+    AdapterLinear,
+    PeftSpec,
+    build_peft,
+    intra_after_optimizer_step,
+    intra_budget,
+    intra_groups,
+    intra_prepare,
+    intra_training_losses,
+    per_stream,
+)
 
 from .lockstep import (
     FUSIONS,
@@ -158,6 +169,9 @@ class DualEncoder(nn.Module):
             self.report = DualEncoderReport(method=self.method)
             for tower in self.towers.values():
                 tower.requires_grad_(spec.method.trains_towers)
+        # the layers of each intra variant: what the training hooks below hand the variant (one object per name)
+        self._intra_groups = intra_groups(self)
+        self.report.budget = intra_budget(self._intra_groups)
         log.info("%s", self.report)
 
         self._groups = self._receiving_groups()
@@ -341,6 +355,27 @@ class DualEncoder(nn.Module):
         return {
             s: resolve_indices(idx, self.towers[s].depth, f"return_layers[{s!r}]") for s, idx in return_layers.items()
         }
+
+    # ------------------------------------------------------------------------------------------ intra variants
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """Terms the intra variants add to the training loss, by name (AdaLoRA: ``orth_reg``); empty for the others.
+        The task adds them to its loss (:meth:`cola.tasks.base.DualStreamTask.training_step`)."""
+        return intra_training_losses(self._intra_groups)
+
+    def prepare_training(self, total_steps: int) -> None:
+        """Hands the intra variants the run's number of optimiser steps (AdaLoRA's budget schedule needs it); raises
+        ``ValueError`` naming the key when the run is too short for one."""
+        intra_prepare(self._intra_groups, total_steps)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Runs the intra variants' hooks after optimiser step ``step`` (0-based, gradients still in ``.grad``)
+        of ``total_steps`` (AdaLoRA: importance, budget and masks, HF peft's ``update_and_allocate``)."""
+        intra_after_optimizer_step(self._intra_groups, step, total_steps)
+
+    def intra_budget(self) -> dict[str, Any] | None:
+        """The adaptive intra variant's rank budget now (initial, target, current ranks; parameters at each; ranks
+        per layer), ``None`` without one."""
+        return intra_budget(self._intra_groups)
 
     def clear_conditions(self) -> None:
         """Drops every condition / context handed to the adapters (no tensor of a past batch stays referenced)."""

@@ -32,7 +32,9 @@ class DualEncoderReport:
     """What the encoder adapted: one :class:`InjectionReport` per adapted stream (none for frozen / full).
 
     For ``lora_param_matched``, ``lora_rank`` is the derived rank, ``params_cola`` the CoLA count it matches
-    and ``params_lora`` the LoRA count it gives (both logged; never hand-set).
+    and ``params_lora`` the LoRA count it gives (both logged; never hand-set); ``param_match`` is the log line
+    (:meth:`cola.peft.MatchedLoRA.describe`: under AdaLoRA, matched on the final budget). ``budget`` is an adaptive
+    intra variant's rank budget at injection (:meth:`cola.peft.variants.IntraVariant.budget`).
     """
 
     method: str
@@ -40,6 +42,8 @@ class DualEncoderReport:
     lora_rank: int | None = None
     params_cola: int | None = None
     params_lora: int | None = None
+    param_match: str | None = None
+    budget: dict | None = None
 
     @property
     def params_added(self) -> int:
@@ -48,6 +52,15 @@ class DualEncoderReport:
     def __str__(self) -> str:
         lines = [f"peft method {self.method}: {self.params_added:,} adapter parameters"]
         lines += [f"{stream} tower: {r}" for stream, r in self.towers.items()]
-        if self.lora_rank is not None:
+        if self.param_match is not None:
+            lines.append(self.param_match)
+        elif self.lora_rank is not None:
             lines.append(f"param-matched LoRA rank {self.lora_rank}: {self.params_lora:,} vs CoLA {self.params_cola:,}")
+        if self.budget is not None:
+            b, p = self.budget["budget"], self.budget["intra_params"]
+            lines.append(
+                f"intra rank budget: initial rank {self.budget['initial_rank']} -> target "
+                f"{self.budget['target_rank']} over {self.budget['matrices']} matrices ({b['initial']} -> {b['target']} "
+                f"triplets; intra parameters {p['initial']:,} -> {p['target']:,})"
+            )
         return "\n".join(lines)

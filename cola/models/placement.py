@@ -85,6 +85,7 @@ def inject_placements(
         matched = spec.method.derive(config, planned_layers(config, streams, main, lone, lone_cfg))
         report.lora_rank = matched.config.rank
         report.params_cola, report.params_lora = matched.params_cola, matched.params_lora
+        report.param_match = matched.describe()
         config = lone_cfg = matched.config
     for s in streams:
         stream_report = InjectionReport(per_target={t: 0 for t in main[s].targets})

@@ -3,7 +3,8 @@
 
 h = W0 x + b + (alpha / r) B_L A_L drop(x) + lambda B_C Phi(c) A_C drop(x)
 
-The intra path may be LoRA, DoRA, rsLoRA or PiSSA (``intra``, :mod:`cola.peft.variants`). Every method is a :class:`Method` in :data:`METHODS`; :func:`build_peft` parses a ``peft`` config node.
+The intra path may be LoRA, DoRA, rsLoRA, PiSSA or AdaLoRA (``intra``: one object per variant in
+:data:`INTRA_VARIANTS`, :mod:`cola.peft.variants`). Every method is a :class:`Method` in :data:`METHODS`; :func:`build_peft` parses a ``peft`` config node.
 """
 
 from .config import (
@@ -27,6 +28,11 @@ from .inject import (
     count_parameters,
     find_targets,
     inject_adapters,
+    intra_after_optimizer_step,
+    intra_budget,
+    intra_groups,
+    intra_prepare,
+    intra_training_losses,
     is_adapter_param,
     is_up_projection,
     mark_only_adapters_trainable,
@@ -45,6 +51,7 @@ from .methods import (
     ParamMatchedConfig,
     PeftSpec,
     build_peft,
+    closest_rank,
     config_from_dict,
     get_method,
     layer_for,
@@ -53,6 +60,7 @@ from .methods import (
 )
 from .moka import MoKAConfig, MoKALinear
 from .state import (
+    RANKS_KEY,
     adapter_state_dict,
     atomic_replace,
     check_intra_convention,
@@ -65,16 +73,27 @@ from .state import (
     save_adapters,
     upgrade_state_keys,
 )
-from .variants import IntraVariantMixin, pissa_factors, row_norm
+from .variants import (
+    INTRA_VARIANTS,
+    AdaLoRAOptions,
+    IntraVariant,
+    IntraVariantMixin,
+    intra_variant,
+    pissa_factors,
+    row_norm,
+)
 
 __all__ = [
     "ADAPTER_LAYERS",
     "ADAPTER_PREFIXES",
+    "AdaLoRAOptions",
     "CONDITION_CHOICES",
     "INTRA_CHOICES",
+    "INTRA_VARIANTS",
     "METHODS",
     "POOLING_CHOICES",
     "PROPAGATION_CHOICES",
+    "RANKS_KEY",
     "SHARING_CHOICES",
     "STREAMS",
     "UP_PROJECTIONS",
@@ -84,6 +103,7 @@ __all__ = [
     "CoLALinear",
     "HyperNetwork",
     "InjectionReport",
+    "IntraVariant",
     "IntraVariantMixin",
     "LoRAConfig",
     "LoRALinear",
@@ -100,6 +120,7 @@ __all__ = [
     "atomic_replace",
     "build_peft",
     "check_intra_convention",
+    "closest_rank",
     "config_from_dict",
     "count_parameters",
     "diff_configs",
@@ -107,7 +128,13 @@ __all__ = [
     "find_targets",
     "get_method",
     "inject_adapters",
+    "intra_after_optimizer_step",
+    "intra_budget",
     "intra_convention",
+    "intra_groups",
+    "intra_prepare",
+    "intra_training_losses",
+    "intra_variant",
     "is_adapter_param",
     "is_up_projection",
     "layer_for",

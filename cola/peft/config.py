@@ -7,10 +7,11 @@ with its layer in :mod:`cola.peft.moka`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
+
+from .variants import INTRA_VARIANTS, IntraVariant, intra_variant
 
 SHARING_CHOICES = ("none", "shared_a", "shared_b", "full")
 CONDITION_CHOICES = ("pooled", "shuffled", "zero", "random_frozen")
@@ -18,8 +19,8 @@ PROPAGATION_CHOICES = ("uniform", "module_wise", "progressive")
 POOLING_CHOICES = ("mean", "mean_with_padding", "cls")
 HYPERNET_INIT_CHOICES = ("trunc_normal", "torch")
 FUSION_CHOICES = ("concat", "mean", "per_stream")
-INTRA_CHOICES = ("lora", "dora", "rslora", "pissa")
-"""``peft.intra``: how the intra (LoRA) path is scaled, initialised and applied (:mod:`cola.peft.variants`)."""
+INTRA_CHOICES = tuple(INTRA_VARIANTS)
+"""``peft.intra``: how the intra (LoRA) path is scaled, initialised and applied (:data:`cola.peft.variants.INTRA_VARIANTS`)."""
 STREAMS = ("vision", "text", "audio")
 """Stream names a per-stream setting (``reduction``, ``condition_pooling``) may be keyed by."""
 
@@ -56,8 +57,9 @@ def _check_per_stream(name: str, value: Any, check: Callable[[str, Any], None]) 
 
 
 def scaling_denominator(intra: str, rank: int) -> float:
-    """The rank term of the intra scale ``s = alpha / denominator``: ``sqrt(rank)`` for rsLoRA, ``rank`` otherwise."""
-    return math.sqrt(rank) if intra == "rslora" else rank
+    """The rank term of the intra scale ``s = alpha / denominator`` of variant ``intra``: ``sqrt(rank)`` for rsLoRA,
+    ``rank`` for LoRA (:meth:`cola.peft.variants.IntraVariant.denominator`)."""
+    return intra_variant(intra).denominator(rank)
 
 
 def _check_sources(name: str, value: Any) -> None:
@@ -77,8 +79,8 @@ def per_stream(name: str, value: Any, stream: str) -> Any:
 
 @dataclass
 class AdapterConfig:
-    """Fields and checks every method shares: rank, alpha, dropout, the intra-path variant and the scale
-    ``scaling = alpha / rank`` (rsLoRA: ``alpha / sqrt(rank)``).
+    """Fields and checks every method shares: rank, alpha, dropout, the intra-path variant (and AdaLoRA's schedule,
+    ``adalora``, read by that variant only) and the scale ``scaling = alpha / rank`` (rsLoRA: ``alpha / sqrt(rank)``).
 
     A method's config subclasses this (redeclaring a field only to change its default) and names itself in
     ``method``; :mod:`cola.peft.methods` registers it. ``from_dict`` rejects unknown keys by name.
@@ -89,12 +91,16 @@ class AdapterConfig:
     alpha: float = 8.0
     dropout: float = 0.0
     intra: str = "lora"
+    adalora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_positive("rank", self.rank, integer=True)
         _check_positive("alpha", self.alpha)
         _check_dropout("dropout", self.dropout)
         _check_choice("intra", self.intra, INTRA_CHOICES)
+        if isinstance(self.adalora, Mapping):
+            self.adalora = dict(self.adalora)  # a plain dict (Hydra hands a DictConfig over)
+        self.variant.check(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
@@ -108,10 +114,15 @@ class AdapterConfig:
         return asdict(self)
 
     @property
+    def variant(self) -> IntraVariant:
+        """The intra variant object ``intra`` names (:data:`cola.peft.variants.INTRA_VARIANTS`)."""
+        return INTRA_VARIANTS[self.intra]
+
+    @property
     def scaling(self) -> float:
         """s = alpha / rank, the scale of every low-rank path (``intra=rslora``: alpha / sqrt(rank), rsLoRA); the
-        one place the convention is computed."""
-        return self.alpha / scaling_denominator(self.intra, self.rank)
+        one place the convention is computed (the variant gives the denominator)."""
+        return self.alpha / self.variant.denominator(self.rank)
 
     def for_stream(self, stream: str) -> AdapterConfig:
         """This config with per-stream settings resolved for the layers of ``stream`` (none by default)."""
@@ -120,14 +131,17 @@ class AdapterConfig:
     def as_lora(self) -> LoRAConfig:
         """The plain LoRA at this rank, alpha, dropout and intra variant (what unpaired blocks of towers of unequal
         depth get)."""
-        return LoRAConfig(rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout), intra=self.intra)
+        return LoRAConfig(
+            rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout), intra=self.intra, adalora=self.adalora
+        )
 
     def queries_other(self, *, anchor: bool) -> bool:
         """Whether layers of a stream take the other stream's state (``anchor``: the stream the other queries)."""
         return True
 
     def params_per_layer(self, *, in_features: int, out_features: int, context_dim: int | None, out_splits: int) -> int:
-        """Trainable parameters one adapted layer adds, from its shapes alone (matches the built layer)."""
+        """Trainable parameters one adapted layer adds, from its shapes alone (matches the built layer). LoRA and CoLA
+        also take ``intra_rank``: count the intra path at that rank (an adaptive variant's final budget)."""
         raise NotImplementedError
 
 
@@ -140,7 +154,10 @@ class LoRAConfig(AdapterConfig):
         alpha: scaling numerator; the update is scaled by alpha / rank.
         dropout: dropout on the adapter input (0 disables it and skips the work).
         intra: ``lora`` | ``dora`` (weight-decomposed, + a magnitude of d_out) | ``rslora`` (alpha / sqrt(rank)) |
-            ``pissa`` (A, B from W0's top-r SVD, the base replaced by the residual); docs/method.md#intra-path-variants.
+            ``pissa`` (A, B from W0's top-r SVD, the base replaced by the residual) | ``adalora`` (SVD form
+            ``s P Λ Q`` with a rank budget, + Λ of S r; ``rank`` is the initial rank); docs/method.md#intra-path-variants.
+        adalora: AdaLoRA's schedule (:class:`cola.peft.variants.AdaLoRAOptions`: target_rank, tinit, tfinal,
+            delta_t, beta1, beta2, orth_reg_weight); ``None``: its defaults. Read under ``intra=adalora`` only.
         split_fused: give each output slice of a fused layer (timm ``attn.qkv``) its own A and B, as the
             official code's ``MergedLinear``; ``False`` treats the fused layer as one linear (HF peft).
     """
@@ -152,15 +169,17 @@ class LoRAConfig(AdapterConfig):
         return self
 
     def params_per_layer(
-        self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
+        self,
+        *,
+        in_features: int,
+        out_features: int,
+        context_dim: int | None = None,
+        out_splits: int = 1,
+        intra_rank: int | None = None,
     ) -> int:
         s = out_splits if self.split_fused else 1
-        return s * self.rank * in_features + out_features * self.rank + _magnitude(self.intra, out_features)
-
-
-def _magnitude(intra: str, out_features: int) -> int:
-    """DoRA's trainable magnitude (one per output row); PiSSA's initial factors are buffers, not parameters."""
-    return out_features if intra == "dora" else 0
+        r = self.rank if intra_rank is None else intra_rank
+        return self.variant.params(rank=r, in_features=in_features, out_features=out_features, out_splits=s)
 
 
 @dataclass
@@ -172,8 +191,10 @@ class CoLAConfig(AdapterConfig):
         rank: r for both paths; Phi(c) is r x r.
         alpha: intra-path scaling numerator.
         dropout: input dropout, applied separately in each path (official).
-        intra: the intra path's variant, ``lora`` | ``dora`` | ``rslora`` | ``pissa`` (docs/method.md#intra-path-variants);
-            the inter path adds outside it. ``pissa`` cannot share B (``sharing=shared_b|full``).
+        intra: the intra path's variant, ``lora`` | ``dora`` | ``rslora`` | ``pissa`` | ``adalora``
+            (docs/method.md#intra-path-variants); the inter path adds outside it. ``pissa`` and ``adalora`` (B
+            non-zero at init) cannot share B (``sharing=shared_b|full``).
+        adalora: AdaLoRA's schedule (``intra=adalora``), as :class:`LoRAConfig`.
         reduction: hypernetwork hidden width is ``floor(d_c / reduction)``; an int, or a mapping keyed by the
             stream whose layers hold the hypernetworks (official AVS: ``{vision: 16, audio: 8}``).
         lambda_init: initial value of the learnable lambda; ``None`` means alpha / rank (official grounding), also
@@ -225,10 +246,11 @@ class CoLAConfig(AdapterConfig):
         _check_per_stream(
             "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
         )
-        if self.intra == "pissa" and self.sharing in ("shared_b", "full"):
+        if self.variant.nonzero_b is not None and self.sharing in ("shared_b", "full"):
             raise ValueError(
-                f"peft.intra='pissa' cannot be combined with peft.sharing={self.sharing!r}: B_C would be PiSSA's "
-                "non-zero B_L, so the inter path would change the pretrained model at init; use sharing none or shared_a"
+                f"peft.intra={self.intra!r} cannot be combined with peft.sharing={self.sharing!r}: B_C would be "
+                f"{self.variant.nonzero_b}, so the inter path would change the pretrained model at init; use sharing "
+                "none or shared_a"
             )
 
     def for_stream(self, stream: str) -> CoLAConfig:
@@ -241,14 +263,21 @@ class CoLAConfig(AdapterConfig):
         return float(self.alpha / self.rank if self.lambda_init is None else self.lambda_init)
 
     def params_per_layer(
-        self, *, in_features: int, out_features: int, context_dim: int | None = None, out_splits: int = 1
+        self,
+        *,
+        in_features: int,
+        out_features: int,
+        context_dim: int | None = None,
+        out_splits: int = 1,
+        intra_rank: int | None = None,
     ) -> int:
         if isinstance(self.reduction, Mapping):
             raise ValueError(f"reduction={dict(self.reduction)} is per stream; pass config.for_stream(<stream>)")
         if context_dim is None:
             raise ValueError("CoLA needs context_dim (the other stream's hidden size)")
         s, r = out_splits, self.rank
-        n = s * r * in_features + out_features * r + _magnitude(self.intra, out_features)  # A_L, B_L (, m)
+        r_l = r if intra_rank is None else intra_rank  # the intra path's rank; the inter path keeps r
+        n = self.variant.params(rank=r_l, in_features=in_features, out_features=out_features, out_splits=s)
         n += 0 if self.sharing in ("shared_a", "full") else s * r * in_features
         n += 0 if self.sharing in ("shared_b", "full") else out_features * r
         dims = context_dim if isinstance(context_dim, tuple) else (context_dim,)  # per_stream: one net per source

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch import nn
 from .config import AdapterConfig
 from .layers import AdapterLinear, LowRankLinear
 from .methods import ADAPTER_LAYERS, ADAPTER_PREFIXES, UP_PROJECTIONS, layer_for
+from .variants import IntraVariant
 
 
 @dataclass
@@ -107,6 +109,48 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLinear]]:
     for n, m in model.named_modules():
         if isinstance(m, ADAPTER_LAYERS):
             yield n, m
+
+
+def intra_groups(model: nn.Module) -> dict[IntraVariant, list[tuple[str, LowRankLinear]]]:
+    """Every layer with an intra path, by its variant object (name, layer), in module order: what the model-level
+    hooks of a variant (:meth:`IntraVariant.training_losses`, :meth:`~IntraVariant.after_optimizer_step`) get."""
+    groups: dict[IntraVariant, list[tuple[str, LowRankLinear]]] = {}
+    for n, m in adapter_layers(model):
+        if isinstance(m, LowRankLinear):
+            groups.setdefault(m.variant, []).append((n, m))
+    return groups
+
+
+def intra_training_losses(groups: dict[IntraVariant, list[tuple[str, LowRankLinear]]]) -> dict[str, torch.Tensor]:
+    """The terms every intra variant adds to the training loss (AdaLoRA: ``orth_reg``), by name."""
+    losses: dict[str, torch.Tensor] = {}
+    for variant, layers in groups.items():
+        losses.update(variant.training_losses([m for _, m in layers]))
+    return losses
+
+
+def intra_prepare(groups: dict[IntraVariant, list[tuple[str, LowRankLinear]]], total_steps: int) -> None:
+    """Tells every intra variant the run's number of optimiser steps (raises when it is too short for one)."""
+    for variant, layers in groups.items():
+        variant.prepare([m for _, m in layers], total_steps)
+
+
+def intra_after_optimizer_step(
+    groups: dict[IntraVariant, list[tuple[str, LowRankLinear]]], step: int, total_steps: int
+) -> None:
+    """Runs every intra variant's hook after optimiser step ``step`` (0-based) of ``total_steps``."""
+    for variant, layers in groups.items():
+        variant.after_optimizer_step([m for _, m in layers], step, total_steps)
+
+
+def intra_budget(groups: dict[IntraVariant, list[tuple[str, LowRankLinear]]]) -> dict[str, Any] | None:
+    """The rank budget of the adaptive intra variant of a model (initial, target and current ranks and parameters,
+    ranks per layer); ``None`` without one."""
+    for variant, layers in groups.items():
+        budget = variant.budget(layers)
+        if budget is not None:
+            return {"intra": variant.name, **budget}
+    return None
 
 
 def is_adapter_param(name: str) -> bool:

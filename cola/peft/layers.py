@@ -153,9 +153,10 @@ class LowRankLinear(IntraVariantMixin, AdapterLinear):
     """The intra-modal path LoRA and CoLA share: ``s B_L A_L drop(x)`` with ``lora_A`` (S r, d_in) kaiming-uniform
     and ``lora_B`` (d_out, r) zero, and the one merge of it into W0 (idempotent, guarded by ``merged``).
 
-    ``config.intra`` picks its variant (:mod:`cola.peft.variants`): ``lora``, ``rslora`` (another scale), ``dora``
-    (+ ``lora_magnitude`` (d_out,)) or ``pissa`` (A, B from W0's SVD; the base holds the residual, the initial
-    factors are the buffers ``lora_pissa_A0`` / ``lora_pissa_B0``).
+    ``config.intra`` names its variant (:mod:`cola.peft.variants`), the object ``self.variant`` that the forward,
+    the merge and the counts ask: ``lora``, ``rslora`` (another scale), ``dora`` (+ ``lora_magnitude`` (d_out,))
+    or ``pissa`` (A, B from W0's SVD; the base holds the residual, the initial factors are the buffers
+    ``lora_pissa_A0`` / ``lora_pissa_B0``).
     """
 
     prefixes: ClassVar[tuple[str, ...]] = ("lora_",)
@@ -165,18 +166,15 @@ class LowRankLinear(IntraVariantMixin, AdapterLinear):
     def _init_intra(self, config: AdapterConfig) -> None:
         r, s = config.rank, self.out_splits
         self._check_rank(r)
-        self.intra = config.intra
+        self.variant = config.variant
         self.scaling = config.scaling
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         w = self.base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(s * r, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, dtype=w.dtype, device=w.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # drawn for PiSSA too: the same RNG stream follows
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # drawn for every variant: the same RNG stream follows
         self.merged = False
-        self._init_variant()
-
-    def delta_weight(self) -> torch.Tensor:
-        return self.scaling * self._delta_weight(self.lora_A, self.lora_B)
+        self.variant.init(self)
 
 
 class LoRALinear(LowRankLinear):
@@ -201,16 +199,13 @@ class LoRALinear(LowRankLinear):
         return cls(base_layer, config, out_splits=out_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.intra == "dora" and not self.merged:
-            xd = self.lora_dropout(x)
-            g = self.dora_scale()  # (d_out,) m / ||W0 + s B A||
-            out = self.dora_base(x, xd if self.training and self.config.dropout > 0 else None, g)
-            return self._add_up(out, (xd @ self.lora_A.t()) * self.scaling, self.lora_B * g[:, None])
-        out = self.base_layer(x)
         if self.merged:
-            return out
-        z = self.lora_dropout(x) @ self.lora_A.t()  # (..., S r)
-        return self._add_up(out, z * self.scaling, self.lora_B)
+            return self.base_layer(x)
+        xd = self.lora_dropout(x)
+        # W0 x + b, or the variant's own frozen part and row scale g (DoRA: g = m / ||W0 + s B A||)
+        out, g = self.variant.base_output(self, x, xd if self.training and self.config.dropout > 0 else None)
+        z = xd @ self.down_weight().t()  # (..., S r)
+        return self._add_up(out, z * self.scaling, self.lora_B if g is None else self.lora_B * g[:, None])
 
 
 class CoLALinear(LowRankLinear):
@@ -345,8 +340,6 @@ class CoLALinear(LowRankLinear):
                 f"{self.adapter_name}: CoLALinear ran without a condition; run it inside DualEncoder or call "
                 "set_condition(c) first"
             )
-        dora = self.intra == "dora" and not self.merged
-        out = None if dora else self.base_layer(x)  # DoRA: the scaled base output is formed below
         s, r = self.out_splits, self.config.rank
         phi = self.phi(self._effective_condition(self._condition))  # (S, B, r, r)
         xt = _flatten_tokens(x)  # (B', L, d_in)
@@ -356,26 +349,28 @@ class CoLALinear(LowRankLinear):
         if self.merged:
             z_l = None
             z_c = (self.lora_dropout(xt) if dropout else xt) @ self.A_C.t()
-        elif not dropout and not self.share_a:
-            z = xt @ torch.cat([self.lora_A, self.cola_A]).t()  # (B', L, 2 S r)
-            z_l, z_c = z.split(s * r, dim=-1)
         else:
-            xd = self.lora_dropout(xt)
-            z_l = xd @ self.lora_A.t()
-            z_c = z_l if (self.share_a and not dropout) else self.lora_dropout(xt) @ self.A_C.t()
+            a_l = self.down_weight()  # A_L, or the variant's own down-projection of the intra path
+            if not dropout and not self.share_a:
+                z = xt @ torch.cat([a_l, self.cola_A]).t()  # (B', L, 2 S r)
+                z_l, z_c = z.split(s * r, dim=-1)
+            else:
+                xd = self.lora_dropout(xt)
+                z_l = xd @ a_l.t()
+                reuse = self.share_a and not dropout and a_l is self.lora_A  # A_C = A_L on the same input
+                z_c = z_l if reuse else self.lora_dropout(xt) @ self.A_C.t()
         # Inter core: t = z_c Phi^T per slice and sample, as one batched matmul.
         zc = z_c.reshape(xt.shape[0], xt.shape[1], s, r).transpose(1, 2)  # (B', S, L, r)
         t = zc @ phi.permute(1, 0, 3, 2)  # (B', S, L, r)
         t = (t * self.cola_lambda.reshape(1, s, 1, 1)).transpose(1, 2).reshape(xt.shape[0], xt.shape[1], s * r)
         if z_l is None:
-            return self._add_up(out, t, self.B_C)
-        b_l = self.lora_B
-        if dora:  # DoRA(x) + inter path: m / ||W0 + s B_L A_L|| scales W0 x and the intra path, never the inter one
-            g = self.dora_scale()  # (d_out,)
-            out = self.dora_base(x, xd if dropout and self.training else None, g)
-            b_l = self.lora_B * g[:, None]  # diag(g) B_L: the row scale folded into the up-projection
-        elif self.share_b:  # one up-projection: B (s z_l + lambda t)
+            return self._add_up(self.base_layer(x), t, self.B_C)
+        # W0 x + b, or the variant's frozen part and row scale g. DoRA(x) + inter path: g = m / ||W0 + s B_L A_L||
+        # scales W0 x and the intra path, never the inter one
+        out, g = self.variant.base_output(self, x, xd if dropout and self.training else None)
+        if g is None and self.share_b:  # one up-projection: B (s z_l + lambda t)
             return self._add_up(out, self.scaling * z_l + t, self.lora_B)
+        b_l = self.lora_B if g is None else self.lora_B * g[:, None]  # diag(g) B_L: the row scale folded in
         # one up-projection of width 2r per slice: [B_L | B_C] [s z_l ; lambda t]
         zz = torch.cat([(self.scaling * z_l).reshape(*t.shape[:-1], s, r), t.reshape(*t.shape[:-1], s, r)], -1)
         b = torch.cat([b_l, self.B_C], dim=1)  # (d_out, 2r)

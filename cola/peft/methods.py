@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from .config import AdapterConfig, CoLAConfig, LoRAConfig, scaling_denominator
+from .config import AdapterConfig, CoLAConfig, LoRAConfig
 from .layers import AdapterLinear, CoLALinear, LoRALinear
 from .moka import MoKAConfig, MoKALinear
 
@@ -29,11 +29,29 @@ class ParamMatchedConfig(CoLAConfig):
 
 @dataclass(frozen=True)
 class MatchedLoRA:
-    """The LoRA config a ``lora_param_matched`` run uses and the two parameter counts it was matched on."""
+    """The LoRA config a ``lora_param_matched`` run uses and the two parameter counts it was matched on.
+
+    Under an adaptive intra variant (AdaLoRA) the match is on the *final* budget (``params_cola`` and
+    ``params_lora`` count the intra paths at their target ranks; ``basis`` says so) and the initial ranks are
+    matched on the initial budget (``initial``: (CoLA, LoRA) counts at the initial ranks).
+    """
 
     config: LoRAConfig
     params_cola: int
     params_lora: int
+    basis: str = "trainable parameters"
+    initial: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        """One line for the run's log: the derived rank(s) and the counts they were matched on."""
+        cfg = self.config
+        if self.initial is None:
+            return f"param-matched LoRA rank {cfg.rank}: {self.params_lora:,} vs CoLA {self.params_cola:,}"
+        return (
+            f"param-matched LoRA ({cfg.intra}) initial rank {cfg.rank} -> target rank {cfg.variant.final_rank(cfg)}, "
+            f"matched on the {self.basis}: {self.params_lora:,} vs CoLA {self.params_cola:,} "
+            f"(initial budget: {self.initial[1]:,} vs CoLA {self.initial[0]:,})"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,30 @@ class Method:
         return self.layer is not None
 
 
+def closest_rank(count: Callable[[int], int], target: int) -> tuple[int, int]:
+    """The rank r >= 1 whose ``count(r)`` is closest to ``target`` (the smaller rank on a tie), and that count.
+
+    ``count`` must grow with the rank (any shape: a variant's tensors need not be linear in r); it is searched by
+    doubling, then bisection, so a count is asked O(log r) times.
+    """
+    counts: dict[int, int] = {}
+
+    def at(r: int) -> int:
+        if r not in counts:
+            counts[r] = count(r)
+        return counts[r]
+
+    hi = 1
+    while at(hi) < target:
+        hi *= 2
+    lo = hi // 2 + 1 if hi > 1 else 1  # at(hi // 2) < target: the first rank reaching it is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if at(mid) < target else (lo, mid)
+    rank = min((lo - 1, lo) if lo > 1 else (lo,), key=lambda r: abs(at(r) - target))
+    return rank, at(rank)
+
+
 def param_matched_lora_rank(
     cola_params: int, layer_shapes: Sequence[tuple[int, int, int]], *, split_fused: bool = True, intra: str = "lora"
 ) -> tuple[int, int]:
@@ -75,7 +117,8 @@ def param_matched_lora_rank(
         cola_params: the CoLA run's adapter parameters (e.g. ``InjectionReport.params_added`` summed).
         layer_shapes: (in_features, out_features, out_splits) of every adapted layer.
         split_fused: whether LoRA gives fused layers per-slice A (as :class:`LoRALinear` does by default).
-        intra: the matched LoRA's intra variant (DoRA adds a rank-independent magnitude of d_out per layer).
+        intra: the matched LoRA's intra variant (its tensors are counted as the variant counts them,
+            :meth:`cola.peft.variants.IntraVariant.params`; DoRA adds a rank-independent magnitude of d_out per layer).
 
     Returns:
         (rank, lora_params) — the rank and the LoRA parameter count it gives.
@@ -87,11 +130,7 @@ def param_matched_lora_rank(
         cfg = LoRAConfig(rank=rank, alpha=rank, split_fused=split_fused, intra=intra)
         return sum(cfg.params_per_layer(in_features=i, out_features=o, out_splits=s) for i, o, s in layer_shapes)
 
-    per_rank = lora_params(2) - lora_params(1)  # the count is affine in the rank: fixed + rank * per_rank
-    fixed = lora_params(1) - per_rank  # DoRA's magnitudes; 0 otherwise
-    lo = max(1, (cola_params - fixed) // per_rank)
-    rank = min((lo, lo + 1), key=lambda r: abs(lora_params(r) - cola_params))
-    return rank, lora_params(rank)
+    return closest_rank(lora_params, cola_params)
 
 
 def match_lora(
@@ -101,20 +140,45 @@ def match_lora(
     closest to the CoLA run on the same layers, with the CoLA run's intra variant and the same intra-path scale
     (alpha = ``cola.scaling * rank``; rsLoRA: ``cola.scaling * sqrt(rank)``).
 
+    Under an adaptive intra variant (AdaLoRA: the intra rank shrinks to a target while training) the target rank
+    is matched on the final budget — the CoLA run's parameters with its intra paths at their target rank (its
+    inter paths keep theirs) — and the initial rank on the initial budget, each the closest; the result says so.
+
     Args:
         cola: the CoLA run to match.
         planned: one (config, in_features, out_features, context_dim, out_splits) per layer the CoLA run would
             adapt, with the config that layer would get (CoLA resolved per stream, or the plain LoRA of an
             unpaired block); the matched LoRA adapts the same layers.
     """
-    params_cola = sum(
-        cfg.params_per_layer(in_features=i, out_features=o, context_dim=c, out_splits=s) for cfg, i, o, c, s in planned
-    )
+
+    def cola_params(final: bool) -> int:
+        return sum(
+            cfg.params_per_layer(
+                in_features=i,
+                out_features=o,
+                context_dim=c,
+                out_splits=s,
+                **({"intra_rank": cfg.variant.final_rank(cfg)} if final else {}),
+            )
+            for cfg, i, o, c, s in planned
+        )
+
+    variant = cola.variant
+    params_cola = cola_params(final=False)
     shapes = [(i, o, s) for _, i, o, _, s in planned]
     rank, params_lora = param_matched_lora_rank(params_cola, shapes, split_fused=cola.split_fused, intra=cola.intra)
-    alpha = cola.scaling * scaling_denominator(cola.intra, rank)
-    lora = LoRAConfig(rank=rank, alpha=alpha, dropout=cola.dropout, split_fused=cola.split_fused, intra=cola.intra)
-    return MatchedLoRA(lora, params_cola, params_lora)
+    alpha = cola.scaling * variant.denominator(rank)
+    common = dict(dropout=cola.dropout, split_fused=cola.split_fused, intra=cola.intra)
+    if not variant.adaptive:
+        lora = LoRAConfig(rank=rank, alpha=alpha, adalora=cola.adalora, **common)
+        return MatchedLoRA(lora, params_cola, params_lora)
+    final_cola = cola_params(final=True)
+    # the LoRA's final budget is its intra path at the target rank: the count of a LoRA of that rank
+    target, final_lora = param_matched_lora_rank(final_cola, shapes, split_fused=cola.split_fused, intra=cola.intra)
+    if target > rank:  # a count nearer a rank above the initial one: keep the initial rank (nothing to prune)
+        target, final_lora = rank, params_lora
+    lora = LoRAConfig(rank=rank, alpha=alpha, adalora=variant.with_ranks(cola.adalora, target_rank=target), **common)
+    return MatchedLoRA(lora, final_cola, final_lora, basis="final budget", initial=(params_cola, params_lora))
 
 
 METHODS: dict[str, Method] = {

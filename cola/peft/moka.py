@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import POOLING_CHOICES, PROPAGATION_CHOICES, AdapterConfig, _check_choice, _check_per_stream
 from .layers import AdapterLinear, _flatten_tokens, _repeat_for_windows
+from .variants import INTRA_VARIANTS
 
 
 @dataclass
@@ -28,7 +29,8 @@ class MoKAConfig(AdapterConfig):
         rank: r of the self and cross down-projections.
         alpha: both projections are scaled by alpha / rank before the softmax (MokA's AVT release).
         dropout: dropout on x and on the other stream's tokens.
-        intra: ``lora`` (s = alpha / rank) or ``rslora`` (s = alpha / sqrt(rank)); ``dora`` / ``pissa`` raise.
+        intra: ``lora`` (s = alpha / rank) or ``rslora`` (s = alpha / sqrt(rank)); a variant with a
+            ``moka_conflict`` (``dora``, ``pissa``) raises, naming why.
         lambda_cross: fixed weight of the cross-attention term (MokA default 1.0).
         bidirectional: vision-language only: let text layers query vision tokens too.
         condition_pooling: unused by MokA (it attends to tokens); kept so configs share one schema.
@@ -45,11 +47,11 @@ class MoKAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.intra in ("dora", "pissa"):
+        if self.variant.moka_conflict is not None:
+            usable = [n for n, v in INTRA_VARIANTS.items() if v.moka_conflict is None]
             raise ValueError(
-                f"peft.intra={self.intra!r} does not apply to MokA (use lora or rslora): MokA's B is shared by its self "
-                "and cross terms, so there is no intra-only update B A_S to normalise (DoRA), and PiSSA's non-zero B "
-                "would switch the input-dependent cross term on at init, changing the pretrained model"
+                f"peft.intra={self.intra!r} does not apply to MokA (use {' or '.join(usable)}): MokA's B is shared by "
+                f"its self and cross terms, so {self.variant.moka_conflict}"
             )
         if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
             raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")

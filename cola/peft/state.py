@@ -4,7 +4,8 @@ the whole repo uses (:func:`atomic_replace`; ``cola.io`` builds on it).
 A file's metadata holds the peft config (``CONFIG_KEY``) and the intra-path convention of its layers
 (``INTRA_KEY``: ``peft.intra`` and the intra scale s), so an rsLoRA adapter can never be loaded as a LoRA one (their
 scales differ for the same alpha and rank) nor a DoRA / PiSSA one onto plain LoRA layers. Files written before the
-key existed load as ``intra=lora``.
+key existed load as ``intra=lora``. An adaptive intra variant (AdaLoRA) also writes its rank budget with the rank
+of every layer (``RANKS_KEY``, :func:`cola.peft.inject.intra_budget`); its allocator state is in the tensors.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
-from .inject import adapter_layers, is_adapter_param
+from .inject import adapter_layers, intra_budget, intra_groups, is_adapter_param
+from .variants import AdaLoRAOptions
 
 CONFIG_KEY = "cola.peft_config"
 INTRA_KEY = "cola.intra"
-LEGACY_DEFAULTS = {"intra": "lora"}
+RANKS_KEY = "cola.intra_ranks"
+LEGACY_DEFAULTS = {"intra": "lora", "adalora": asdict(AdaLoRAOptions())}
 """peft keys added after files and checkpoints were first written, and the value an older file without them means."""
 
 
@@ -177,7 +181,10 @@ def save_adapters(
     extra_prefixes: tuple[str, ...] = (),
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Writes adapter (and optionally head) weights to a safetensors file atomically (temp file + rename)."""
+    """Writes adapter (and optionally head) weights to a safetensors file atomically (temp file + rename).
+
+    Under an adaptive intra variant (AdaLoRA) the file's metadata ``RANKS_KEY`` holds the rank budget and the rank
+    of every layer, and the same JSON is written beside it as ``<stem>.ranks.json`` (``adapter.ranks.json``)."""
     from safetensors.torch import save
 
     meta = dict(metadata or {})
@@ -186,8 +193,21 @@ def save_adapters(
     convention = intra_convention(model)
     if convention["intra"]:
         meta[INTRA_KEY] = json.dumps(convention)
+    budget = intra_budget(intra_groups(model))
+    if budget is not None:
+        meta[RANKS_KEY] = json.dumps(budget, sort_keys=True)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model, extra_prefixes=extra_prefixes).items()}
-    return atomic_replace(path, lambda f: f.write(save(tensors, metadata=meta)))
+    out = atomic_replace(path, lambda f: f.write(save(tensors, metadata=meta)))
+    if budget is not None:
+        text = json.dumps(budget, indent=2, sort_keys=True) + "\n"
+        atomic_replace(ranks_path(out), lambda f: f.write(text.encode()))
+    return out
+
+
+def ranks_path(adapter: str | os.PathLike) -> Path:
+    """The readable rank budget written beside an adapter file of an adaptive intra variant: ``<stem>.ranks.json``."""
+    adapter = Path(adapter)
+    return adapter.with_name(f"{adapter.stem}.ranks.json")
 
 
 def read_adapters(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, str]]:

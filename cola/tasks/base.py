@@ -11,7 +11,12 @@ A task subclass provides the heads and four hooks: ``forward(batch)``, ``compute
 - metrics per split, logged as ``<split>/<name>`` (``val/acc@0.5``, ``testA/oiou``);
 - checkpoints without the frozen towers (rebuilt identically from their source and the seed), with the
   peft config stored inside so a checkpoint of another config fails with a clear message;
-- a non-finite loss stops the run or skips the batch (``on_nonfinite``; gradients: :mod:`cola.callbacks.nonfinite`).
+- a non-finite loss stops the run or skips the batch (``on_nonfinite``; gradients: :mod:`cola.callbacks.nonfinite`);
+- the intra variants' training hooks (:mod:`cola.peft.variants`), asked of the encoder and never by variant name:
+  their loss terms are added to the task's loss (AdaLoRA's ``orth_reg``), they learn the run's number of optimiser
+  steps from the trainer when fitting starts, and their per-step hook runs after every optimiser step (once per
+  accumulated step; AdaLoRA's importance, budget and masks), whose state lives in the adapters' buffers and so in
+  every checkpoint.
 
 Resumption state beyond the module's own (RNG states, loader position) lives in :mod:`cola.callbacks.resume`.
 """
@@ -160,6 +165,22 @@ class DualStreamTask(L.LightningModule):
             self.train()
 
     def on_fit_start(self) -> None:
+        # the trainer's optimiser steps (max_steps, or epochs x batches / accumulation): the length the intra
+        # variants' schedules need (AdaLoRA's total_step), never a number the user types
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        prepare = getattr(self.encoder, "prepare_training", None)
+        if prepare is not None:
+            prepare(self.total_steps)
+        budget = self.intra_budget()
+        if budget is not None:
+            log.info(
+                "intra rank budget (%s): initial rank %s -> target %s over %d matrices, %s optimiser steps",
+                budget["intra"],
+                budget["initial_rank"],
+                budget["target_rank"],
+                budget["matrices"],
+                self.total_steps,
+            )
         counts = self.parameter_counts()
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
         if self.logger is not None:
@@ -167,6 +188,20 @@ class DualStreamTask(L.LightningModule):
                 lg.log_metrics(
                     {"model/params_trainable": counts["trainable"], "model/params_total": counts["total"]}, 0
                 )
+
+    def on_train_end(self) -> None:
+        budget = self.intra_budget()
+        if budget is not None:
+            b, p = budget["budget"], budget["intra_params"]
+            log.info(
+                "intra rank budget (%s) after training: %d of %d triplets kept (target %d), intra parameters %s of %s",
+                budget["intra"],
+                b["final"],
+                b["initial"],
+                b["target"],
+                f"{p['final']:,}",
+                f"{p['initial']:,}",
+            )
 
     def parameter_counts(self) -> dict[str, int]:
         params = {id(p): p for p in self.parameters()}.values()
@@ -177,6 +212,10 @@ class DualStreamTask(L.LightningModule):
             return None
         out = self(batch)
         loss, terms = self.compute_loss(out, batch)
+        extra = getattr(self.encoder, "extra_losses", None)
+        for name, value in (extra() if extra is not None else {}).items():  # the intra variants' own terms
+            loss = loss + value
+            terms = {**terms, name: value.detach()}
         self.last_terms = terms
         if not torch.isfinite(loss):
             return nonfinite_loss(self, loss, terms, self.on_nonfinite)
@@ -257,6 +296,38 @@ class DualStreamTask(L.LightningModule):
                 f"{total!r}; set trainer.max_epochs or use optim.schedule_interval=step"
             )
         return total
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """The optimiser step, then the intra variants' per-step hook (:meth:`cola.models.DualEncoder.after_optimizer_step`)
+        while the gradients are still in ``.grad`` (Lightning zeroes them in the next step's closure). Lightning calls
+        this once per optimiser step (after the last accumulated batch); ``global_step`` counts the step only once
+        this returns, so it is the step's 0-based index here, as HF peft's ``update_and_allocate(global_step)``."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        hook = getattr(self.encoder, "after_optimizer_step", None)
+        if hook is not None:
+            total = getattr(self, "total_steps", None) or max(1, int(self.trainer.estimated_stepping_batches))
+            hook(self.global_step, total)
+
+    def intra_budget(self) -> dict[str, Any] | None:
+        """The adaptive intra variant's rank budget now (``None`` without one): initial, target and current ranks,
+        intra-path parameters at each, and the rank of every layer (:func:`cola.peft.intra_budget`)."""
+        budget = getattr(self.encoder, "intra_budget", None)
+        return budget() if budget is not None else None
+
+    def budget_summary(self) -> dict[str, int]:
+        """Flat entries for ``metrics.json`` under an adaptive intra variant (none otherwise): the kept ranks summed
+        over the model's matrices (``params/intra_ranks_{initial,target,final}``) and the trainable parameters at
+        each budget (``params/trainable_at_{initial,target,final}_budget``). Masked ranks keep their tensors, so
+        ``params/trainable`` stays the initial count."""
+        budget = self.intra_budget()
+        if budget is None:
+            return {}
+        trainable = self.parameter_counts()["trainable"]
+        intra = budget["intra_params"]
+        out = {f"params/intra_ranks_{k}": int(v) for k, v in budget["budget"].items()}
+        for k in ("initial", "target", "final"):
+            out[f"params/trainable_at_{k}_budget"] = int(trainable - intra["initial"] + intra[k])
+        return out
 
     def configure_optimizers(self):
         """Fills the optimiser partial with :meth:`param_groups` and the schedule partial with its length."""

@@ -324,7 +324,9 @@ def test_moka_refuses_dora_and_pissa():
     for intra in ("dora", "pissa"):
         with pytest.raises(ValueError, match=rf"peft.intra='{intra}' does not apply to MokA.*B is shared by its self"):
             MoKAConfig(intra=intra)
-    with pytest.raises(ValueError, match=r"intra must be one of \['dora', 'lora', 'pissa', 'rslora'\], got 'vera'"):
+    with pytest.raises(
+        ValueError, match=r"intra must be one of \['adalora', 'dora', 'lora', 'pissa', 'rslora'\], got 'vera'"
+    ):
         LoRAConfig(intra="vera")
     with pytest.raises(ValueError, match=r"peft.intra='pissa' cannot be combined with peft.sharing='shared_b'"):
         CoLAConfig(intra="pissa", sharing="shared_b")
