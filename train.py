@@ -1,7 +1,8 @@
 """Train and test a dual-stream model with CoLA (or a baseline): ``python train.py task=refcoco peft=cola rank=8``.
 
 With no arguments: CoLA on the embedded synthetic grounding set with tiny towers (the demo).
-See configs/train.yaml for every option and README.md for sweeps, SLURM and W&B.
+See configs/train.yaml for every option and README.md for sweeps (re-running one into its folder runs only what is
+not finished: cola/sweep.py), SLURM and W&B.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from cola.cli import fail, remove_if_empty
-    from cola.harness import train
+    from cola.sweep import train_job
     from cola.tasks.base import NonFiniteLossError
     from cola.validation import SetupError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, run_dir)
+        metrics = train_job(cfg, HydraConfig.get())  # a sweep job may be skipped or resumed (cola.sweep)
     except (SetupError, NonFiniteLossError) as e:  # a message for the user, not a bug: no traceback
         remove_if_empty(run_dir)  # refused before writing anything: leave no empty run folder behind
         if os.environ.get("COLA_TRACEBACK"):

@@ -9,8 +9,9 @@ Per CoLA layer, after each backward pass (every ``every_n_steps``):
   are pushed the same way (redundant), near -1 they fight (interference), near 0 they are independent.
   Shared matrices (``sharing`` other than ``none``) have no separate pair and are skipped.
 
-Plus, for every CoLA run, the learned lambda of each layer at the end of training (a W&B table when W&B
-logs, and ``lambda.json`` in the run folder).
+Plus, for every CoLA run, the learned lambda of each layer at the end of training (``lambda.json`` in the run folder
+and, when W&B logs, a table and one summary value per layer, ``lambda/<stream>.<component>/<block>``:
+:mod:`cola.lambdas`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class InterferenceProbe(L.Callback):
 
 
 class LambdaLogger(L.Callback):
-    """At the end of training, writes each CoLA layer's lambda to ``lambda.json`` and W&B (a table)."""
+    """At the end of training, writes each CoLA layer's lambda to ``lambda.json`` and W&B (a table and the summary
+    values :func:`cola.lambdas.summary_values` names)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -106,8 +108,12 @@ class LambdaLogger(L.Callback):
         atomic_write_text(self.run_dir / "lambda.json", json.dumps(values, indent=2))
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
+                from cola.lambdas import profile_from_layers, summary_values
+
                 rows = [[name, i, v] for name, vs in values.items() for i, v in enumerate(vs)]
                 lg.log_table(key="lambda/per_layer", columns=["layer", "slice", "lambda"], data=rows)
+                # every layer's λ as a summary value, lambda/<stream>.<component>/<block>: what W&B reports plot
+                lg.experiment.summary.update(summary_values(profile_from_layers(values)))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

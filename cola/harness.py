@@ -140,6 +140,23 @@ def instantiate_callbacks(cfg: DictConfig) -> list:
     return [instantiate(entry) for entry in _entries(cfg.callbacks)]
 
 
+def job_callbacks(record) -> list:
+    """The callback that keeps ``job.json`` up to date with the step reached (none on ranks other than zero)."""
+    if record is None:
+        return []
+    from cola.callbacks.progress import JobProgress
+
+    return [JobProgress(record)]
+
+
+def log_summary(loggers: list, metrics: dict[str, Any]) -> None:
+    """Every ``metrics.json`` value (scores, floors, ``params/trainable`` ...) as a W&B summary value of the same
+    name, so that W&B reports and ``compare_runs.py --wandb-project`` read what the run folder holds."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
     """The ``trainer`` group's Lightning Trainer (null values are passed as ``None``, Lightning's meaning), with
     atomic checkpoint writes and, in a SLURM batch job, save + requeue on SIGUSR1 (:mod:`cola.callbacks.slurm`)."""
@@ -283,8 +300,17 @@ def run_summary(module, datamodule) -> dict[str, Any]:
     return metrics
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Trains and tests one configuration (``train.py``); returns the flat metrics written to ``metrics.json``."""
+def train(cfg: DictConfig, run_dir: Path, *, job: dict[str, Any] | None = None) -> dict[str, float]:
+    """Trains and tests one configuration (``train.py``); returns the flat metrics written to ``metrics.json``.
+
+    Args:
+        cfg: the composed config.
+        run_dir: the run folder.
+        job: what ``job.json`` records of the job besides its attempts (:class:`cola.sweep.JobRecord`: a sweep
+            job's key, overrides and number).
+    """
+    from cola.sweep import job_running
+
     t0 = time.time()
     single_log_lines()
     quiet_third_party(not cfg.get("third_party_logs", False))
@@ -295,23 +321,28 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if ckpt is not None:  # every input checked before the first write into the run folder
             check_resume(cfg, run_dir, ckpt, module)
         start_run_folder(cfg, run_dir, resumed=ckpt is not None)
-        trainer = build_trainer(cfg, run_dir, instantiate_loggers(cfg), instantiate_callbacks(cfg))
-        fit(trainer, module, datamodule, ckpt, run_dir)
-        t_train = time.time() - t0
-        metrics, best = selected_metrics(cfg, trainer, module, datamodule)
-        metrics.update(run_summary(module, datamodule))
-        metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})
-        if getattr(module, "skipped_batches", 0):
-            metrics["train/skipped_batches"] = int(module.skipped_batches)
-        if trainer.is_global_zero:
-            save_adapters(
-                run_dir / "adapter.safetensors",
-                module,
-                config=peft_dict(cfg),
-                extra_prefixes=module.head_prefixes(),
-                metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
-            )
-            write_metrics(run_dir, metrics)
+        with job_running(
+            run_dir, job, resumed_from=ckpt, started=t0
+        ) as record:  # job.json: attempts, heartbeat, progress
+            callbacks = instantiate_callbacks(cfg) + job_callbacks(record)
+            trainer = build_trainer(cfg, run_dir, instantiate_loggers(cfg), callbacks)
+            fit(trainer, module, datamodule, ckpt, run_dir)
+            t_train = time.time() - t0
+            metrics, best = selected_metrics(cfg, trainer, module, datamodule)
+            metrics.update(run_summary(module, datamodule))
+            metrics.update({"time/train_s": round(t_train, 2), "time/total_s": round(time.time() - t0, 2)})
+            if getattr(module, "skipped_batches", 0):
+                metrics["train/skipped_batches"] = int(module.skipped_batches)
+            if trainer.is_global_zero:
+                save_adapters(
+                    run_dir / "adapter.safetensors",
+                    module,
+                    config=peft_dict(cfg),
+                    extra_prefixes=module.head_prefixes(),
+                    metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
+                )
+                write_metrics(run_dir, metrics)
+                log_summary(trainer.loggers, metrics)
     finally:
         finish_wandb()
     if trainer.is_global_zero:  # after W&B's own closing lines: the table and the run folder end the output

@@ -85,6 +85,11 @@ def _run_task(ckpt_path: Any, default: str) -> str:
     return default
 
 
+def _either(value: Any, default: Any) -> Any:
+    """``value`` unless it is null (``hydra.sweep.dir``: ``resume_sweep`` when given, else a new folder)."""
+    return default if value is None else value
+
+
 def _repo_dir() -> str:
     from pathlib import Path
 
@@ -102,6 +107,7 @@ def register() -> None:
         ("cola.repo_dir", _repo_dir),
         ("cola.targets", _targets),
         ("cola.out_splits", _out_splits),
+        ("cola.either", _either),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

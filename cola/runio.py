@@ -65,6 +65,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 RESUME_MAY_CHANGE = (
     "ckpt_path",
     "resume_finished",
+    "resume_sweep",
+    "restart_changed",
     "third_party_logs",
     "trainer.",
     "callbacks.",

@@ -8,5 +8,6 @@ LearningRateMonitor, and :mod:`cola.analysis`'s LambdaLogger and InterferencePro
 - :mod:`cola.callbacks.slurm`: SIGUSR1 save + requeue of SLURM batch jobs, their checkpoints;
 - :mod:`cola.callbacks.nonfinite`: NaN/inf losses and gradients (``NonFiniteGuard``);
 - :mod:`cola.callbacks.checkpoints`: atomic ``*.ckpt`` writes (``AtomicCheckpointIO``);
-- :mod:`cola.callbacks.loggers`: the W&B logger that keeps its run id in the run folder.
+- :mod:`cola.callbacks.loggers`: the W&B logger that keeps its run id in the run folder;
+- :mod:`cola.callbacks.progress`: the step reached, for the run's ``job.json`` (``JobProgress``).
 """

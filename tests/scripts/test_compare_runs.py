@@ -36,6 +36,14 @@ def _script():
 
 @pytest.fixture(scope="module")
 def mod():
+    """The comparison library (scripts/compare_runs.py is its command line)."""
+    import cola.compare
+
+    return cola.compare
+
+
+@pytest.fixture(scope="module")
+def script():
     return _script()
 
 
@@ -163,8 +171,8 @@ def test_one_table_per_task_with_distinct_seeds_and_labels(mod, outputs):
     ]
 
 
-def test_metric_missing_from_some_tasks_is_noted(mod, outputs, tmp_path):
-    assert mod.main([str(outputs), "--metric", "test/miou", "--out", str(tmp_path)]) == 0
+def test_metric_missing_from_some_tasks_is_noted(script, outputs, tmp_path):
+    assert script.main([str(outputs), "--metric", "test/miou", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "comparison.md").read_text()
     assert md.count("no run of this task has the metric test/miou") == 2  # refcoco (testA/miou only) and ave
     assert md.count("| setting | seeds | test/miou |") == 2  # avs_s4, avs_ms3
@@ -282,11 +290,11 @@ def test_wandb_grouping_flags_a_mixed_group(mod):
     assert len(mod.group_runs(records)) == 3
 
 
-def test_wandb_source_end_to_end(mod, monkeypatch, tmp_path, capsys):
+def test_wandb_source_end_to_end(script, monkeypatch, tmp_path, capsys):
     fake = wandb_runs()  # composed before the fake wandb module is in place (a resolver looks wandb up)
     api = types.SimpleNamespace(runs=lambda path, filters: fake)
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
-    assert mod.main(["--wandb-project", "cola-refcoco", "--out", str(tmp_path)]) == 0
+    assert script.main(["--wandb-project", "cola-refcoco", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "## refcoco (data.dataset=refcoco, data.split_by=unc)" in out
     assert "| lora | 3 | 62.00 ± 2.00 |" in out and "| cola * | 3 | 67.00 ± 2.00 |" in out
