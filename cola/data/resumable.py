@@ -16,11 +16,15 @@ Here:
   iteration skips the samples already consumed when it runs the same epoch again, and starts a full epoch
   otherwise (a checkpoint written at the end of an epoch resumes with the next one).
 
-Worker processes get their base seed from the loader's own generator, seeded per epoch, so creating an iterator
-never consumes the global RNG (a resumed run would otherwise draw one number more than the original).
-Limitations: with ``num_workers > 0`` the order of the resumed epoch is exact, but the random augmentations of
-its remaining batches come from freshly seeded workers; with ``num_workers=0`` (CPU tests) the global RNG state
-stored in the checkpoint (:class:`cola.callbacks.resume.ResumeState`) makes the continuation exact.
+Random augmentation is drawn per sample: the loader hands ``(seed, epoch, index)`` keys to a
+:class:`SeededSamples` view of the dataset, which loads each sample under torch's CPU generator seeded from ``(seed, epoch, index)``
+alone (and restores the generator after it). A sample's crop, flip or colour jitter therefore does not depend on
+which worker process loads it, on how many samples that worker loaded before, or on where an epoch was resumed:
+with ``num_workers > 0`` (persistent workers, which a resume starts afresh) and with ``num_workers = 0`` the
+resumed epoch gets exactly the batches, augmentations included, of the uninterrupted run. Worker processes get
+their base seed from the loader's own generator, seeded per epoch, so creating an iterator never consumes the
+global RNG (a resumed run would otherwise draw one number more than the original); the global RNG state stored in
+the checkpoint (:class:`cola.callbacks.resume.ResumeState`) keeps dropout exact.
 
 Why not torchdata's ``StatefulDataLoader``: Lightning checkpoints its state the same way as this loader's, so it
 would not remove the two private calls :class:`~cola.callbacks.resume.ResumeState` makes (handing the state to a
@@ -30,6 +34,7 @@ not been tried against tests/harness/test_resume.py (exact mid-epoch and SIGKILL
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sized
@@ -37,11 +42,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResumableDataLoader", "ResumableRandomSampler", "rewind_in_flight_batch"]
+__all__ = ["ResumableDataLoader", "ResumableRandomSampler", "SeededSamples", "rewind_in_flight_batch", "sample_seed"]
 
 # the loader's worker-seed generator uses seed + epoch + this offset, a stream apart from the permutation's
 _WORKER_SEED_OFFSET = 1 << 32
@@ -70,6 +75,41 @@ def rewind_in_flight_batch(state: dict[str, Any]) -> dict[str, Any]:
     return rewound
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random draws: a 63-bit hash of ``(seed, epoch, index)`` (neighbouring keys get
+    unrelated seeds, unlike ``seed + epoch + index``)."""
+    digest = hashlib.blake2b(f"{int(seed)}/{int(epoch)}/{int(index)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SeededSamples(Dataset):
+    """``dataset`` read by ``(seed, epoch, index)`` keys, each sample loaded under torch's CPU generator seeded
+    with :func:`sample_seed` of the key; the generator's state is restored afterwards.
+
+    A plain integer key reads ``dataset[key]`` with no seeding (the caller's generator as it is). Attributes the
+    view lacks are the dataset's (``loader.dataset.rows`` etc.).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        seed, epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(seed, epoch, index))
+            return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 class ResumableRandomSampler(DistributedSampler):
     """Shuffles ``dataset`` per epoch from ``seed + epoch`` and can start an epoch part-way through.
 
@@ -82,7 +122,8 @@ class ResumableRandomSampler(DistributedSampler):
 
     ``state_dict()`` holds the epoch, the seed and ``num_yielded``, the number of this process's indices already
     handed out in the epoch. After ``load_state_dict``, the next ``__iter__`` of the same epoch starts at that
-    position; :meth:`set_epoch` to another epoch discards it.
+    position; :meth:`set_epoch` to another epoch discards it. With ``keyed`` set (as :class:`ResumableDataLoader`
+    does) it yields ``(seed, epoch, index)`` triples, the keys of :class:`SeededSamples`.
     """
 
     def __init__(
@@ -110,8 +151,9 @@ class ResumableRandomSampler(DistributedSampler):
         self.num_yielded = 0  # indices handed out in the current iteration (offset included)
         self.start = 0  # where the current iteration started
         self._resume: tuple[int, int] | None = None  # (epoch, offset) from load_state_dict
+        self.keyed = False  # True: yield (seed, epoch, index) keys for SeededSamples (set by ResumableDataLoader)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int, int]]:
         indices = list(super().__iter__())  # this rank's share of epoch `self.epoch`, padded like DistributedSampler
         start = 0
         if self._resume is not None:
@@ -120,9 +162,10 @@ class ResumableRandomSampler(DistributedSampler):
             if epoch == self.epoch:
                 start = min(offset, len(indices))
         self.start = self.num_yielded = start
+        epoch = int(self.epoch)
         for i in indices[start:]:
             self.num_yielded += 1
-            yield i
+            yield (int(self.seed), epoch, i) if self.keyed else i
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -167,7 +210,9 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`ResumableRandomSampler` whose state Lightning checkpoints.
 
     Takes the arguments of :class:`~torch.utils.data.DataLoader`; ``sampler`` must be a
-    :class:`ResumableRandomSampler` (``shuffle`` must not be set). Its ``state_dict()`` is the sampler's state
+    :class:`ResumableRandomSampler` (``shuffle`` must not be set). The dataset is served through
+    :class:`SeededSamples` (``loader.dataset``; the original is ``loader.dataset.dataset``), so every sample's
+    random draws come from ``(seed, epoch, index)``. Its ``state_dict()`` is the sampler's state
     with ``num_yielded`` counted from the batches this loader returned, which stays exact when worker processes
     prefetch indices ahead of the training loop.
     """
@@ -179,6 +224,9 @@ class ResumableDataLoader(DataLoader):
             )
         if kwargs.get("generator") is None:
             kwargs["generator"] = torch.Generator()
+        sampler.keyed = True
+        if not isinstance(dataset, SeededSamples):
+            dataset = SeededSamples(dataset)
         super().__init__(dataset, *args, sampler=sampler, **kwargs)
         self._batches = 0  # batches returned by the current iteration
         self._iter_epoch: int | None = None  # the epoch the current iteration runs

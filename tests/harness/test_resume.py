@@ -19,7 +19,7 @@ import torch
 
 from cola import harness
 from cola.callbacks.resume import rng_states, set_rng_states
-from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, rewind_in_flight_batch
+from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, SeededSamples, rewind_in_flight_batch
 from cola.tasks.base import DualStreamTask
 from cola.validation import SetupError
 from tests.conftest import FAST_RUN, REPO, cli_args, compose_cfg, fast_cfg
@@ -137,6 +137,55 @@ def test_loader_state_counts_batches_handed_out_not_prefetched():
     assert torch.equal(before, torch.get_rng_state())
 
 
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """Sample i is (i, a draw from torch's global generator): an augmentation in miniature."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i), float(torch.rand(()))])
+
+
+def _epoch(loader: ResumableDataLoader, epoch: int) -> list[list[float]]:
+    loader.sampler.set_epoch(epoch)
+    return [row for batch in loader for row in batch.tolist()]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_samples_random_draws_depend_on_seed_epoch_and_index_only(workers):
+    """The draws a sample gets are the same whichever worker loads it and wherever its epoch is resumed; another
+    epoch or seed draws anew; the global generator is left as it was (the dropout stream stays exact)."""
+    data = _RandomDraws()
+
+    def loader(seed: int = 5, num_workers: int = workers) -> ResumableDataLoader:
+        sampler = ResumableRandomSampler(data, seed=seed)
+        return ResumableDataLoader(data, batch_size=3, sampler=sampler, num_workers=num_workers)
+
+    single = loader(num_workers=0) if workers else loader()
+    reference = {int(i): d for i, d in _epoch(single, 0)}
+    full = loader()
+    rows = _epoch(full, 0)
+    assert {int(i): d for i, d in rows} == reference and len(reference) == 12  # worker-independent
+    assert len(set(reference.values())) == 12
+    assert {int(i): d for i, d in _epoch(loader(), 1)} != reference  # a new epoch draws anew
+    assert {int(i): d for i, d in _epoch(loader(seed=6), 0)} != reference  # so does another seed
+    it = iter(full)
+    full.sampler.set_epoch(0)
+    head = [row for _ in range(2) for row in next(it).tolist()]
+    resumed = loader()
+    resumed.load_state_dict(full.state_dict())
+    assert head + _epoch(resumed, 0) == rows  # the resumed epoch: same samples, same draws
+    torch.manual_seed(0)
+    plain = SeededSamples(data)[3]
+    torch.manual_seed(0)
+    assert torch.equal(plain, data[3])  # a plain key reads with the caller's generator, unseeded
+    before = torch.get_rng_state()
+    keyed = SeededSamples(data)[(5, 0, 3)]
+    assert torch.equal(before, torch.get_rng_state()) and float(keyed[1]) == reference[3]
+    assert isinstance(full.dataset, SeededSamples) and full.dataset.dataset is data
+
 def test_a_checkpoint_written_mid_batch_rewinds_that_batch():
     data = list(range(10))
     loader = ResumableDataLoader(data, batch_size=3, sampler=ResumableRandomSampler(data))
@@ -234,9 +283,9 @@ def test_ave_resume_after_a_crash_reproduces_the_uninterrupted_run(ave_root, tmp
 
 
 def test_resume_with_two_loader_workers_reproduces_the_uninterrupted_run(synthetic_refcoco, tmp_path, monkeypatch):
-    """data.num_workers=2 (persistent worker processes): the resumed epoch gets exactly the remaining batches.
-    Random augmentation is off: a resume starts fresh workers whose seeds restart the epoch's augmentation stream,
-    so augmented batches would differ (the limitation cola/data/resumable.py documents)."""
+    """data.num_workers=2 (persistent worker processes) with the demo's random augmentation: the resumed epoch
+    gets exactly the remaining batches, augmentations included, although a resume starts fresh workers (each
+    sample's draws come from (seed, epoch, index), cola/data/resumable.py)."""
     from cola.data.base import CoLADataModule
 
     loaders = []
@@ -249,7 +298,7 @@ def test_resume_with_two_loader_workers_reproduces_the_uninterrupted_run(synthet
     monkeypatch.setattr(CoLADataModule, "train_dataloader", train_dataloader)
 
     def cfg(run_dir: Path, *overrides: str):
-        workers = ("data.num_workers=2", "data.augment=null", "logger=none")
+        workers = ("data.num_workers=2", "logger=none")
         return fast_cfg(synthetic_refcoco, run_dir, *RESUME_RUN, *workers, *overrides)
 
     full = tmp_path / "full"
