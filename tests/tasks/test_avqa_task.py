@@ -1,7 +1,12 @@
 """The AVQA task and head on a fake three-stream encoder: input layout (B*T vision/audio rows, B text rows), pooling,
-loss, metrics, and a fast_dev_run on the synthetic set (the end-to-end ``train.py task=avqa`` test is the harness's)."""
+loss, metrics, and a fast_dev_run on the synthetic set; then ``train.py task=avqa debug=fast`` end to end through the
+real three-tower encoder (a subprocess, :func:`test_train_py_task_avqa_end_to_end`). Learning above the floor and
+above the frozen towers: tests/tasks/test_av_learning.py."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import pytest
 import torch
@@ -12,7 +17,7 @@ from cola.metrics import AVQA_KEYS
 from cola.models.heads.avqa import AVQAHead, pool_text
 from cola.models.outputs import DualEncoderOutput
 from cola.tasks.av_qa import AVQATask
-from tests.conftest import fast_dev_trainer
+from tests.conftest import TINY_TEST_OVERRIDES, fast_dev_trainer, train_py
 
 WIDTH = {"vision": 12, "audio": 10, "text": 8}
 PREFIX = {"vision": 1, "audio": 2, "text": 1}
@@ -172,3 +177,39 @@ def test_fast_dev_run_on_the_synthetic_set(tmp_path):
     (results,) = trainer.test(task, datamodule=dm, verbose=False)
     assert {f"test/{k}" for k in ("acc", "acc_audio", "acc_visual", "acc_audiovisual")} <= set(results)
     assert 0.0 <= results["test/acc"] <= 1.0
+
+
+def test_train_py_task_avqa_end_to_end(tmp_path):
+    """``python train.py task=avqa debug=fast`` with the tiny test towers (ViT, AST and BERT: the real three-tower
+    :class:`cola.models.DualEncoder` with CoLA adapters, not the fake encoder above): the task's own builder
+    generates and prepares a 5-video synthetic set under ``paths.data_dir``, the run folder goes under
+    ``paths.output_dir``; one batch per stage, then metrics.json with the AVQA keys and floor."""
+    data, out = tmp_path / "data", tmp_path / "outputs"
+    res = train_py(
+        *TINY_TEST_OVERRIDES,
+        "task=avqa",
+        "debug=fast",
+        "peft=cola",
+        "task.synthetic.builder.num_videos=5",  # 3 / 1 / 1 videos, 4 questions each
+        f"paths.data_dir={data}",
+        f"paths.output_dir={out}",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (data / "synthetic_avqa" / "prepare_report.json").is_file()  # built by task.synthetic.builder
+    (run,) = (out / "avqa" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()), metrics
+    allowed = {f"{split}/{k}" for split in ("val", "test") for k in (*AVQA_KEYS, "acc_majority")}
+    scores = {k: v for k, v in metrics.items() if not k.startswith(("params/", "time/"))}
+    assert set(scores) <= allowed, set(scores) - allowed
+    for split in ("val", "test"):
+        assert {f"{split}/acc", f"{split}/acc_majority"} <= set(scores)
+        # every question has a modality: at least one of the per-modality accuracies is there
+        assert any(f"{split}/acc_{m}" in scores for m in ("audio", "visual", "audiovisual"))
+        assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k.startswith(split))
+    assert 0 < metrics["params/trainable"] < metrics["params/total"]  # frozen towers, trained adapters and head
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter.safetensors"), "pt") as f:
+        adapted = {k.split(".")[2] for k in f.keys() if k.startswith("encoder.towers.") and k.endswith(".cola_A")}
+    assert adapted == {"vision", "audio", "text"}  # CoLA adapters in all three towers
