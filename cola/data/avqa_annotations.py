@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cola.avqa_types import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
+
 __all__ = [
     "FIELDS",
     "MODALITIES",
@@ -53,22 +55,6 @@ __all__ = [
 
 SPLIT_FILES = {"train": "avqa-train.json", "val": "avqa-val.json", "test": "avqa-test.json"}
 FIELDS = ("video_id", "question_id", "type", "question_content", "templ_values", "anser")
-# the release's modality names -> the metric-key names (acc_audio, acc_visual, acc_audiovisual)
-MODALITIES = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "audiovisual"}
-# (modality, type) as written in the release, in the order of the official evaluation (main_avst.py ``test``)
-QUESTION_TYPES: tuple[tuple[str, str], ...] = (
-    ("Audio", "Counting"),
-    ("Audio", "Comparative"),
-    ("Visual", "Counting"),
-    ("Visual", "Location"),
-    ("Audio-Visual", "Existential"),
-    ("Audio-Visual", "Counting"),
-    ("Audio-Visual", "Location"),
-    ("Audio-Visual", "Comparative"),
-    ("Audio-Visual", "Temporal"),
-)
-NUM_TYPES = len(QUESTION_TYPES)
-TYPE_KEYS: tuple[str, ...] = tuple(f"{MODALITIES[m]}_{t.lower()}" for m, t in QUESTION_TYPES)  # audio_counting, ...
 PLACEHOLDER = re.compile(r"<[^<>]*>")
 
 

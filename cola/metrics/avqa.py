@@ -1,8 +1,8 @@
-"""MUSIC-AVQA answer accuracy (SPEC §8; docs/data.md#music-avqa): overall, per modality and per question type.
+"""MUSIC-AVQA answer accuracy (docs/metrics.md, docs/data.md#music-avqa): overall, per modality and per question type.
 
 Keys (:data:`AVQA_KEYS`): ``acc`` (correct answers / questions), ``acc_audio``, ``acc_visual``,
 ``acc_audiovisual`` (correct / questions of that modality) and ``acc_<modality>_<type>`` for the nine types of
-:data:`cola.data.avqa_annotations.QUESTION_TYPES` (``acc_audio_counting``, ..., ``acc_audiovisual_temporal``).
+:data:`cola.avqa_types.QUESTION_TYPES` (``acc_audio_counting``, ..., ``acc_audiovisual_temporal``).
 
 Averaging follows the official evaluation (GeWu-Lab/MUSIC-AVQA, ``net_grd_avst/main_avst.py``, ``test``): every
 number is a micro average over questions, the modality accuracies included (``(sum(A_count) + sum(A_cmp)) /
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torchmetrics import Metric
 
-from cola.data.avqa_annotations import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
+from cola.avqa_types import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """AVE: audio-visual event classification of every second of a 10-s video (docs/metrics.md#tasks).
 
 The dual encoder runs once per (frame t, audio second t) pair: the (B, T) videos x seconds are flattened into
-B * T samples, stream a = vision ``{"pixel_values": (B*T, 3, S, S)}``, stream b = audio ``{"input_values":
-(B*T, T_f, 128)}``. Each stream is pooled (``pooling``: the CLS token, as the official code, or the mean of the
+B * T samples, the vision stream on ``{"pixel_values": (B*T, 3, S, S)}`` and the audio stream on
+``{"input_values": (B*T, T_f, 128)}``. Each stream is pooled (``pooling``: the CLS token, as the official code, or the mean of the
 content tokens), and :class:`cola.models.heads.av.AVEHead` fuses the pair, mixes the T seconds with a small
 temporal module and predicts 29 logits per second. ``temporal="official"`` swaps in exactly the official head
 (``Linear(d_v + d_a, 512) -> Linear(512, 29)`` on the concatenated [vision; audio] pooled tokens of each second,
@@ -48,10 +48,10 @@ def _flatten_seconds(x: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
 
 
 class AVEClassificationTask(DualStreamTask):
-    """Per-second AVE classification on the dual encoder (vision = stream a, audio = stream b).
+    """Per-second AVE classification on the dual encoder (a vision and an audio stream).
 
     Args:
-        encoder: a :class:`cola.models.DualEncoder` with the vision tower as stream "a", the audio tower as "b".
+        encoder: a :class:`cola.models.DualEncoder` with a "vision" and an "audio" tower.
         d_model: width of the fused features and of the temporal module (not used by ``temporal=official``).
         temporal: ``gru`` | ``transformer`` | ``none`` (each second alone, same fusion and classifier) |
             ``official`` (exactly the official head: two linear layers, 512 wide in between, no activation,

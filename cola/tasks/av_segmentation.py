@@ -1,8 +1,8 @@
 """AVS (AVSBench S4 / MS3): segment the sounding object(s) in each of a clip's 5 frames (docs/metrics.md#tasks).
 
 Per frame k, the dual encoder runs on (frame k, audio second k): the (B, F) clips x frames are flattened into
-B * F samples, stream a = vision, stream b = audio. The outputs of ``decoder_layers`` vision blocks feed
-:class:`cola.models.heads.av.AVSMaskDecoder`, conditioned (FiLM) on the pooled audio token of the same second,
+B * F samples, the vision stream on the frames and the audio stream on the seconds. The outputs of
+``decoder_layers`` vision blocks feed :class:`cola.models.heads.av.AVSMaskDecoder`, conditioned (FiLM) on the pooled audio token of the same second,
 which predicts one mask logit per pixel at the input resolution.
 
 Loss, on annotated frames only (``mask_valid``; S4 training clips annotate frame 1 only, and the official code
@@ -72,10 +72,10 @@ def masked_mask_losses(
 
 
 class AVSSegmentationTask(DualStreamTask):
-    """Audio-visual segmentation on the dual encoder (vision = stream a, audio = stream b).
+    """Audio-visual segmentation on the dual encoder (a vision and an audio stream).
 
     Args:
-        encoder: a :class:`cola.models.DualEncoder` with the vision tower as stream "a", the audio tower as "b".
+        encoder: a :class:`cola.models.DualEncoder` with a "vision" and an "audio" tower.
         d_decoder: channels of the mask decoder.
         decoder_layers: vision block indices (negative from the end) fed to the decoder, any order; ``None`` =
             4 evenly spaced blocks ending at the last (12 blocks: [2, 5, 8, 11]).
