@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from cola.dicts import dotted_keys
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXIT_CONFIG = 2
 
@@ -37,15 +39,6 @@ def remove_if_empty(run_dir: Path) -> None:
             run_dir.parent.parent.rmdir()
     except OSError:
         pass
-
-
-def _flat_keys(d, prefix: str = "") -> list[str]:
-    if not isinstance(d, dict):
-        return [prefix[:-1]]
-    keys = [prefix[:-1]] if prefix else []
-    for k, v in d.items():
-        keys += _flat_keys(v, f"{prefix}{k}.")
-    return keys
 
 
 def _explain(error: Exception, config_keys: list[str]) -> str:
@@ -103,7 +96,7 @@ def precheck(config_name: str, args: list[str]) -> None:
                 compose(config_name=config_name, overrides=single, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
                 base = compose(config_name=config_name, overrides=[], return_hydra_config=False)
-                keys = _flat_keys(OmegaConf.to_container(base, resolve=False))
+                keys = dotted_keys(OmegaConf.to_container(base, resolve=False))
                 fail(_explain(e, keys))
     finally:
         GlobalHydra.instance().clear()

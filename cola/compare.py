@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from cola.dicts import flatten
 from cola.lambdas import SUMMARY_PREFIX, Profile, mean_profile, profile_from_layers, profile_from_summary
 
 # Config keys (and everything under them) that name, place or log a run rather than set what it trains: left out
@@ -67,18 +68,6 @@ ABSENT = "<absent>"
 
 
 # ---------------------------------------------------------------------------------------------- configs
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and empty dicts stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _ignored(key: str) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cola.callbacks.slurm import hpc_checkpoints, on_slurm
+from cola.dicts import differences
 from cola.io import atomic_write_text
 from cola.validation import SetupError
 
@@ -83,27 +84,6 @@ RESUME_MAY_CHANGE = (
 from the run folder's ``config.yaml`` is refused: the checkpoint belongs to that configuration."""
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: d}
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any], *, allowed: tuple[str, ...] = ()) -> list[str]:
-    """``key: run X != now Y`` for every dotted key that differs, except those starting with an ``allowed`` prefix."""
-    a, b = _flatten(saved), _flatten(current)
-    diffs = []
-    for k in sorted(set(a) | set(b)):
-        if k.startswith(allowed) or k in {p.rstrip(".") for p in allowed}:
-            continue
-        if a.get(k, "<missing>") != b.get(k, "<missing>"):
-            diffs.append(f"{k}: run {a.get(k, '<missing>')!r} != now {b.get(k, '<missing>')!r}")
-    return diffs
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a training checkpoint with ``weights_only=True`` (no code runs); a clear error if it is not one."""
     import torch
@@ -144,7 +124,7 @@ def check_resume(cfg: DictConfig, run_dir: Path, ckpt: str, module) -> None:
     saved_cfg = run_dir / "config.yaml"
     if saved_cfg.is_file():
         saved = OmegaConf.to_container(OmegaConf.load(saved_cfg), resolve=False)
-        diffs = config_differences(saved, job_config(cfg), allowed=RESUME_MAY_CHANGE)
+        diffs = differences(saved, job_config(cfg), allowed=RESUME_MAY_CHANGE)
         if diffs:
             raise SetupError(
                 f"run folder {run_dir} was made with another configuration ({len(diffs)} difference(s): "

@@ -50,8 +50,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cola.dicts import differences
 from cola.io import atomic_write_text
-from cola.runio import config_differences, job_config
+from cola.runio import job_config
 from cola.validation import SetupError
 
 log = logging.getLogger("cola.sweep")
@@ -330,7 +331,7 @@ def plan_job(
     if saved.is_file():
         current = cfg.copy()  # as the job would write its config.yaml in that folder (callbacks write under it)
         OmegaConf.update(current, "paths.run_dir", str(folder), force_add=True)
-        diffs = config_differences(
+        diffs = differences(
             portable(OmegaConf.to_container(OmegaConf.load(saved), resolve=False)),  # type: ignore[arg-type]
             portable(job_config(current)),
             allowed=SWEEP_MAY_CHANGE,
