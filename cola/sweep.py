@@ -1,7 +1,7 @@
 """Sweeps a researcher can leave running: a multirun re-run into its folder runs only what is not finished.
 
 ``python train.py -m <overrides> hydra.sweep.dir=<dir>`` (or the shorthand ``resume_sweep=<dir>``) with the overrides
-of the sweep that made ``<dir>`` decides, job by job, before any work (README "Sweeps"):
+of the sweep that made ``<dir>`` decides, job by job, before any work (README "An interrupted sweep, its status and its comparison"):
 
 - **the job's key**: its values of the keys the sweep varies — the command line's sweep overrides
   (``peft=lora,cola``) and the experiment's ``hydra.sweeper.params`` (``seed: 0,1,2``), read from Hydra's

@@ -1,6 +1,6 @@
 """Re-running a sweep into its folder (cola.sweep): the job key, where each job's folder is, what a re-run does with
 each job (skip / resume / run / refuse / start over), job.json; and, end to end, a 4-job debug sweep killed after two
-jobs and one checkpoint of the third, then resumed (README "Sweeps")."""
+jobs and one checkpoint of the third, then resumed (README "An interrupted sweep, its status and its comparison")."""
 
 from __future__ import annotations
 
