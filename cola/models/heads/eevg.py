@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grounding import TokenMaskHead
+from .grounding import TokenMaskHead, check_grounding_inputs
 
 __all__ = ["EEVGDecoder", "EEVGDecoderLayer", "EEVGHead", "neighbour_index", "select_tokens"]
 
@@ -330,21 +330,13 @@ class EEVGHead(nn.Module):
 
         Returns ``box`` (B, 4) normalised (cx, cy, w, h) and ``mask_logits`` (B, S, S).
         """
-        n = self.grid_size * self.grid_size
-        if vision_tokens.shape[1] != self.num_prefix_tokens + n:
-            raise ValueError(
-                f"vision_tokens has {vision_tokens.shape[1]} tokens, expected num_prefix_tokens "
-                f"({self.num_prefix_tokens}) + grid_size^2 ({self.grid_size}^2 = {n}); "
-                "check that image_size matches the data's input size"
-            )
+        check_grounding_inputs(vision_tokens, text_tokens, text_mask, self.num_prefix_tokens, self.grid_size)
         L = text_tokens.shape[1]
         if L > self.text_pos.shape[0]:
             raise ValueError(
                 f"the text has {L} tokens, more than the head's {self.text_pos.shape[0]} learned text positions "
                 "(data.max_query_len)"
             )
-        if text_mask.shape != text_tokens.shape[:2]:
-            raise ValueError(f"text_mask shape {tuple(text_mask.shape)} != text tokens {tuple(text_tokens.shape[:2])}")
         B = vision_tokens.shape[0]
         visual = self.visu_proj(vision_tokens[:, self.num_prefix_tokens :])  # (B, n, W)
         queries = torch.cat([self.reg_token.expand(B, 1, -1).to(visual.dtype), visual], dim=1)  # (B, 1 + n, W)

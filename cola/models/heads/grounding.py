@@ -37,6 +37,26 @@ BOX_HEADS = ("mlp", "spatial")
 MASK_HEADS = ("official", "conv")
 
 
+def check_grounding_inputs(
+    vision_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    num_prefix_tokens: int,
+    grid_size: int,
+) -> None:
+    """The checks both grounding heads make on their inputs: ``num_prefix_tokens + grid_size^2`` vision tokens and
+    one mask entry per text token (a ``ValueError`` naming the numbers otherwise)."""
+    n_grid = grid_size * grid_size
+    if vision_tokens.shape[1] != num_prefix_tokens + n_grid:
+        raise ValueError(
+            f"vision_tokens has {vision_tokens.shape[1]} tokens, expected num_prefix_tokens "
+            f"({num_prefix_tokens}) + grid_size^2 ({grid_size}^2 = {n_grid}); "
+            "check that image_size matches the data's input size"
+        )
+    if text_mask.shape != text_tokens.shape[:2]:
+        raise ValueError(f"text_mask shape {tuple(text_mask.shape)} != text tokens {tuple(text_tokens.shape[:2])}")
+
+
 def sincos_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2-D sine-cosine positions of a ``grid_size`` x ``grid_size`` grid, row-major: (grid_size^2, dim).
 
@@ -250,15 +270,8 @@ class GroundingHead(nn.Module):
         Returns:
             ``box`` (B, 4) normalised (cx, cy, w, h) in [0, 1]; ``mask_logits`` (B, S, S).
         """
+        check_grounding_inputs(vision_tokens, text_tokens, text_mask, self.num_prefix_tokens, self.grid_size)
         n_grid = self.grid_size * self.grid_size
-        if vision_tokens.shape[1] != self.num_prefix_tokens + n_grid:
-            raise ValueError(
-                f"vision_tokens has {vision_tokens.shape[1]} tokens, expected num_prefix_tokens "
-                f"({self.num_prefix_tokens}) + grid_size^2 ({self.grid_size}^2 = {n_grid}); "
-                "check that image_size matches the data's input size"
-            )
-        if text_mask.shape != text_tokens.shape[:2]:
-            raise ValueError(f"text_mask shape {tuple(text_mask.shape)} != text tokens {tuple(text_tokens.shape[:2])}")
         B = vision_tokens.shape[0]
         visual = self.vision_proj(vision_tokens[:, self.num_prefix_tokens :])  # (B, h*w, d)
         visual = visual + self.visual_sincos + self.visual_pos + self.type_embed[1]
