@@ -133,7 +133,7 @@ class DualEncoder(nn.Module):
         self.towers = nn.ModuleDict(_check_towers(towers))
         self.streams = tuple(self.towers)
         self._rows = dict.fromkeys(self.streams, 1)  # rows per sample of each stream in the current forward
-        spec = peft if isinstance(peft, PeftSpec) else build_peft(**dict(peft or {"method": "frozen"}))
+        spec = peft if isinstance(peft, PeftSpec) else build_peft(**dict(peft or {}))
         self.peft = spec  # the parsed peft node: what the task asks and its checkpoints store (spec.to_dict())
         self.method, self.adapter_config = spec.method.name, spec.config
         self.exchange = spec.method.exchange  # what adapted layers take from the other stream
