@@ -1,9 +1,10 @@
 """What ``train.py`` and ``eval.py`` do, from a composed Hydra config to ``metrics.json``.
 
 :func:`train` reads top to bottom as the run (nothing long starts before the checks pass):
-1. setup: validate the config (:mod:`cola.validation`) and the run folder, resolve the dataset (generate the
-   task's synthetic set on first use when ``data.root`` is null), seed, build the towers + adapters
-   (:class:`cola.models.DualEncoder`) and the task module; check a checkpoint to resume from;
+1. setup: validate the config (:mod:`cola.validation`; its one ``instantiate(cfg.peft)``, a
+   :class:`cola.peft.PeftSpec`, is what the encoder, the task and the saved files use) and the run folder, resolve the
+   dataset (generate the task's synthetic set on first use when ``data.root`` is null), seed, build the towers +
+   adapters (:class:`cola.models.DualEncoder`) and the task module; check a checkpoint to resume from;
 2. instantiate the ``logger``, ``callbacks`` and ``trainer`` config groups (``_target_`` entries);
 3. fit (resuming from ``ckpt_path``; the resume, SLURM and non-finite logic is in :mod:`cola.callbacks`);
 4. validate and test with the selected checkpoint (the tail :func:`evaluate` shares);
