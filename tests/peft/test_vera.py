@@ -157,3 +157,17 @@ def test_checkpoint_keeps_the_frozen_matrices_and_reloads_exactly():
     with torch.no_grad():
         a, b = task(batch), other(batch)
     torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_checkpoints_keep_every_frozen_adapter_tensor_of_any_method():
+    """The rule is the adapter prefix, not a method's name: CoLA's random_frozen hypernetworks (frozen parameters)
+    are kept as VeRA's frozen buffers are, and nothing of the frozen towers is."""
+    task = make_task("cola")
+    for m in task.encoder.modules():
+        if hasattr(m, "cola_hypernet"):
+            m.cola_hypernet.requires_grad_(False)  # what condition=random_frozen does
+    keys = task.trainable_state_keys()
+    hyper = [n for n, p in task.named_parameters() if "cola_hypernet" in n]
+    assert hyper and not any(p.requires_grad for n, p in task.named_parameters() if "cola_hypernet" in n)
+    assert set(hyper) <= keys
+    assert not any(k.startswith("encoder.") and "base_layer" in k for k in keys)
