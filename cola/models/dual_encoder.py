@@ -93,8 +93,8 @@ class DualEncoder(nn.Module):
         towers: the towers keyed by stream name (``vision``, ``text``, ``audio``), in the order the lockstep
             pairs and ``layer_map`` count them (vision first in every task); stored as ``self.towers``.
         peft: the parsed ``peft`` node, a :class:`cola.peft.PeftSpec` (``instantiate(cfg.peft)``), or the node as a
-            plain dict (``configs/peft/<method>.yaml``), parsed here; ``None`` = frozen. ``layers`` / ``layer_map`` may sit there too (the
-            arguments below win when not ``None``).
+            plain dict (``configs/peft/<method>.yaml``), parsed here; ``None`` = frozen. ``layers`` / ``layer_map``
+            may sit there too (the arguments below win when not ``None``).
         targets: stream -> adapted linear layers, as name suffixes (e.g. ``["attn.qkv", "mlp.fc1"]``).
         out_splits: stream -> fused layers, e.g. ``{"vision": {"attn.qkv": 3}}``.
         layers: indices of the block pairs to adapt (``None`` = all); with equal depths and no

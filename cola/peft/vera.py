@@ -3,9 +3,9 @@
     h = W0 x + b + Λ_b B Λ_d A drop(x)
 
 A (r, d_in) and B (d_out, r) are frozen random matrices, the same for every adapted layer of one shape (drawn from
-``projection_seed`` and the shape, so a rebuilt model draws them again); Λ_d = diag(d) with d (r,) and Λ_b = diag(b) with
-b (d_out,) are the only trained tensors: r + d_out parameters per layer, whatever d_in. b starts at zero, so
-h = W0 x + b at init. The frozen matrices are persistent buffers named with the ``vera_`` prefix: checkpoints and
+``projection_seed`` and the shape, so a rebuilt model draws them again); Λ_d = diag(d) with d (r,) and
+Λ_b = diag(b) with b (d_out,) are the only trained tensors: r + d_out parameters per layer, whatever d_in. b starts
+at zero, so h = W0 x + b at init. The frozen matrices are persistent buffers named with the ``vera_`` prefix: checkpoints and
 adapter files keep them with the trained vectors (a file loads exactly even if the draw changed).
 
 What differs from HF peft's ``VeraModel`` (equal outputs on the same matrices, tested): HF draws one A of
