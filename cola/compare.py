@@ -63,11 +63,18 @@ RUN_SPECIFIC = (
 LABEL_KEYS = ("peft.rank", "peft.sharing", "peft.propagation", "peft.condition", "targets")
 LABEL_ORDER = ("peft.rank", "peft.alpha", "peft.sharing", "peft.propagation", "peft.condition", "targets")
 TASK_KEYS = ("task.name", "data.dataset", "data.split_by")  # one table per value of these
-METHOD_ORDER = {"frozen": 0, "lora": 1, "lora_param_matched": 2, "moka": 3, "cola": 4, "full": 5}
 ABSENT = "<absent>"
 
 
 # ---------------------------------------------------------------------------------------------- configs
+
+
+def method_order(method: str) -> int:
+    """A method's place in the tables: its place in :data:`cola.peft.METHODS` (frozen towers, baselines, CoLA, full
+    fine-tuning); a name no longer registered comes last."""
+    from cola.peft import METHODS
+
+    return list(METHODS).index(method) if method in METHODS else len(METHODS)
 
 
 def _ignored(key: str) -> bool:
@@ -454,7 +461,7 @@ def compare(runs: list[dict[str, Any]], metrics: list[str] | None = None) -> lis
                     f"one seed: {_short(g['unseeded'])}"
                 )
         _gains(rows, use)
-        rows.sort(key=lambda r: (METHOD_ORDER.get(str(r["method"]), 9), str(r["method"]), r["_sort"], r["setting"]))
+        rows.sort(key=lambda r: (method_order(str(r["method"])), str(r["method"]), r["_sort"], r["setting"]))
         detail = [_plot_detail(r, use) for r in rows]
         for r in rows:
             del r["_group"], r["_sort"]
@@ -593,14 +600,6 @@ def write_plots(
 
 # ---------------------------------------------------------------------------------------------- HTML page
 
-METHOD_COLORS = {
-    "frozen": "#7f7f7f",
-    "lora": "#1f77b4",
-    "lora_param_matched": "#17becf",
-    "moka": "#9467bd",
-    "cola": "#d62728",
-    "full": "#2b2b2b",
-}
 PAGE_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
        color: #222; padding: 0 1rem; }
@@ -619,7 +618,10 @@ figcaption { font-size: .8rem; color: #555; max-width: 560px; }
 
 
 def method_color(method: str) -> str:
-    return METHOD_COLORS.get(method, "#8c564b")
+    """The method's colour in the plots (:attr:`cola.peft.Method.color`; a name no longer registered: brown)."""
+    from cola.peft import METHODS
+
+    return METHODS[method].color if method in METHODS else "#8c564b"
 
 
 def _pyplot():

@@ -1,9 +1,10 @@
 """What ``train.py`` and ``eval.py`` do, from a composed Hydra config to ``metrics.json``.
 
 :func:`train` reads top to bottom as the run (nothing long starts before the checks pass):
-1. setup: validate the config (:mod:`cola.validation`) and the run folder, resolve the dataset (generate the
-   task's synthetic set on first use when ``data.root`` is null), seed, build the towers + adapters
-   (:class:`cola.models.DualEncoder`) and the task module; check a checkpoint to resume from;
+1. setup: validate the config (:mod:`cola.validation`; its one ``instantiate(cfg.peft)``, a
+   :class:`cola.peft.PeftSpec`, is what the encoder, the task and the saved files use) and the run folder, resolve the
+   dataset (generate the task's synthetic set on first use when ``data.root`` is null), seed, build the towers +
+   adapters (:class:`cola.models.DualEncoder`) and the task module; check a checkpoint to resume from;
 2. instantiate the ``logger``, ``callbacks`` and ``trainer`` config groups (``_target_`` entries);
 3. fit (resuming from ``ckpt_path``; the resume, SLURM and non-finite logic is in :mod:`cola.callbacks`);
 4. validate and test with the selected checkpoint (the tail :func:`evaluate` shares);
@@ -25,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cola.resolvers  # noqa: F401  (registers ${cola.minilm:})
-from cola.peft import load_adapters, save_adapters
+from cola.peft import PeftSpec, load_adapters, save_adapters
 from cola.prepare import ensure_assets, resolve_data_root
 from cola.runio import (  # noqa: F401  (job_config, job_config_yaml: also used through cola.harness)
     attach_file_log,
@@ -43,7 +44,14 @@ from cola.runio import (  # noqa: F401  (job_config, job_config_yaml: also used 
     start_run_folder,
     write_metrics,
 )
-from cola.validation import SetupError, task_streams, validate_adapter_targets, validate_config, validate_run_dir
+from cola.validation import (
+    SetupError,
+    parse_peft,
+    task_streams,
+    validate_adapter_targets,
+    validate_config,
+    validate_run_dir,
+)
 
 if TYPE_CHECKING:  # lightning is imported where it is used, so that config errors show before its slow import
     import lightning as L
@@ -55,23 +63,16 @@ MASK_METRICS = ("miou", "oiou")  # reported from the best-mask checkpoint under 
 
 
 # ---------------------------------------------------------------------------------------------- building
-def peft_dict(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved ``peft`` node as a plain dict (what the DualEncoder and checkpoints see), without its
-    ``_target_`` (:func:`cola.peft.build_peft`), so checkpoint configs compare as before it was added."""
-    peft = OmegaConf.to_container(cfg.peft, resolve=True)
-    peft.pop("_target_", None)  # type: ignore[union-attr]
-    return peft  # type: ignore[return-value]
-
-
-def build_encoder(cfg: DictConfig):
+def build_encoder(cfg: DictConfig, peft: PeftSpec | None = None):
     """Builds the task's towers (:func:`task_streams`) from ``model.<stream>`` and wraps them, keyed by stream, in a
-    :class:`cola.models.DualEncoder` (two or more towers in lockstep)."""
+    :class:`cola.models.DualEncoder` (two or more towers in lockstep) with the parsed ``peft`` node (``None``: parse
+    ``cfg.peft`` here, :func:`cola.validation.parse_peft`)."""
     from cola.models import DualEncoder
 
+    peft = parse_peft(cfg) if peft is None else peft
     towers = {s: instantiate(cfg.model[s]) for s in task_streams(cfg)}
     targets = {s: list(cfg.model.targets[t.family]) for s, t in towers.items()}
     splits = {s: dict(cfg.model.out_splits.get(t.family) or {}) for s, t in towers.items()}
-    peft = peft_dict(cfg)
     for stream, tower in towers.items():
         validate_adapter_targets(tower, targets=targets[stream], out_splits=splits[stream], peft=peft, stream=stream)
     return DualEncoder(
@@ -87,7 +88,8 @@ def build_encoder(cfg: DictConfig):
 def build_module(cfg: DictConfig, encoder, datamodule):
     """The task module (``task.module``) with the run's optimisation: ``optim.optimizer_cfg`` and
     ``optim.scheduler_cfg`` instantiated as partials the task fills (:mod:`cola.optim`), and the ``optim`` knobs
-    the task reads itself (:data:`cola.optim.TASK_KEYS`); the other knobs reach the partials by interpolation."""
+    the task reads itself (:data:`cola.optim.TASK_KEYS`); the other knobs reach the partials by interpolation. The
+    task asks the encoder for the parsed ``peft`` node (:attr:`cola.tasks.base.DualStreamTask.peft`)."""
     from cola.optim import TASK_KEYS, check_options
 
     optim = OmegaConf.to_container(cfg.optim, resolve=True) if cfg.get("optim") else {}
@@ -98,7 +100,6 @@ def build_module(cfg: DictConfig, encoder, datamodule):
         encoder=encoder,
         val_split=datamodule.val_split,
         test_splits=list(datamodule.test_splits),
-        peft_config=peft_dict(cfg),
         **{k: v for k, v in optim.items() if k in TASK_KEYS},
         **partials,
         _convert_="all",
@@ -204,7 +205,7 @@ def reference_metrics(datamodule) -> dict[str, float]:
 def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
     """Everything before training; any bad input surfaces here as a :class:`SetupError`."""
     try:
-        validate_config(cfg)
+        peft = validate_config(cfg)  # the one parse of cfg.peft, handed down
         validate_run_dir(run_dir, resuming=resuming)
         resolve_data_root(cfg)
         root = Path(str(cfg.data.root))
@@ -226,7 +227,7 @@ def setup(cfg: DictConfig, run_dir: Path, *, resuming: bool):
         import lightning as L
 
         L.seed_everything(cfg.seed, workers=True)
-        encoder = build_encoder(cfg)
+        encoder = build_encoder(cfg, peft)
         module = build_module(cfg, encoder, datamodule)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         raise SetupError(str(e)) from e
@@ -337,7 +338,7 @@ def train(cfg: DictConfig, run_dir: Path, *, job: dict[str, Any] | None = None) 
                 save_adapters(
                     run_dir / "adapter.safetensors",
                     module,
-                    config=peft_dict(cfg),
+                    config=module.peft_node(),
                     extra_prefixes=module.head_prefixes(),
                     metadata={"task": str(cfg.task.name), "best_checkpoint": str(best)},
                 )
@@ -373,7 +374,7 @@ def load_run(path: str | Path, run_dir: Path, overrides: list[str] = ()) -> tupl
     adapter = ckpt / "adapter.safetensors" if ckpt.is_dir() else ckpt
     if adapter.suffix == ".safetensors":
         try:
-            load_adapters(adapter, module, config=peft_dict(merged), extra_prefixes=module.head_prefixes())
+            load_adapters(adapter, module, config=module.peft_node(), extra_prefixes=module.head_prefixes())
         except (ValueError, FileNotFoundError) as e:
             raise SetupError(f"ckpt_path={str(path)!r}: {e}") from e
         except Exception as e:  # noqa: BLE001 - safetensors' own errors (a file that is not safetensors)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from cola.peft import Method
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 SCHEDULES = ("cosine", "poly", "constant")
@@ -52,21 +55,25 @@ def check_options(optim: Mapping[str, Any]) -> None:
     check_loraplus_ratio(optim.get("loraplus_ratio"))
 
 
-def check_loraplus_ratio(ratio: Any, method: str | None = None) -> None:
-    """``optim.loraplus_ratio`` is null or a positive number, and set only for a method with adapters.
+def check_loraplus_ratio(ratio: Any, method: Method | None = None) -> None:
+    """``optim.loraplus_ratio`` is null or a positive number, and set only for a method with trained B matrices.
 
     Args:
         ratio: eta_B / eta_A (LoRA+, Hayou et al., 2024), or ``None`` (off).
-        method: ``peft.method`` when known; ``frozen`` / ``full`` have no B matrix to speed up.
+        method: the run's :class:`cola.peft.Method` when known; one without ``up_projections`` (``frozen``,
+            ``full``, VeRA's frozen B) has no B matrix to speed up.
     """
     if ratio is None:
         return
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
         raise ValueError(f"optim.loraplus_ratio must be a positive number (eta_B / eta_A) or null (off), got {ratio!r}")
-    if method in ("frozen", "full"):
+    if method is not None and not method.up_projections:
+        from cola.peft import METHODS
+
+        with_b = ", ".join(n for n, m in METHODS.items() if m.up_projections)
         raise ValueError(
-            f"optim.loraplus_ratio={ratio!r} needs adapter B matrices, but peft.method={method!r} has none; set "
-            "optim.loraplus_ratio=null or pick peft=lora, lora_param_matched, cola or moka"
+            f"optim.loraplus_ratio={ratio!r} needs adapter B matrices, but peft.method={method.name!r} has none; set "
+            f"optim.loraplus_ratio=null or pick peft={with_b}"
         )
 
 

@@ -634,6 +634,8 @@ def unsourced() -> list[str]:
 
 
 CARD_METHODS = ("frozen", "lora", "lora_param_matched", "moka", "cola")
+"""The methods the paper's tables compare (the card reproduces those tables; other registered methods, e.g. VeRA, are
+beyond the paper and not on it)."""
 
 
 def _random_towers(cfg: DictConfig) -> None:
@@ -679,7 +681,7 @@ def method_parameters(experiment: str, overrides: list[str] = ()) -> dict[str, A
             module = build_module(cfg, encoder, _Splits())
         params[method] = module.parameter_counts()["trainable"]
         adapters[method] = encoder.report.params_added
-        if method == "lora_param_matched":
+        if encoder.report.lora_rank is not None:  # a derived LoRA (Method.derive): its rank and alpha
             out["param_matched_rank"] = encoder.report.lora_rank
             out["param_matched_alpha"] = float(cfg.peft.alpha) / float(cfg.peft.rank) * encoder.report.lora_rank
     out["params"] = params

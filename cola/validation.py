@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cola.peft import build_peft
+from cola.peft import PeftSpec, build_peft
 
 
 class SetupError(RuntimeError):
@@ -24,20 +24,36 @@ def task_streams(cfg: DictConfig) -> list[str]:
     return list(streams) if streams else ["vision", cfg.task.get("modality")]
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Validates the composed config: peft fields, task/model pairing, logger credentials."""
-    from omegaconf import OmegaConf
+def parse_peft(cfg: DictConfig) -> PeftSpec:
+    """``hydra.utils.instantiate(cfg.peft)``: the run's one parse of its ``peft`` node (``_target_:
+    cola.peft.build_peft``), a :class:`cola.peft.PeftSpec` that the checks, the encoder, the task and its checkpoints
+    share. A node saved before it had a ``_target_`` is parsed by :func:`cola.peft.build_peft` all the same.
+
+    Raises:
+        SetupError: a value that does not resolve (``rank=-3``) or that the method's config rejects, named.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
     from omegaconf.errors import InterpolationResolutionError
 
     try:
-        peft = OmegaConf.to_container(cfg.peft, resolve=True)
+        spec = instantiate(cfg.peft, _convert_="all")
+        return spec if isinstance(spec, PeftSpec) else build_peft(**spec)
     except InterpolationResolutionError as e:  # e.g. rank=-3: the resolver's own message names the key
         first = str(e.__cause__ or e).split("\n")[0]
         raise SetupError(re.sub(r"^\w+ raised while resolving interpolation: ", "", first)) from e
-    try:
-        build_peft(**peft)  # the parse the encoder runs
-    except ValueError as e:
-        raise SetupError(str(e) if str(e).startswith("peft") else f"peft: {e}") from e
+    except (ValueError, InstantiationException) as e:  # the parse's own error, wrapped by hydra: report that
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(cause, InterpolationResolutionError):
+            first = str(cause.__cause__ or cause).split("\n")[0]
+            raise SetupError(re.sub(r"^\w+ raised while resolving interpolation: ", "", first)) from e
+        raise SetupError(str(cause) if str(cause).startswith("peft") else f"peft: {cause}") from e
+
+
+def validate_config(cfg: DictConfig) -> PeftSpec:
+    """Validates the composed config: peft fields, task/model pairing, logger credentials. Returns the parsed ``peft``
+    node (:func:`parse_peft`), which the run builds from."""
+    spec = parse_peft(cfg)
     needed = task_streams(cfg)
     missing = [s for s in needed if s not in cfg.model or cfg.model.get(s) is None]
     if missing:
@@ -49,7 +65,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"task {cfg.task.name} runs the towers {needed}, but model {cfg.model.get('name')} has towers {towers}; "
             f"pick a model with a {' and a '.join(missing)} tower (e.g. model=tiny or model={suggestion})"
         )
-    pooling = peft.get("condition_pooling")
+    pooling = getattr(spec.config, "condition_pooling", None)
     pooled = pooling.values() if isinstance(pooling, Mapping) else [pooling]
     if "mean_with_padding" in pooled and cfg.get("data", {}).get("pad_to") == "longest":
         raise SetupError(
@@ -64,6 +80,7 @@ def validate_config(cfg: DictConfig) -> None:
             "logger.wandb.offline=false but no W&B credentials were found (WANDB_API_KEY, ~/.netrc); run "
             "`wandb login`, or keep the default offline mode and `wandb sync` the run later"
         )
+    return spec
 
 
 def _validate_options(cfg: DictConfig) -> None:
@@ -93,7 +110,9 @@ def _validate_options(cfg: DictConfig) -> None:
             raise SetupError(str(e)) from e
 
 
-def validate_adapter_targets(tower, *, targets: list[str], out_splits: dict[str, int], peft: dict, stream: str) -> None:
+def validate_adapter_targets(
+    tower, *, targets: list[str], out_splits: dict[str, int], peft: PeftSpec, stream: str
+) -> None:
     """Checks, on a built tower and before any adapter is injected, that every target names a linear layer and
     that the rank fits each adapted layer: a rank-r update of a layer needs r <= min(d_in, d_out per slice).
 
@@ -101,23 +120,21 @@ def validate_adapter_targets(tower, *, targets: list[str], out_splits: dict[str,
         tower: the :class:`cola.models.Tower` (an ``nn.Module``).
         targets: ``model.targets[family]`` (name suffixes).
         out_splits: fused layers (``{"attn.qkv": 3}``): their output is split before comparing.
-        peft: the resolved ``peft`` node.
+        peft: the parsed ``peft`` node (:func:`parse_peft`).
         stream: the stream name (``vision``, ``text``, ``audio``), for the message.
 
     Raises:
         SetupError: a target matches no ``nn.Linear`` (naming the closest module names) or the rank is too large.
     """
-    from cola.peft import find_targets, get_method
+    from cola.peft import find_targets
 
-    if not get_method(peft.get("method")).injects:
+    if not peft.method.injects:
         return
     try:
         found = find_targets(tower, list(targets))
     except ValueError as e:
         raise SetupError(f"model.targets.{tower.family} (stream {stream}): {e}") from e
-    rank = peft.get("rank")
-    if not isinstance(rank, int):
-        return
+    rank = peft.config.rank
     too_narrow = {}
     for name, (target, linear) in found.items():
         width = min(linear.in_features, linear.out_features // int(out_splits.get(target, 1)))

@@ -73,12 +73,14 @@ def markdown(cards: dict) -> str:
             source = row["source"].replace("|", "\\|")
             lines.append(f"| {k} | {_fmt(row['repo'])} | {_fmt(row['official'])} | {source} | {status} |")
         if "params" in card:
+            from cola.peft import get_method
+
             lora = card["adapter_params"]["lora"]
             lines += ["", "| method | trainable | adapters | adapters / LoRA |", "|---|---|---|---|"]
             for m in CARD_METHODS:
                 a = card["adapter_params"][m]
                 label = m
-                if m == "lora_param_matched":
+                if get_method(m).derive is not None:  # its rank and alpha are derived, not set
                     label += f" (r {card['param_matched_rank']}, alpha {card['param_matched_alpha']:g})"
                 lines.append(f"| {label} | {card['params'][m]:,} | {a:,} | {a / lora:.2f} |")
             if card.get("param_note"):

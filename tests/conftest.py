@@ -173,7 +173,7 @@ def make_ave(method: str = "cola", *, seed: int = 0, **kwargs):
     from cola.tasks.av_classification import AVEClassificationTask
 
     kwargs = {"d_model": 32, "dropout": 0.0, **kwargs}
-    return AVEClassificationTask(make_av_encoder(method, seed=seed), peft_config=AV_PEFT[method], **kwargs)
+    return AVEClassificationTask(make_av_encoder(method, seed=seed), **kwargs)
 
 
 def ave_batch(batch_size: int = 2, seconds: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -234,7 +234,7 @@ def make_task(
     )
     kwargs = dict(image_size=TASK_IMAGE, head={**SMALL_HEAD, **(head or {})}, max_query_len=40)
     kwargs.update(task_kwargs)
-    return GroundingTask(encoder, peft_config=peft, **kwargs)
+    return GroundingTask(encoder, **kwargs)
 
 
 def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -295,6 +295,7 @@ GROUNDING_PEFT = {
     "cola": {"method": "cola", "rank": 4, "alpha": 8},
     "lora": {"method": "lora", "rank": 4, "alpha": 8},
     "moka": {"method": "moka", "rank": 4, "alpha": 8},
+    "vera": {"method": "vera", "rank": 8, "alpha": 4},
     "frozen": {"method": "frozen"},
 }
 

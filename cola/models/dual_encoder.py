@@ -92,9 +92,9 @@ class DualEncoder(nn.Module):
     Args:
         towers: the towers keyed by stream name (``vision``, ``text``, ``audio``), in the order the lockstep
             pairs and ``layer_map`` count them (vision first in every task); stored as ``self.towers``.
-        peft: the ``peft`` config node as a plain dict (``configs/peft/<method>.yaml``) or its parse, a
-            :class:`cola.peft.PeftSpec`; ``None`` = frozen. ``layers`` / ``layer_map`` may sit there too (the
-            arguments below win when not ``None``).
+        peft: the parsed ``peft`` node, a :class:`cola.peft.PeftSpec` (``instantiate(cfg.peft)``), or the node as a
+            plain dict (``configs/peft/<method>.yaml``), parsed here; ``None`` = frozen. ``layers`` / ``layer_map``
+            may sit there too (the arguments below win when not ``None``).
         targets: stream -> adapted linear layers, as name suffixes (e.g. ``["attn.qkv", "mlp.fc1"]``).
         out_splits: stream -> fused layers, e.g. ``{"vision": {"attn.qkv": 3}}``.
         layers: indices of the block pairs to adapt (``None`` = all); with equal depths and no
@@ -108,6 +108,7 @@ class DualEncoder(nn.Module):
             (training only; same results, less memory, about one extra forward of compute).
 
     Attributes:
+        peft: the :class:`cola.peft.PeftSpec`; ``adapter_config`` its adapter config (``None``: frozen, full).
         streams: the stream names, in order. report: a :class:`DualEncoderReport`.
         layer_pairs: the block pairs (one index per stream); ``adapted_pairs`` the pair indices with adapters.
 
@@ -132,24 +133,25 @@ class DualEncoder(nn.Module):
         self.towers = nn.ModuleDict(_check_towers(towers))
         self.streams = tuple(self.towers)
         self._rows = dict.fromkeys(self.streams, 1)  # rows per sample of each stream in the current forward
-        spec = peft if isinstance(peft, PeftSpec) else build_peft(**dict(peft or {"method": "frozen"}))
-        self.method, self.peft_config = spec.method.name, spec.config
+        spec = peft if isinstance(peft, PeftSpec) else build_peft(**dict(peft or {}))
+        self.peft = spec  # the parsed peft node: what the task asks and its checkpoints store (spec.to_dict())
+        self.method, self.adapter_config = spec.method.name, spec.config
         self.exchange = spec.method.exchange  # what adapted layers take from the other stream
         layers = spec.layers if layers is None else layers
         layer_map = spec.layer_map if layer_map is None else layer_map
 
         self._pair_blocks(layers, layer_map)
-        self.propagation = getattr(self.peft_config, "propagation", "progressive")
-        self.condition_pooling = getattr(self.peft_config, "condition_pooling", "mean")
+        self.propagation = getattr(self.adapter_config, "propagation", "progressive")
+        self.condition_pooling = getattr(self.adapter_config, "condition_pooling", "mean")
         # keyed by the *source* stream: pooling[s] pools stream s's tokens into the other stream's conditions
         self.pooling = {s: per_stream("condition_pooling", self.condition_pooling, s) for s in self.streams}
         self.anchor = _resolve_anchor(anchor, self.towers)
-        self.condition_fusion = getattr(self.peft_config, "condition_fusion", "concat")
+        self.condition_fusion = getattr(self.adapter_config, "condition_fusion", "concat")
         if self.condition_fusion not in FUSIONS:
             raise ValueError(f"peft.condition_fusion must be one of {list(FUSIONS)}, got {self.condition_fusion!r}")
         # stream -> the streams its layers take states from (lora_param_matched sizes its CoLA by them too)
-        kind = self.exchange or ("condition" if self.peft_config is not None else None)
-        requested = getattr(self.peft_config, "condition_sources", None)
+        kind = self.exchange or ("condition" if self.adapter_config is not None else None)
+        requested = getattr(self.adapter_config, "condition_sources", None)
         self.sources = resolve_sources(self.streams, requested, exchange=kind, anchor=self.anchor)
         ctx = {s: self._context_dim(s) for s in self.streams}
 
@@ -204,7 +206,7 @@ class DualEncoder(nn.Module):
         """Width of what ``stream``'s layers take from the other streams (``None``: they take nothing): one width,
         their sum (``condition_fusion=concat``), or the tuple of source widths (``per_stream`` with several
         sources: one hypernetwork per source)."""
-        queries = self.peft_config is not None and self.peft_config.queries_other(anchor=self.anchor == stream)
+        queries = self.adapter_config is not None and self.adapter_config.queries_other(anchor=self.anchor == stream)
         if not queries:
             return None
         if stream not in self.sources:

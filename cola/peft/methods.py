@@ -1,21 +1,24 @@
 """The method library as one registry: every PEFT method the encoder can run, and the one parse of a ``peft`` node.
 
-A :class:`Method` says what a method is made of (its config dataclass and layer class) and what the dual
-encoder must do for it (what it exchanges across streams, whether it merges, whether the towers train). The
-encoder and the config checks ask the method instead of branching on its name. Adding a method = its config
-and layer classes (e.g. :mod:`cola.peft.moka`), one row of :data:`METHODS`, one ``configs/peft/<name>.yaml``
-and its row in the shared method table of ``tests/peft/test_peft.py``.
+A :class:`Method` is everything the rest of the code asks about a method: its layer class (and through it its config
+dataclass, what it exchanges across streams, whether it merges, its parameter prefixes and B matrices), whether the
+towers train, which tensors its optimiser group and its checkpoints hold, its place and colour in reports. The
+encoder, the task, the optimiser, the config checks and the reports ask the method instead of branching on its name.
+Adding a method = its module (config and layer classes, e.g. :mod:`cola.peft.vera`), one row of :data:`METHODS`,
+one ``configs/peft/<name>.yaml``, its tests and its docs paragraph (README "Adding a PEFT method").
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from .config import AdapterConfig, CoLAConfig, LoRAConfig
 from .layers import AdapterLinear, CoLALinear, LoRALinear
-from .moka import MoKAConfig, MoKALinear
+from .moka import MoKALinear
+from .vera import VeRALinear
 
 
 @dataclass
@@ -56,32 +59,62 @@ class MatchedLoRA:
 
 @dataclass(frozen=True)
 class Method:
-    """One PEFT method.
+    """One PEFT method: a name, the layer class it injects and what its layers cannot say themselves.
+
+    What the layer class declares (:class:`cola.peft.AdapterLinear`: ``config_class``, ``exchange``, ``mergeable``,
+    ``prefixes``, ``up_projections``) is read from it, never repeated here.
 
     Attributes:
         name: the ``peft.method`` value.
-        config: the dataclass the ``peft`` node's fields build (``None``: the method has no adapter config).
         layer: the adapter layer class injected into the towers (``None``: nothing is injected).
-        exchange: what its layers take from the other stream: ``"condition"`` (a pooled vector), ``"tokens"``
-            or ``None``.
-        merges: whether its layers fold (part of) the adapter into the base weight.
+        parses_as: the dataclass the ``peft`` node's fields build when it is not ``layer.config_class``
+            (``lora_param_matched`` describes a CoLA run and injects the LoRA it derives); ``None``: the layer's own.
         trains_towers: whether every tower parameter trains (full fine-tuning); else the towers are frozen.
         derive: a factory turning the parsed config and the planned layers into the config actually injected
             (``lora_param_matched``: the LoRA closest in parameters to the CoLA run it describes); ``None``: the
             parsed config is injected.
+        color: its colour in comparison plots (:mod:`cola.compare`); its place in reports is its place in
+            :data:`METHODS`.
     """
 
     name: str
-    config: type[AdapterConfig] | None
-    layer: type[AdapterLinear] | None
-    exchange: str | None = None
-    merges: bool = False
+    layer: type[AdapterLinear] | None = None
+    parses_as: type[AdapterConfig] | None = None
     trains_towers: bool = False
     derive: Callable[..., MatchedLoRA] | None = None
+    color: str = "#8c564b"
+
+    @property
+    def config(self) -> type[AdapterConfig] | None:
+        """The dataclass the ``peft`` node's fields build (``None``: the method has no adapter config)."""
+        return self.parses_as or (self.layer.config_class if self.layer is not None else None)
 
     @property
     def injects(self) -> bool:
+        """Whether adapter layers are injected into the towers."""
         return self.layer is not None
+
+    @property
+    def exchange(self) -> str | None:
+        """What its layers take from the other stream: ``"condition"`` (a pooled vector), ``"tokens"`` or ``None``."""
+        return self.layer.exchange if self.layer is not None else None
+
+    @property
+    def merges(self) -> bool:
+        """Whether its layers fold (part of) the adapter into the base weight."""
+        return self.layer is not None and self.layer.mergeable
+
+    @property
+    def up_projections(self) -> tuple[str, ...]:
+        """Names of its B matrices (what LoRA+ trains faster); empty: LoRA+ does not apply."""
+        return self.layer.up_projections if self.layer is not None else ()
+
+    def in_adapter_group(self, name: str) -> bool:
+        """Whether the trainable encoder tensor ``name`` trains at the adapters' learning rate: an adapter tensor, or
+        any tower tensor when the towers train (the rest of the encoder, e.g. fusion layers, is a head's)."""
+        from .inject import is_adapter_param
+
+        return self.trains_towers or is_adapter_param(name)
 
 
 def closest_rank(count: Callable[[int], int], target: int) -> tuple[int, int]:
@@ -184,15 +217,17 @@ def match_lora(
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("cola", CoLAConfig, CoLALinear, exchange="condition", merges=True),
-        Method("lora", LoRAConfig, LoRALinear, merges=True),
-        Method("lora_param_matched", ParamMatchedConfig, LoRALinear, merges=True, derive=match_lora),
-        Method("moka", MoKAConfig, MoKALinear, exchange="tokens"),
-        Method("frozen", None, None),
-        Method("full", None, None, trains_towers=True),
+        Method("frozen", color="#7f7f7f"),
+        Method("lora", LoRALinear, color="#1f77b4"),
+        Method("lora_param_matched", LoRALinear, parses_as=ParamMatchedConfig, derive=match_lora, color="#17becf"),
+        Method("moka", MoKALinear, color="#9467bd"),
+        Method("vera", VeRALinear, color="#2ca02c"),
+        Method("cola", CoLALinear, color="#d62728"),
+        Method("full", trains_towers=True, color="#2b2b2b"),
     )
 }
-"""Every method ``peft.method`` may name, in the order the docs list them."""
+"""Every method ``peft.method`` may name, in the order reports list them (frozen towers, the baselines, CoLA, full
+fine-tuning); ``configs/peft/<name>.yaml`` holds each one's node (a test checks the folder is this table)."""
 
 ADAPTER_LAYERS: tuple[type[AdapterLinear], ...] = tuple(dict.fromkeys(m.layer for m in METHODS.values() if m.layer))
 ADAPTER_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(p for cls in ADAPTER_LAYERS for p in cls.prefixes))
@@ -225,34 +260,42 @@ def layer_for(config: AdapterConfig) -> type[AdapterLinear]:
 
 @dataclass(frozen=True)
 class PeftSpec:
-    """A parsed ``peft`` node: the method, its config (``None`` for ``frozen``/``full``) and the placement keys."""
+    """A parsed ``peft`` node (what ``hydra.utils.instantiate(cfg.peft)`` returns): the method, its config (``None``
+    for ``frozen``/``full``), the placement keys, and the node itself (:meth:`to_dict`), which checkpoints and
+    adapter files store and compare."""
 
     method: Method
     config: AdapterConfig | None
     layers: list[int] | None = None
     layer_map: Any = None
+    node: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.method.name
 
+    def to_dict(self) -> dict[str, Any]:
+        """The node as it was parsed (``method`` and every key given, ``_target_`` left out), as plain values."""
+        return copy.deepcopy(self.node)
 
-def build_peft(method: Any = "frozen", *, layers: Any = None, layer_map: Any = None, **fields_: Any) -> PeftSpec:
-    """Parses a ``peft`` node (``configs/peft/*.yaml``, their ``_target_``): the one parse the encoder and the
-    config checks share.
+
+def build_peft(method: Any = "frozen", **fields_: Any) -> PeftSpec:
+    """Parses a ``peft`` node (``configs/peft/*.yaml``, their ``_target_``): the one parse the harness makes and
+    hands to the config checks, the encoder, the task and its checkpoints.
 
     Args:
         method: a name of :data:`METHODS`.
-        layers: block-pair indices to adapt (``None``: all).
-        layer_map: pairing of towers of unequal depth (see :func:`cola.models.resolve_layer_pairs`).
         **fields_: config fields; any field of a registered method's config is accepted, the method's own
-            config takes its fields.
+            config takes its fields; and the placement keys ``layers`` (block-pair indices to adapt, ``None``: all)
+            and ``layer_map`` (pairing of towers of unequal depth, :func:`cola.models.resolve_layer_pairs`).
 
     Raises:
         ValueError: unknown method or key, or a field value the method's config rejects (naming it).
     """
     m = get_method(method)
     fields_.pop("_target_", None)
+    node = {"method": method, **copy.deepcopy(fields_)}
+    layers, layer_map = fields_.pop("layers", None), fields_.pop("layer_map", None)
     unknown = sorted(set(fields_) - CONFIG_KEYS)
     if unknown:
         raise ValueError(
@@ -262,7 +305,7 @@ def build_peft(method: Any = "frozen", *, layers: Any = None, layer_map: Any = N
     if m.config is not None:
         own = {f.name for f in fields(m.config)}
         config = m.config.from_dict({k: v for k, v in fields_.items() if k in own})
-    return PeftSpec(m, config, None if layers is None else list(layers), layer_map)
+    return PeftSpec(m, config, None if layers is None else list(layers), layer_map, node)
 
 
 def config_from_dict(values: dict[str, Any]) -> AdapterConfig:

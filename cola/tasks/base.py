@@ -10,7 +10,9 @@ A task subclass provides the heads and four hooks: ``forward(batch)``, ``compute
   grounding poly schedule is ``lr (1 - epoch / E)^0.9`` per epoch);
 - metrics per split, logged as ``<split>/<name>`` (``val/acc@0.5``, ``testA/oiou``);
 - checkpoints without the frozen towers (rebuilt identically from their source and the seed), with the
-  peft config stored inside so a checkpoint of another config fails with a clear message;
+  peft node stored inside (the encoder's :class:`cola.peft.PeftSpec`, ``to_dict()``) so a checkpoint of another
+  config fails with a clear message; what trains at which rate and what a checkpoint holds is asked of the method
+  (:class:`cola.peft.Method`), never decided by its name;
 - a non-finite loss stops the run or skips the batch (``on_nonfinite``; gradients: :mod:`cola.callbacks.nonfinite`);
 - the intra variants' training hooks (:mod:`cola.peft.variants`), asked of the encoder and never by variant name:
   their loss terms are added to the task's loss (AdaLoRA's ``orth_reg``), they learn the run's number of optimiser
@@ -34,7 +36,7 @@ from torch import nn
 
 from cola.callbacks.nonfinite import NonFiniteLossError, check_policy, nonfinite_loss  # noqa: F401  (re-exported)
 from cola.optim import INTERVALS, adam, check_choice, check_loraplus_ratio, warmup_schedule
-from cola.peft import fill_legacy_keys, is_adapter_param, is_up_projection, upgrade_state_keys
+from cola.peft import PeftSpec, fill_legacy_keys, is_adapter_param, is_up_projection, upgrade_state_keys
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ class DualStreamTask(L.LightningModule):
         test_splits: the split names of the test loaders, in order.
         on_nonfinite: ``raise`` (default) or ``skip`` the batch (optimiser step) when the loss (a gradient) is not
             finite.
-        peft_config: the peft config (plain dict) stored in checkpoints and checked on load.
         loraplus_ratio: LoRA+ (Hayou et al., 2024): the B matrices of every adapter (``lora_B``, ``cola_B``,
             ``moka_B``) train at ``lr_adapters * loraplus_ratio`` in a group of their own; ``None`` = off.
     """
@@ -83,15 +84,14 @@ class DualStreamTask(L.LightningModule):
         val_split: str = "val",
         test_splits: list[str] | tuple[str, ...] = ("test",),
         on_nonfinite: str = "raise",
-        peft_config: dict[str, Any] | None = None,
         loraplus_ratio: float | None = None,
     ) -> None:
         super().__init__()
         check_choice("optim.schedule_interval", schedule_interval, INTERVALS)
-        check_loraplus_ratio(loraplus_ratio, (peft_config or {}).get("method"))
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
         self.encoder = encoder
+        check_loraplus_ratio(loraplus_ratio, self.peft.method if self.peft is not None else None)
         self.make_optimizer = optimizer if optimizer is not None else partial(adam, name="adamw")
         self.make_scheduler = scheduler if scheduler is not None else partial(warmup_schedule, schedule="cosine")
         self.lr_adapters, self.lr_heads = lr_adapters, lr_heads
@@ -100,12 +100,26 @@ class DualStreamTask(L.LightningModule):
         self.val_split = val_split
         self.test_splits = list(test_splits)
         self.on_nonfinite = check_policy(on_nonfinite)
-        self.peft_config = dict(peft_config or {})
         self.loraplus_ratio = loraplus_ratio
         self.strict_loading = False  # checkpoints omit the frozen towers; on_load_checkpoint checks the rest
         self.skipped_batches = 0  # batches skipped for a non-finite loss or non-finite gradients
         self.last_terms: dict[str, torch.Tensor] = {}  # the last training loss terms (named by NonFiniteGuard)
         self._metric_splits: nn.ModuleDict | None = None
+
+    @property
+    def peft(self) -> PeftSpec | None:
+        """The parsed ``peft`` node the encoder was built from (``None``: an encoder without one, in tests)."""
+        return getattr(self.encoder, "peft", None)
+
+    def peft_node(self) -> dict[str, Any]:
+        """The ``peft`` node as a plain dict: what checkpoints store and compare (``{}`` without one)."""
+        return self.peft.to_dict() if self.peft is not None else {}
+
+    @property
+    def trains_towers(self) -> bool:
+        """Whether the towers themselves train (``peft=full``): they are then adapters for the optimiser and kept in
+        checkpoints and adapter files."""
+        return self.peft is not None and self.peft.method.trains_towers
 
     # ------------------------------------------------------------------ hooks for subclasses
     def make_metrics(self) -> dict[str, nn.Module]:
@@ -262,11 +276,8 @@ class DualStreamTask(L.LightningModule):
             if not p.requires_grad:
                 continue
             in_encoder = name.startswith("encoder.")
-            key = (
-                "adapters"
-                if in_encoder and (is_adapter_param(name) or self.peft_config.get("method") == "full")
-                else "heads"
-            )
+            adapter = is_adapter_param(name) if self.peft is None else self.peft.method.in_adapter_group(name)
+            key = "adapters" if in_encoder and adapter else "heads"
             if key == "adapters" and self.loraplus_ratio is not None and is_up_projection(name):
                 key = "adapters_B"
             no_wd = not self.decay_1d and (p.ndim <= 1 or name.endswith("cola_lambda"))
@@ -347,7 +358,7 @@ class DualStreamTask(L.LightningModule):
         """Name prefixes of what ``adapter.safetensors`` holds besides adapters: the heads (and, under
         ``peft=full``, the towers themselves)."""
         prefixes = tuple(f"{n}." for n, _ in self.named_children() if n != "encoder")
-        return prefixes + (("encoder.",) if self.peft_config.get("method") == "full" else ())
+        return prefixes + (("encoder.",) if self.trains_towers else ())
 
     def trainable_state_keys(self) -> set[str]:
         params = dict(self.named_parameters())
@@ -355,16 +366,15 @@ class DualStreamTask(L.LightningModule):
         # buffers of the heads (e.g. norms' running stats) are kept; tower buffers are rebuilt with the towers
         # (persistent ones: a non-persistent buffer, e.g. fixed positions, is rebuilt by the constructor)
         keys |= {n for n in self.state_dict() if not n.startswith("encoder.") and n not in params}
-        # CoLA's random_frozen hypernetworks are frozen but random: keep them so a reload is exact
-        keys |= {n for n in params if n.startswith("encoder.") and ".cola_hypernet." in n}
-        # adapter buffers (PiSSA's initial factors): a reload re-bases the residual on them
-        keys |= {n for n in self.state_dict() if n.startswith("encoder.") and n not in params and is_adapter_param(n)}
+        # every adapter tensor, trained or frozen (CoLA's random_frozen hypernetworks, VeRA's random matrices) and
+        # buffers (PiSSA's initial factors, on which a reload re-bases the residual): a reload is exact
+        keys |= {n for n in self.state_dict() if n.startswith("encoder.") and is_adapter_param(n)}
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["cola_peft_config"] = self.peft_config
+        checkpoint["cola_peft_config"] = self.peft_node()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_checkpoint_fits(checkpoint)
@@ -374,14 +384,14 @@ class DualStreamTask(L.LightningModule):
         this model (with ``exact``, also if it holds tensors this model does not have)."""
         # names written before the towers were named by stream (tower_a. -> towers.vision.) load too
         checkpoint["state_dict"] = upgrade_state_keys(self, checkpoint["state_dict"])
-        saved = checkpoint.get("cola_peft_config")
-        if saved is not None and self.peft_config:  # a config written before peft.intra existed means intra=lora
-            saved = fill_legacy_keys(saved, self.peft_config)
-        if saved is not None and self.peft_config and saved != self.peft_config:
+        saved, current = checkpoint.get("cola_peft_config"), self.peft_node()
+        if saved is not None and current:  # a config written before peft.intra existed means intra=lora
+            saved = fill_legacy_keys(saved, current)
+        if saved is not None and current and saved != current:
             diffs = [
-                f"{k}: checkpoint {saved.get(k)!r} != run {self.peft_config.get(k)!r}"
-                for k in sorted(set(saved) | set(self.peft_config))
-                if saved.get(k) != self.peft_config.get(k)
+                f"{k}: checkpoint {saved.get(k)!r} != run {current.get(k)!r}"
+                for k in sorted(set(saved) | set(current))
+                if saved.get(k) != current.get(k)
             ]
             raise ValueError("checkpoint was made with another peft config: " + "; ".join(diffs))
         want, keys = self.trainable_state_keys(), set(checkpoint["state_dict"])

@@ -222,7 +222,7 @@ def test_ave_training_step_with_a_tiny_pad_ast(ave_root, tmp_path):
         anchor=None,
     )
     task = AVEClassificationTask(
-        encoder, peft_config=peft, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits
+        encoder, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits
     )
     trainer = fast_dev_trainer(tmp_path)
     trainer.fit(task, datamodule=dm)

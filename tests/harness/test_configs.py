@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cola.peft import METHODS
 from cola.validation import SetupError, validate_config
 from tests.conftest import CONFIG_DIR, compose_cfg, resolve_all
 
@@ -19,8 +20,23 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def test_peft_folder_is_the_method_registry():
+    """configs/peft/ holds one file per registered method, named after it, whose node parses (instantiate, as the
+    harness does) into that method: the folder and cola.peft.METHODS are one list, typed nowhere else."""
+    from cola.peft import METHODS, PeftSpec
+
+    assert set(_options("peft")) == set(METHODS)
+    assert {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"} <= set(METHODS)  # SPEC section 10
+    for name in METHODS:
+        cfg = compose_cfg([f"peft={name}"], tiny=False)
+        spec = instantiate(cfg.peft, _convert_="all")
+        assert isinstance(spec, PeftSpec) and spec.method is METHODS[name]
+        assert spec.to_dict() == {k: v for k, v in resolve_all(cfg)["peft"].items() if k != "_target_"}
+    comment = next(line for line in (Path(CONFIG_DIR) / "train.yaml").read_text().splitlines() if "- peft:" in line)
+    assert not any(f" {name} " in f" {comment} " for name in METHODS if name != "cola"), comment  # no typed list
+
+
 def test_groups_have_the_spec_options():
-    assert set(_options("peft")) == {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
     assert set(_options("sharing")) == {"none", "shared_a", "shared_b", "full"}
     assert set(_options("propagation")) == {"uniform", "module_wise", "progressive"}
     assert set(_options("trainer")) == {"cpu", "gpu", "ddp"}
@@ -33,7 +49,7 @@ def test_groups_have_the_spec_options():
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_cfg([f"{group}={option}"], tiny=False)
     container = resolve_all(cfg)
-    assert container["peft"]["method"] in {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"}
+    assert container["peft"]["method"] in METHODS
     if group in ("sharing", "propagation"):
         assert cfg.peft[group] == option
     if cfg.model.get(cfg.task.modality) is not None:  # the paper's towers pair with their own tasks only
@@ -207,7 +223,7 @@ def test_monitor_names_the_split_the_validation_loader_runs_on(overrides, monito
 
 @pytest.mark.parametrize("rank", [1, 4, 8, 12, 16, 33])
 def test_rank_sets_rank_and_half_alpha_for_every_method(rank):
-    for method in ("cola", "lora", "lora_param_matched", "moka"):
+    for method in [n for n, m in METHODS.items() if m.injects]:
         cfg = compose_cfg([f"peft={method}", f"rank={rank}"], tiny=False)
         assert cfg.peft.rank == rank and cfg.peft.alpha == rank / 2
 

@@ -13,7 +13,7 @@ from tests.conftest import cli_args, compose_cfg, fast_cfg, train_py
 
 # A small grounding run on the synthetic set: the conftest's tiny towers, a narrow fusion head, a few batches.
 REQUIRED_KEYS = ("val/acc@0.5", "testA/acc@0.5", "testB/oiou", "params/trainable", "params/total")
-METHODS = ("lora", "cola", "moka", "frozen")
+METHODS = ("lora", "cola", "moka", "vera", "frozen")
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,14 @@ def test_train_writes_the_run_folder(runs, method, synthetic_refcoco):
 def test_methods_differ_in_trainable_parameters(runs):
     trainable = {m: runs[m][1]["params/trainable"] for m in METHODS}
     # frozen trains the heads only; every adapter method adds to that
-    assert all(trainable[m] > trainable["frozen"] for m in ("lora", "cola", "moka")), trainable
+    assert all(trainable[m] > trainable["frozen"] for m in ("lora", "cola", "moka", "vera")), trainable
+    assert trainable["vera"] < trainable["lora"], trainable  # r + d_out per layer against r (d_in + d_out)
     assert trainable["cola"] > trainable["lora"], trainable
 
 
-def test_eval_reproduces_the_val_metrics(runs, tmp_path):
-    run_dir, metrics = runs["cola"]
+@pytest.mark.parametrize("method", ["cola", "vera"])  # vera: its frozen random matrices come from the adapter file
+def test_eval_reproduces_the_val_metrics(runs, method, tmp_path):
+    run_dir, metrics = runs[method]
     cfg = compose_cfg([f"ckpt_path={run_dir}"], config_name="eval", run_dir=tmp_path)
     evaluated = harness.evaluate(cfg, tmp_path, [f"ckpt_path={run_dir}"])
     val = {k: v for k, v in metrics.items() if k.startswith("val/")}

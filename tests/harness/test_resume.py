@@ -137,7 +137,6 @@ def test_loader_state_counts_batches_handed_out_not_prefetched():
     assert torch.equal(before, torch.get_rng_state())
 
 
-
 class _RandomDraws(torch.utils.data.Dataset):
     """Sample i is (i, a draw from torch's global generator): an augmentation in miniature."""
 
@@ -185,6 +184,7 @@ def test_a_samples_random_draws_depend_on_seed_epoch_and_index_only(workers):
     keyed = SeededSamples(data)[(5, 0, 3)]
     assert torch.equal(before, torch.get_rng_state()) and float(keyed[1]) == reference[3]
     assert isinstance(full.dataset, SeededSamples) and full.dataset.dataset is data
+
 
 def test_a_checkpoint_written_mid_batch_rewinds_that_batch():
     data = list(range(10))

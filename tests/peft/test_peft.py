@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cola.peft import (
+    METHODS,
     CoLAConfig,
     CoLALinear,
     HyperNetwork,
@@ -623,7 +624,7 @@ def _method_layer(name: str, seed: int = 0) -> nn.Module:
     return layer
 
 
-ADAPTING = [n for n in ("cola", "lora", "lora_param_matched", "moka")]
+ADAPTING = [n for n, m in METHODS.items() if m.injects]  # every registered method with a layer (VeRA included)
 VARIANTS = ["lora+dora", "lora+rslora", "lora+pissa", "cola+dora", "cola+rslora", "cola+pissa"]
 VARIANTS += ["lora_param_matched+dora", "moka+rslora", "lora+adalora", "cola+adalora", "lora_param_matched+adalora"]
 ROWS = ADAPTING + VARIANTS
@@ -633,13 +634,44 @@ ROWS = ADAPTING + VARIANTS
 def test_registry_lists_every_method_and_names_the_choices():
     from cola.peft import METHODS, build_peft, get_method
 
-    assert list(METHODS) == ["cola", "lora", "lora_param_matched", "moka", "frozen", "full"]
-    assert set(ADAPTING) == {n for n, m in METHODS.items() if m.injects} == {r.partition("+")[0] for r in ROWS}
-    with pytest.raises(ValueError, match=r"peft.method must be one of \['cola'.*got 'dora'"):
+    assert list(METHODS)[0] == "frozen" and list(METHODS)[-2:] == ["cola", "full"]  # the report order
+    assert {"cola", "lora", "lora_param_matched", "moka", "vera", "frozen", "full"} <= set(METHODS)
+    assert set(ADAPTING) == {r.partition("+")[0] for r in ROWS}
+    with pytest.raises(ValueError, match=r"peft.method must be one of \['frozen', 'lora'.*got 'dora'"):
         get_method("dora")
     spec = build_peft(method="lora_param_matched", rank=4, alpha=2, split_fused=False, layers=[0])
     assert spec.config.split_fused is False and spec.layers == [0]
+    assert spec.to_dict() == {
+        "method": "lora_param_matched",
+        "rank": 4,
+        "alpha": 2,
+        "split_fused": False,
+        "layers": [0],
+    }
     assert build_peft(method="full").config is None and METHODS["full"].trains_towers
+
+
+def test_a_method_answers_from_its_layer_class():
+    """What a layer class declares is read from it, never repeated in the registry: config class, exchange, merging,
+    B matrices; the adapter group and LoRA+ are asked of the method."""
+    from cola.optim import check_loraplus_ratio
+
+    for name, m in METHODS.items():
+        if m.layer is None:
+            assert m.config is None and m.exchange is None and not m.merges and m.up_projections == ()
+            continue
+        assert m.config is (m.parses_as or m.layer.config_class) and m.config.method == name
+        assert (m.exchange, m.merges, m.up_projections) == (m.layer.exchange, m.layer.mergeable, m.layer.up_projections)
+    assert METHODS["lora_param_matched"].config is not METHODS["lora_param_matched"].layer.config_class
+    assert METHODS["full"].in_adapter_group("towers.vision.model.blocks.0.mlp.fc1.weight")
+    assert not METHODS["cola"].in_adapter_group("towers.vision.model.blocks.0.mlp.fc1.weight")
+    assert METHODS["cola"].in_adapter_group("towers.vision.model.blocks.0.mlp.fc1.cola_hypernet.fc1.weight")
+    check_loraplus_ratio(16, METHODS["moka"])
+    for name in ("frozen", "full", "vera"):  # no trained B matrix: refused, naming the methods that have one
+        with pytest.raises(
+            ValueError, match=rf"peft.method='{name}' has none.*peft=lora, lora_param_matched, moka, cola"
+        ):
+            check_loraplus_ratio(16, METHODS[name])
 
 
 @pytest.mark.parametrize("name", ROWS)

@@ -21,7 +21,6 @@ from cola.tasks.av_segmentation import masked_mask_losses
 from tests.conftest import (
     AUDIO_FRAMES,
     AV_IMAGE,
-    AV_PEFT,
     ave_batch,
     make_av_encoder,
     make_ave,
@@ -34,7 +33,7 @@ def make_avs(method: str = "cola", *, seed: int = 0, **kwargs):
     from cola.tasks.av_segmentation import AVSSegmentationTask
 
     kwargs = {"d_decoder": 16, **kwargs}
-    return AVSSegmentationTask(make_av_encoder(method, seed=seed), peft_config=AV_PEFT[method], **kwargs)
+    return AVSSegmentationTask(make_av_encoder(method, seed=seed), **kwargs)
 
 
 def avs_batch(batch_size: int = 2, seed: int = 0, s4_train: bool = True) -> dict[str, torch.Tensor]:
