@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train test test-ci test-full lint format bench clean
+.PHONY: help install demo check-demo train test test-ci test-full lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP) ## Create .venv and install the package with its test tools
 
 demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads, <=5 min on 2 idle CPU cores)
 	HF_HUB_OFFLINE=1 $(PY) train.py
+
+check-demo: install ## The demo for seeds 0-4 (CoLA + frozen towers) against the README's numbers (~40 min)
+	HF_HUB_OFFLINE=1 $(PY) scripts/check_demo.py $(ARGS)
 
 train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft=cola rank=8"
 	$(PY) train.py $(ARGS)
