@@ -326,7 +326,8 @@ def memory_host(config: dict[str, Any]) -> None:
                 res = _fork_probe(method, pair, one)
             else:  # pragma: no cover - non-POSIX
                 res = probe_memory(method, pair, one)
-            print(RESULT_TAG + json.dumps({"method": method, "batch": batch, **res}), flush=True)
+            sys.stdout.write(RESULT_TAG + json.dumps({"method": method, "batch": batch, **res}) + "\n")
+            sys.stdout.flush()
 
 
 def _memory_env() -> dict[str, str]:

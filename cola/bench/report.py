@@ -210,7 +210,7 @@ def render_tables(report: dict[str, Any], *, width: int = 160) -> str:
     head = f"{cfg['pair']} {'tiny' if cfg['tiny'] else 'full'} | {cfg['device']} {cfg['dtype']}"
     head += " compiled" if cfg["compile"] else ""
     if warning:
-        console.print(escape(warning))
+        console.print(escape(warning), soft_wrap=True)
     for batch in batches:
         rows = [r for r in report["results"] if r["batch"] == batch]
         title = f"{head} | batch {batch} rank {cfg['rank']} | median of {cfg['steps']} steps [p25-p75]"
@@ -247,10 +247,7 @@ def render_tables(report: dict[str, Any], *, width: int = 160) -> str:
     flop_by_batch = report.get("flop_ratios_by_batch", {})
     spreads = report.get("spread_by_batch", {})
     if any(by_batch.values()):
-        title = (
-            "ratios (numerator / denominator): time ratio of medians [p25-p75 of the per-round ratios], "
-            "FLOP floor, overhead = time / FLOP"
-        )
+        title = "ratios (num / den): time ratio [p25-p75 of per-round ratios], FLOP floor, overhead = time / FLOP"
         rt = Table(title=escape(title + (" | LOADED MACHINE: not to be trusted" if warning else "")))
         cols = ("pair", "batch", "train_step", "train FLOP", "overhead", "eval", "eval FLOP", "overhead ", "peak_mem")
         for col in cols:
@@ -274,7 +271,7 @@ def render_tables(report: dict[str, Any], *, width: int = 160) -> str:
     for batch in batches:
         sentence = memory_sentence(report.get("memory_by_batch", {}).get(str(batch)))
         if sentence:
-            console.print(escape(f"memory, batch {batch}: {sentence}"))
+            console.print(escape(f"memory, batch {batch}: {sentence}"), soft_wrap=True)
     return buf.getvalue()
 
 

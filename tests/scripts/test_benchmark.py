@@ -58,7 +58,13 @@ def test_report_has_the_documented_structure(report):
     for key in ("cpu_count", "torch", "device_name"):
         assert cfg["machine"][key]
     assert isinstance(cfg["machine"]["loaded"], bool) and len(cfg["machine"]["load_samples"]) == 2 * 3
-    assert cfg["hydra_overrides"]["cola"][-3:] == ["rank=8", "peft.alpha=4.0", "peft.dropout=0.0"]
+    assert cfg["hydra_overrides"]["cola"][-5:] == [
+        "peft=cola",
+        "rank=8",
+        "peft.alpha=4.0",
+        "peft.dropout=0.0",
+        "peft.sharing=none",
+    ]
     for b in ("1", "2"):
         for m in METHODS:  # the medians come from exactly --steps timed samples per method and batch size
             assert len(cfg["step_times_ms"][b][m]["train"]) == 3 and len(cfg["step_times_ms"][b][m]["eval"]) == 3
