@@ -28,7 +28,7 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 def _run_name(cfg: dict[str, Any]) -> str:
     shape = "tiny" if cfg["tiny"] else "full"
-    return f"{cfg['pair']} {shape}, {cfg['device']} {cfg['dtype']}{', compiled' if cfg['compile'] else ''}"
+    return f"{cfg['pair']} {shape}, {cfg['device']} {cfg['dtype']}, {'compiled' if cfg['compile'] else 'eager'}"
 
 
 def _sort_key(item: tuple[Path, dict[str, Any]]) -> tuple:
