@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo check-demo train test test-ci test-full lint format bench clean
+.PHONY: help install demo check-demo train test test-ci test-full lint format bench bench-table clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -42,8 +42,11 @@ lint: install ## ruff lint + format check
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-bench: install ## Speed/memory benchmark of CoLA vs LoRA (tiny shapes; ARGS="--device cuda" etc.)
+bench: install ## Speed/FLOPs/memory benchmark of CoLA vs LoRA (tiny shapes; ARGS="--device cuda" etc.)
 	$(PY) scripts/benchmark.py --tiny $(ARGS)
+
+bench-table: install ## Regenerate README.md's performance table from docs/benchmarks/bench_*.json
+	$(PY) scripts/benchmark_table.py
 
 clean: ## Remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs

@@ -12,8 +12,11 @@
 #   real_bf16/real_fp16  a few training steps of the paper's towers (DINOv2-B/14 @ 448 + BERT-base shapes) on the
 #                      synthetic grounding set; the weights are random unless the hubs' files are cached, since
 #                      a GPU node may have no internet (speed and memory do not depend on the weights)
-#   bench_*            scripts/benchmark.py at the paper's batch 20: bf16 and fp16 autocast, with and without
-#                      --compile (the CoLA / LoRA ratios, train step, eval, peak memory)
+#   bench_*            scripts/benchmark.py at the paper's batch 20: vl in bf16 and fp16 autocast, av in bf16, each
+#                      with and without --compile (the CoLA / LoRA ratios of train step, eval and peak memory beside
+#                      their FLOP floor, and the parameter-matched LoRA)
+#   bench_table        scripts/benchmark_table.py on those reports: OUT_DIR/bench_table.md, the README's
+#                      performance table for this GPU (also in gpu_check.json as "bench_table")
 #
 # Report: each step prints one console line as it ends ("gpu_check: NAME passed (Ns)" or
 # "gpu_check: NAME FAILED: REASON (rc=N, Ns)", the same line in the log) and appends
@@ -117,11 +120,14 @@ else
   step ddp_1gpu "$PY" train.py "${FAST[@]}" trainer.strategy=ddp trainer.devices=1 trainer.precision=bf16-mixed
   step real_bf16 "$PY" train.py "${REAL[@]}" trainer.precision=bf16-mixed
   step real_fp16 "$PY" train.py "${REAL[@]}" trainer.precision=16-mixed
-  BENCH=(scripts/benchmark.py --device cuda --batch 20 --methods frozen lora peft_lora cola moka)
+  BENCH=(scripts/benchmark.py --device cuda --batch 20 --methods frozen lora peft_lora lora_param_matched cola moka)
   step bench_bf16 "$PY" "${BENCH[@]}" --dtype bf16 --json "$OUT/bench_bf16.json"
   step bench_fp16 "$PY" "${BENCH[@]}" --dtype fp16 --json "$OUT/bench_fp16.json"
   step bench_bf16_compile "$PY" "${BENCH[@]}" --dtype bf16 --compile --json "$OUT/bench_bf16_compile.json"
   step bench_fp16_compile "$PY" "${BENCH[@]}" --dtype fp16 --compile --json "$OUT/bench_fp16_compile.json"
+  step bench_av_bf16 "$PY" "${BENCH[@]}" --pair av --dtype bf16 --json "$OUT/bench_av_bf16.json"
+  step bench_av_bf16_compile "$PY" "${BENCH[@]}" --pair av --dtype bf16 --compile --json "$OUT/bench_av_bf16_compile.json"
+  step bench_table "$PY" scripts/benchmark_table.py "$OUT"/bench_*.json --out "$OUT/bench_table.md"
 fi
 
 "$PY" - "$OUT" "${FAKE:+fake}" <<'PYEOF' 2>&1 | tee -a "$LOG"
@@ -146,12 +152,14 @@ try:
 except Exception as e:  # the report must still be written (a broken torch is itself a finding)
     device["torch"] = f"import failed: {type(e).__name__}: {e}"
 bench = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("bench_*.json"))}
+table = out / "bench_table.md"
 report = {
     **device,
     "passed": bool(steps) and not failed,
     "failed": failed,
     "steps": steps,
     "benchmarks": bench,
+    "bench_table": table.read_text() if table.is_file() else None,
 }
 if fake:
     report["fake_steps"] = True

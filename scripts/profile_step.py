@@ -3,7 +3,7 @@
     python scripts/profile_step.py --batch 4 --methods frozen lora cola --out docs/benchmarks/profile_b4
     python scripts/profile_step.py --tiny --batch 8 --out /tmp/prof          # seconds on a CPU
 
-Builds the same models as ``scripts/benchmark.py`` (same towers, seed, targets, inputs, fused AdamW), runs
+Builds the same models as the benchmark (:mod:`cola.bench`: same towers, seed, targets, inputs, fused AdamW), runs
 ``--warmup`` untimed training steps of every method, then profiles ``--steps`` training steps of each method in
 turn (CPU activity; CUDA too with ``--device cuda``). Each step is split into three labelled phases
 (``phase/forward``, ``phase/backward``, ``phase/optimizer``). In the forward, every module of a category gets a
@@ -46,8 +46,9 @@ SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-import benchmark as bench  # noqa: E402
+import benchmark as bench_cli  # noqa: E402  (the benchmark's command line: its model options)
 
+from cola import bench  # noqa: E402
 from cola.peft.hypernet import HyperNetwork  # noqa: E402
 from cola.peft.layers import AdapterLinear  # noqa: E402
 
@@ -104,7 +105,7 @@ def profiled_step(runner: bench.Runner) -> None:
         loss.backward()
     with record_function("phase/optimizer"):
         runner.optimizer.step()
-    bench._sync(runner.device)
+    bench.measure._sync(runner.device)
 
 
 def summarise(prof: profile, steps: int) -> dict[str, Any]:
@@ -169,10 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
     # the model options are the benchmark's own (--pair --tiny --methods --batch --rank --threads --dtype ...)
-    bargs = bench.parse_args([*rest, "--no-memory"])
+    bargs = bench_cli.parse_args([*rest, "--no-memory"])
     if len(bargs.batch) != 1:
         raise ValueError(f"--batch: profile one batch size at a time, got {bargs.batch}")
-    bargs.batch = bargs.batch[0]
     if "--methods" not in rest:
         bargs.methods = ["frozen", "lora", "cola"]
     return argparse.Namespace(**vars(bargs), out=args.out, prof_steps=args.steps, prof_warmup=args.warmup)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "config": {
             "describe": f"{args.pair} {'tiny' if args.tiny else 'full'} | {args.device} {args.dtype} | batch "
-            f"{args.batch} rank {args.rank} | {torch.get_num_threads()} threads | mean of {args.prof_steps} steps",
+            f"{args.batch[0]} rank {args.rank} | {torch.get_num_threads()} threads | mean of {args.prof_steps} steps",
             "towers": spec.describe,
             "machine": bench.machine_info(device),
         },

@@ -105,6 +105,7 @@ def test_report_passes_when_every_step_passes(tmp_path):
     assert "FAILED" not in proc.stdout
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["passed"] is True and report["failed"] == {}
+    assert report["bench_table"] is None  # no benchmark ran: no table (scripts/benchmark_table.py --out)
     assert {n: s["status"] for n, s in report["steps"].items()} == {"gpu_tests": "passed", "ddp_1gpu": "passed"}
 
 
