@@ -48,6 +48,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from cola.dicts import check_choice
+
 SAMPLE_RATE = 16000
 AUDIOSET_MEAN = -4.27  # AST's AudioSet fbank mean (ASTFeatureExtractor: -4.2677393)
 AUDIOSET_STD = 4.57  # AST's AudioSet fbank std (ASTFeatureExtractor: 4.5689974)
@@ -73,8 +75,7 @@ def check_audio_channel(channel: str) -> str:
     Raises:
         ValueError: another value (naming ``data.audio_channel``, the value and the choices).
     """
-    if channel not in AUDIO_CHANNELS:
-        raise ValueError(f"data.audio_channel must be one of {list(AUDIO_CHANNELS)}, got {channel!r}")
+    check_choice("data.audio_channel", channel, AUDIO_CHANNELS)
     return channel
 
 
@@ -213,8 +214,7 @@ def check_audio_input(audio_input: str) -> str:
     Raises:
         ValueError: another value (naming ``data.audio_input``, the value and the choices).
     """
-    if audio_input not in AUDIO_INPUTS:
-        raise ValueError(f"data.audio_input must be one of {list(AUDIO_INPUTS)}, got {audio_input!r}")
+    check_choice("data.audio_input", audio_input, AUDIO_INPUTS)
     return audio_input
 
 
@@ -287,10 +287,9 @@ def window_starts(
     ``seconds``: ``t * sample_rate``. ``official``: ``linspace(0, num_samples - sample_rate (clip_seconds +
     0.1), count)`` truncated to integers, clamped at 0 for waveforms shorter than one clip plus the margin.
     """
+    check_choice("windows", windows, AUDIO_WINDOWS)
     if windows == "seconds":
         return [t * sample_rate for t in range(count)]
-    if windows != "official":
-        raise ValueError(f"windows must be one of {list(AUDIO_WINDOWS)}, got {windows!r}")
     stop = num_samples - sample_rate * (clip_seconds + OFFICIAL_MARGIN_S)  # float, as the official loaders
     starts = np.linspace(0, max(stop, 0.0), num=count, dtype=int)
     return [int(x) for x in starts]

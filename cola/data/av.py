@@ -32,6 +32,7 @@ from cola.data.audio import (
 )
 from cola.data.base import CoLADataModule, check_int
 from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_frame
+from cola.dicts import check_choice
 
 __all__ = ["SELECT_ON", "SPLITS", "AVDataModule", "AVDataset", "collate_samples", "to_chw"]
 
@@ -236,8 +237,7 @@ class AVDataModule(CoLADataModule):
         check_audio_input(audio_input)
         self.audio_channel = check_audio_channel(audio_channel)
         self.audio_windows = resolve_windows(audio_windows, audio_input)
-        if select_on not in SELECT_ON:
-            raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
+        check_choice("data.select_on", select_on, SELECT_ON)
         self.set_loader_args(
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
@@ -347,6 +347,5 @@ class AVDataModule(CoLADataModule):
         Raises:
             ValueError: ``split`` is not one of train, val, test.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        check_choice("split", split, SPLITS)
         return super().dataset(split, train=train)  # type: ignore[return-value]

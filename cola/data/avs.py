@@ -40,6 +40,7 @@ import torch
 
 from cola.data.av import SELECT_ON, SPLITS, AVDataModule, AVDataset, collate_samples, to_chw
 from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_binary_mask
+from cola.dicts import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,12 @@ class AVSClip:
 
 def subset_paths(root: str | Path, subset: str) -> dict[str, Path]:
     """The csv and the three data folders of a subset under ``root``."""
+    check_choice("subset", subset, SUBSETS)
     root = Path(root)
     if subset == "s4":
         base, data, csv_name = root / "Single-source", root / "Single-source" / "s4_data", "s4_meta_data.csv"
-    elif subset == "ms3":
-        base, data, csv_name = root / "Multi-sources", root / "Multi-sources" / "ms3_data", "ms3_meta_data.csv"
     else:
-        raise ValueError(f"subset must be one of {list(SUBSETS)}, got {subset!r}")
+        base, data, csv_name = root / "Multi-sources", root / "Multi-sources" / "ms3_data", "ms3_meta_data.csv"
     return {
         "meta": base / csv_name,
         "visual_frames": data / "visual_frames",
@@ -260,8 +260,7 @@ class AVSDataModule(AVDataModule):
     units = "clips"
 
     def __init__(self, *, root: str | Path, subset: str = "s4", **kwargs: Any) -> None:
-        if subset not in SUBSETS:
-            raise ValueError(f"data.subset must be one of {list(SUBSETS)}, got {subset!r}")
+        check_choice("data.subset", subset, SUBSETS)
         super().__init__(root=root, **kwargs)
         self.subset = subset
         self.label = f"AVSBench {subset}"

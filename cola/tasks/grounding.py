@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cola.data.transforms import boxes_to_original, masks_to_original
+from cola.dicts import check_choice
 from cola.metrics import BoxAccuracy, MaskMIoU, MaskOIoU
 from cola.models.heads.eevg import EEVGHead
 from cola.models.heads.grounding import GroundingHead
@@ -49,8 +50,7 @@ def check_head_spec(spec: Mapping[str, Any]) -> str:
     if unknown:
         raise ValueError(f"task.head has unknown keys {unknown}; known: {sorted(HEAD_KEYS)}")
     name = spec.get("name")
-    if name not in GROUNDING_HEADS:
-        raise ValueError(f"task.head.name must be one of {list(GROUNDING_HEADS)}, got {name!r}")
+    check_choice("task.head.name", name, GROUNDING_HEADS)
     if name == "fusion" and spec.get("eliminate"):
         raise ValueError(
             "task.head.eliminate=true needs task.head.name=official (the fusion head keeps every visual token); "

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cola.dicts import check_choice
+
 __all__ = ["BOX_HEADS", "MASK_HEADS", "GroundingHead", "MaskDecoder", "TokenMaskHead", "sincos_2d"]
 
 BOX_HEADS = ("mlp", "spatial")
@@ -206,10 +208,8 @@ class GroundingHead(nn.Module):
         arguments.
         """
         super().__init__()
-        if box_head not in BOX_HEADS:
-            raise ValueError(f"box_head must be one of {list(BOX_HEADS)}, got {box_head!r}")
-        if mask_head not in MASK_HEADS:
-            raise ValueError(f"mask_head must be one of {list(MASK_HEADS)}, got {mask_head!r}")
+        check_choice("box_head", box_head, BOX_HEADS)
+        check_choice("mask_head", mask_head, MASK_HEADS)
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
         if grid_size <= 0 or image_size <= 0:
