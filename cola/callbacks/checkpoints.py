@@ -42,8 +42,7 @@ def check_select_ties(select_ties: str) -> str:
     Raises:
         ValueError: another value (naming ``callbacks.model_checkpoint.select_ties``, the value and the choices).
     """
-    check_choice("callbacks.model_checkpoint.select_ties", select_ties, SELECT_TIES)
-    return select_ties
+    return check_choice("callbacks.model_checkpoint.select_ties", select_ties, SELECT_TIES)
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):

@@ -28,8 +28,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_policy(policy: str) -> str:
     """Returns ``policy`` if it is one of :data:`POLICIES`, else raises ``ValueError`` naming the key."""
-    check_choice("optim.on_nonfinite", policy, POLICIES)
-    return policy
+    return check_choice("optim.on_nonfinite", policy, POLICIES)
 
 
 def last_checkpoint(trainer: Any) -> str:

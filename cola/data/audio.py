@@ -70,13 +70,8 @@ class AudioReadError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ loading
 def check_audio_channel(channel: str) -> str:
-    """Returns ``channel`` when it is one of :data:`AUDIO_CHANNELS`.
-
-    Raises:
-        ValueError: another value (naming ``data.audio_channel``, the value and the choices).
-    """
-    check_choice("data.audio_channel", channel, AUDIO_CHANNELS)
-    return channel
+    """``channel`` when it is one of :data:`AUDIO_CHANNELS`; else ``ValueError`` naming ``data.audio_channel``."""
+    return check_choice("data.audio_channel", channel, AUDIO_CHANNELS)
 
 
 def load_audio(
@@ -209,13 +204,8 @@ def kaldi_fbank(
 
 
 def check_audio_input(audio_input: str) -> str:
-    """Returns ``audio_input`` when it is one of :data:`AUDIO_INPUTS`.
-
-    Raises:
-        ValueError: another value (naming ``data.audio_input``, the value and the choices).
-    """
-    check_choice("data.audio_input", audio_input, AUDIO_INPUTS)
-    return audio_input
+    """``audio_input`` when it is one of :data:`AUDIO_INPUTS`; else ``ValueError`` naming ``data.audio_input``."""
+    return check_choice("data.audio_input", audio_input, AUDIO_INPUTS)
 
 
 def audio_frames(audio_input: str, target_frames: int) -> int:

@@ -123,7 +123,7 @@ class AVQADataset(AVDataset):
         seconds: the video seconds sampled as segments.
         tokenizer: a Hugging Face BERT tokenizer (callable).
         max_question_len: token length L (``[CLS] ... [SEP]`` + padding; longer questions are truncated).
-        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
+        **kwargs: ``inputs`` (the image and audio settings), ``augment`` of :class:`cola.data.av.AVDataset`.
     """
 
     unit = "question"

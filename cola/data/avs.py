@@ -196,7 +196,7 @@ class AVSDataset(AVDataset):
 
     Args:
         clips: the clips (from :func:`index_clips`).
-        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
+        **kwargs: ``inputs`` (the image and audio settings), ``augment`` of :class:`cola.data.av.AVDataset`.
     """
 
     unit = "clip"
@@ -214,7 +214,7 @@ class AVSDataset(AVDataset):
     def load(self, index: int) -> dict[str, Any]:
         """Loads clip ``index``; raises on unreadable files (``__getitem__`` catches and skips)."""
         clip = self.clips[index]
-        s = self.image_size
+        s = self.inputs.image_size
         frames = self.frames(clip.frames)  # (5, S, S, 3)
         masks_np = np.zeros((NUM_FRAMES, s, s), dtype=np.float32)  # (5, S, S)
         valid_np = np.zeros(NUM_FRAMES, dtype=bool)  # (5,)
@@ -314,7 +314,7 @@ class AVSDataModule(AVDataModule):
         if self._mean_train_mask is None:
             self.validate()
             assert self.index is not None
-            s = self.image_size
+            s = self.inputs.image_size
             total, count = np.zeros((s, s), dtype=np.float64), 0
             for clip in self.index["train"]:
                 for path in clip.masks:
@@ -359,7 +359,7 @@ class AVSDataModule(AVDataModule):
         """The ground truth of ``clips`` as the task scores it, ``FLOOR_CLIPS_PER_UPDATE`` clips at a time:
         ``(masks (V, F, S, S) bool, mask_valid (V, F) bool)``, one row per clip; a clip with an unreadable mask
         is left out (the dataset skips it too)."""
-        s = self.image_size
+        s = self.inputs.image_size
         masks: list[np.ndarray] = []
         valid: list[list[bool]] = []
         for i, clip in enumerate(clips):
