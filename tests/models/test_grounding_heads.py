@@ -9,16 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cola.models.heads.grounding import MASK_HEADS, GroundingHead, MaskDecoder, TokenMaskHead
+from cola.models.heads.grounding import MASK_HEADS, GroundingHead, HeadGeometry, MaskDecoder, TokenMaskHead
 from cola.models.losses import dice_loss, sigmoid_focal_loss
 from tests.conftest import TASK_IMAGE, compose_cfg, fast_dev_trainer, hand_batch, make_task, refcoco_datamodule
 
+GEOMETRY = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56)
+
 
 def _head(**kw) -> GroundingHead:
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    args.update(fusion_layers=1, d_ff=64, heads=4, dropout=0.0, mask_head="official")
-    args.update(kw)
-    return GroundingHead(**args)
+    """A tiny fusion head; ``kw`` overrides the geometry (``GEOMETRY`` keys) and the head's own arguments."""
+    geometry = HeadGeometry(**{k: kw.pop(k, v) for k, v in GEOMETRY.items()})
+    args = dict(d_fusion=32, fusion_layers=1, d_ff=64, heads=4, dropout=0.0, mask_head="official")
+    return GroundingHead(geometry, **{**args, **kw})
 
 
 def _inputs(batch: int, grid: int, prefix: int = 1, seed: int = 0):
@@ -130,8 +132,7 @@ def test_bad_mask_head_names_key_value_and_choices():
 def test_conv_mask_head_is_the_python_default():
     head = _head(mask_head="conv")
     assert isinstance(head.mask_head, MaskDecoder) and head.mask_head_kind == "conv"
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    assert isinstance(GroundingHead(**args, heads=4).mask_head, MaskDecoder)
+    assert isinstance(GroundingHead(HeadGeometry(**GEOMETRY), d_fusion=32, heads=4).mask_head, MaskDecoder)
 
 
 # ----------------------------------------------------------------------------------------------- configs

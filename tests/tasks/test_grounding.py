@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cola.models.heads import GroundingHead
+from cola.models.heads import GroundingHead, HeadGeometry
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
 from tests.conftest import (
     TASK_IMAGE,
@@ -71,10 +71,11 @@ def test_losses_reject_mismatched_shapes():
 
 # ----------------------------------------------------------------------------------------------- head
 def _head(**kw) -> GroundingHead:
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    args.update(fusion_layers=2, d_ff=64, heads=4, dropout=0.0)
-    args.update(kw)
-    return GroundingHead(**args)
+    """A tiny fusion head; ``kw`` overrides the geometry (:class:`HeadGeometry` fields) and the head's arguments."""
+    geometry = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56)
+    geometry = HeadGeometry(**{k: kw.pop(k, v) for k, v in geometry.items()})
+    args = dict(d_fusion=32, fusion_layers=2, d_ff=64, heads=4, dropout=0.0)
+    return GroundingHead(geometry, **{**args, **kw})
 
 
 @pytest.mark.parametrize("box_head", ["mlp", "spatial"])
