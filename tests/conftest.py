@@ -260,6 +260,18 @@ def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str
     }
 
 
+def perturb(module: torch.nn.Module, seed: int = 1, *, adapters_only: bool = True) -> None:
+    """Moves the adapter parameters of ``module`` off their init (``+ 0.3 N(0, 1)``; B's are zero at init) so the
+    adapter paths are live. ``adapters_only=False``: every parameter (a bare hypernetwork has no adapter prefix)."""
+    from cola.peft import is_adapter_param
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if is_adapter_param(n) or not adapters_only:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
 def make_av_encoder(method: str = "cola", *, seed: int = 0):
     from cola.models import DualEncoder, build_tower, family_out_splits, family_targets
 
