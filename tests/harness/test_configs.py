@@ -26,7 +26,7 @@ def test_peft_folder_is_the_method_registry():
     from cola.peft import METHODS, PeftSpec
 
     assert set(_options("peft")) == set(METHODS)
-    assert {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"} <= set(METHODS)  # SPEC section 10
+    assert {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"} <= set(METHODS)  # docs/method.md#baselines
     for name in METHODS:
         cfg = compose_cfg([f"peft={name}"], tiny=False)
         spec = instantiate(cfg.peft, _convert_="all")
