@@ -221,9 +221,7 @@ def test_ave_training_step_with_a_tiny_pad_ast(ave_root, tmp_path):
         out_splits={"vision": family_out_splits("vit")},
         anchor=None,
     )
-    task = AVEClassificationTask(
-        encoder, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits
-    )
+    task = AVEClassificationTask(encoder, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits)
     trainer = fast_dev_trainer(tmp_path)
     trainer.fit(task, datamodule=dm)
     (res,) = trainer.test(task, datamodule=dm, verbose=False)
