@@ -1,8 +1,9 @@
 """Plain-dict helpers for configs, in one place: flatten a nested config to dotted keys, list the differences of
 two configs, and the one "must be one of" check.
 
-Used by the resume check (:mod:`cola.runio`), adapter loading (:mod:`cola.peft.state`), the CLI's key hints
-(:mod:`cola.cli`), run comparison (:mod:`cola.compare`) and every option check (:func:`check_choice`).
+Used by the resume check (:mod:`cola.runio`), the peft-config check of adapter files and task checkpoints
+(:func:`cola.peft.state.diff_configs`), the CLI's key hints (:mod:`cola.cli`), run comparison (:mod:`cola.compare`)
+and every option check (:func:`check_choice`).
 """
 
 from __future__ import annotations
