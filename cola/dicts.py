@@ -1,18 +1,20 @@
 """Plain-dict helpers for configs, in one place: flatten a nested config to dotted keys, list the differences of
 two configs, and the one "must be one of" check.
 
-Used by the resume check (:mod:`cola.runio`), adapter loading (:mod:`cola.peft.state`), the CLI's key hints
-(:mod:`cola.cli`), run comparison (:mod:`cola.compare`) and every option check (:func:`check_choice`).
+Used by the resume check (:mod:`cola.runio`), the peft-config check of adapter files and task checkpoints
+(:func:`cola.peft.state.diff_configs`), the CLI's key hints (:mod:`cola.cli`), run comparison (:mod:`cola.compare`)
+and every option check (:func:`check_choice`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["MISSING", "check_choice", "differences", "dotted_keys", "flatten"]
 
 MISSING = "<missing>"
+T = TypeVar("T")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,8 +63,10 @@ def differences(
     return out
 
 
-def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raises ``ValueError`` naming ``key``, ``value`` and the ``choices`` when ``value`` is not one of them."""
+def check_choice(key: str, value: T, choices: Iterable[Any]) -> T:
+    """``value`` when it is one of ``choices``; else raises ``ValueError`` naming ``key``, ``value`` and the
+    ``choices`` (in the order given: pass them sorted where the message should list them sorted)."""
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+    return value

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cola.dicts import check_choice
+
 if TYPE_CHECKING:
     from cola.peft import Method
 
@@ -35,12 +37,6 @@ TASK_KEYS = (
     "on_nonfinite",
     "loraplus_ratio",
 )
-
-
-def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
-    """Raises ``ValueError`` naming ``key``, ``value`` and the ``choices`` if ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
 def check_options(optim: Mapping[str, Any]) -> None:

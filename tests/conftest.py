@@ -1,4 +1,14 @@
-"""Shared fixtures: compose the Hydra configs as train.py does, with tiny CPU overrides."""
+"""Shared fixtures and helpers: compose the Hydra configs as train.py does, with tiny CPU overrides; one helper per
+purpose (a tiny task, head, encoder, batch, datamodule, trainer; :func:`perturb` for live adapter paths).
+
+Pytest fixtures here are the session-scoped synthetic datasets (``synthetic_refcoco``, ``ave_root``, ``avs_root``):
+what is built once and shared. Everything else is imported (``from tests.conftest import ...``) on purpose: the
+helpers are factories each test calls with its own arguments (``make_task("lora", head=...)``,
+``compose_cfg([...])``, ``hand_batch(batch_size=3)``), which a fixture could only hand over as a function; and the
+constants (``TASK_IMAGE``, ``REFCOCO_IMAGE``, ``AV_IMAGE``, ``AUDIO_FRAMES``, ``HEAD_GEOMETRY``, ``FAST_RUN``) are
+plain sizes and overrides tests build with and compare against, which a fixture would only wrap. Helpers only the
+model tests use (``tower_inputs``, ``reference_forward``) live in ``tests/models/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -237,6 +247,20 @@ def make_task(
     return GroundingTask(encoder, **kwargs)
 
 
+HEAD_GEOMETRY = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56)
+"""The :class:`cola.models.heads.HeadGeometry` of :func:`fusion_head`: 48- and 32-wide tokens, a 4 x 4 grid."""
+
+
+def fusion_head(**kw):
+    """A tiny fusion grounding head (:class:`cola.models.heads.GroundingHead`, width 32, 2 layers); ``kw`` overrides
+    :data:`HEAD_GEOMETRY` keys and the head's own arguments."""
+    from cola.models.heads import GroundingHead, HeadGeometry
+
+    geometry = HeadGeometry(**{k: kw.pop(k, v) for k, v in HEAD_GEOMETRY.items()})
+    args = dict(d_fusion=32, fusion_layers=2, d_ff=64, heads=4, dropout=0.0)
+    return GroundingHead(geometry, **{**args, **kw})
+
+
 def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     """Training fields of the RefCOCO batch (as :mod:`cola.data.refcoco` documents them) with box-shaped masks
     consistent with the boxes."""
@@ -258,6 +282,18 @@ def hand_batch(batch_size: int = 2, seq_len: int = 6, seed: int = 0) -> dict[str
         "box": box,
         "mask": mask,
     }
+
+
+def perturb(module: torch.nn.Module, seed: int = 1, *, adapters_only: bool = True) -> None:
+    """Moves the adapter parameters of ``module`` off their init (``+ 0.3 N(0, 1)``; B's are zero at init) so the
+    adapter paths are live. ``adapters_only=False``: every parameter (a bare hypernetwork has no adapter prefix)."""
+    from cola.peft import is_adapter_param
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if is_adapter_param(n) or not adapters_only:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
 
 
 def make_av_encoder(method: str = "cola", *, seed: int = 0):

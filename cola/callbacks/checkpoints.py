@@ -21,6 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import callbacks as pl_callbacks
 
+from cola.dicts import check_choice
 from cola.peft.state import atomic_replace
 
 SELECT_TIES = ("earlier", "later")  # callbacks.model_checkpoint.select_ties
@@ -41,11 +42,7 @@ def check_select_ties(select_ties: str) -> str:
     Raises:
         ValueError: another value (naming ``callbacks.model_checkpoint.select_ties``, the value and the choices).
     """
-    if select_ties not in SELECT_TIES:
-        raise ValueError(
-            f"callbacks.model_checkpoint.select_ties must be one of {list(SELECT_TIES)}, got {select_ties!r}"
-        )
-    return select_ties
+    return check_choice("callbacks.model_checkpoint.select_ties", select_ties, SELECT_TIES)
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):

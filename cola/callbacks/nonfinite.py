@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from cola.dicts import check_choice
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("raise", "skip")
@@ -26,9 +28,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_policy(policy: str) -> str:
     """Returns ``policy`` if it is one of :data:`POLICIES`, else raises ``ValueError`` naming the key."""
-    if policy not in POLICIES:
-        raise ValueError(f"optim.on_nonfinite must be one of {list(POLICIES)}, got {policy!r}")
-    return policy
+    return check_choice("optim.on_nonfinite", policy, POLICIES)
 
 
 def last_checkpoint(trainer: Any) -> str:

@@ -48,6 +48,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from cola.dicts import check_choice
+
 SAMPLE_RATE = 16000
 AUDIOSET_MEAN = -4.27  # AST's AudioSet fbank mean (ASTFeatureExtractor: -4.2677393)
 AUDIOSET_STD = 4.57  # AST's AudioSet fbank std (ASTFeatureExtractor: 4.5689974)
@@ -68,14 +70,8 @@ class AudioReadError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ loading
 def check_audio_channel(channel: str) -> str:
-    """Returns ``channel`` when it is one of :data:`AUDIO_CHANNELS`.
-
-    Raises:
-        ValueError: another value (naming ``data.audio_channel``, the value and the choices).
-    """
-    if channel not in AUDIO_CHANNELS:
-        raise ValueError(f"data.audio_channel must be one of {list(AUDIO_CHANNELS)}, got {channel!r}")
-    return channel
+    """``channel`` when it is one of :data:`AUDIO_CHANNELS`; else ``ValueError`` naming ``data.audio_channel``."""
+    return check_choice("data.audio_channel", channel, AUDIO_CHANNELS)
 
 
 def load_audio(
@@ -208,14 +204,8 @@ def kaldi_fbank(
 
 
 def check_audio_input(audio_input: str) -> str:
-    """Returns ``audio_input`` when it is one of :data:`AUDIO_INPUTS`.
-
-    Raises:
-        ValueError: another value (naming ``data.audio_input``, the value and the choices).
-    """
-    if audio_input not in AUDIO_INPUTS:
-        raise ValueError(f"data.audio_input must be one of {list(AUDIO_INPUTS)}, got {audio_input!r}")
-    return audio_input
+    """``audio_input`` when it is one of :data:`AUDIO_INPUTS`; else ``ValueError`` naming ``data.audio_input``."""
+    return check_choice("data.audio_input", audio_input, AUDIO_INPUTS)
 
 
 def audio_frames(audio_input: str, target_frames: int) -> int:
@@ -287,10 +277,9 @@ def window_starts(
     ``seconds``: ``t * sample_rate``. ``official``: ``linspace(0, num_samples - sample_rate (clip_seconds +
     0.1), count)`` truncated to integers, clamped at 0 for waveforms shorter than one clip plus the margin.
     """
+    check_choice("windows", windows, AUDIO_WINDOWS)
     if windows == "seconds":
         return [t * sample_rate for t in range(count)]
-    if windows != "official":
-        raise ValueError(f"windows must be one of {list(AUDIO_WINDOWS)}, got {windows!r}")
     stop = num_samples - sample_rate * (clip_seconds + OFFICIAL_MARGIN_S)  # float, as the official loaders
     starts = np.linspace(0, max(stop, 0.0), num=count, dtype=int)
     return [int(x) for x in starts]

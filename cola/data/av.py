@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,77 @@ from cola.data.audio import (
 )
 from cola.data.base import CoLADataModule, check_int
 from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_frame
+from cola.dicts import check_choice
 
-__all__ = ["SELECT_ON", "SPLITS", "AVDataModule", "AVDataset", "collate_samples", "to_chw"]
+__all__ = ["SELECT_ON", "SPLITS", "AVDataModule", "AVDataset", "AVInputs", "collate_samples", "to_chw"]
 
 SPLITS = ("train", "val", "test")
 SELECT_ON = ("val", "test")
 MAX_LISTED = 5  # how many dropped items a warning names
+
+
+@dataclass(frozen=True)
+class AVInputs:
+    """The image and audio settings of an audio-visual dataset, checked once: the ``data.*`` keys of the same names,
+    which :class:`AVDataModule` takes (so the task YAMLs keep them flat) and hands each of its datasets as this one
+    object.
+
+    Attributes:
+        image_size: side S of the square frames (and AVS masks) fed to the model.
+        mean: image normalisation mean (0-1 scale, RGB; default ImageNet).
+        std: image normalisation std.
+        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST ``max_length``);
+            at least the clip's frames (98 for 1 s, 193 for 1.95 s).
+        audio_mean: fbank normalisation mean (default AST's AudioSet value).
+        audio_std: fbank normalisation std.
+        audio_input: ``interpolate`` (default: each clip's fbank padded to ``audio_target_frames``, the AST's
+            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024 frames,
+            the pretrained grid untouched); see :mod:`cola.data.audio`.
+        audio_clip_seconds: length of each audio clip (AVE: one per second, official 1.0; AVS: one window per
+            frame, official 1.95).
+        audio_windows: clip placement: ``seconds``, ``official`` (the official loaders' spread; see the data
+            modules) or ``None`` (official with pad, seconds with interpolate); stored resolved.
+        audio_channel: ``mean`` (default: a multi-channel wav's channels averaged) or ``first`` (channel 0, as the
+            official AVE and AVS loaders read it); see :func:`cola.data.audio.load_audio`.
+        audio_frames: (derived) fbank frames T per clip of the batches, the AST ``max_length`` they need.
+    """
+
+    image_size: int = 224
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    audio_target_frames: int = 100
+    audio_mean: float = AUDIOSET_MEAN
+    audio_std: float = AUDIOSET_STD
+    audio_input: str = "interpolate"
+    audio_clip_seconds: float = 1.0
+    audio_windows: str | None = None
+    audio_channel: str = "mean"
+    audio_frames: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Checks every setting (naming its ``data.*`` key) and stores plain values (floats, tuples, the resolved
+        ``audio_windows``, the derived ``audio_frames``)."""
+        check_audio_input(self.audio_input)
+        check_audio_channel(self.audio_channel)
+        windows = resolve_windows(self.audio_windows, self.audio_input)
+        check_int("image_size", self.image_size)
+        check_int("audio_target_frames", self.audio_target_frames)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(self.mean)} and {list(self.std)}")
+        if float(self.audio_std) <= 0:
+            raise ValueError(f"data.audio_std must be positive, got {self.audio_std!r}")
+        frames = check_audio_setting(self.audio_input, self.audio_clip_seconds, self.audio_target_frames)
+        derived = dict(
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            audio_mean=float(self.audio_mean),
+            audio_std=float(self.audio_std),
+            audio_clip_seconds=float(self.audio_clip_seconds),
+            audio_windows=windows,
+            audio_frames=frames,
+        )
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen: set here, once
 
 
 class AVDataset(Dataset):
@@ -48,48 +114,17 @@ class AVDataset(Dataset):
     (what one sample is called in the skip warning).
 
     Args:
-        image_size: side S of the square frames.
-        mean: per-channel image mean (0-1 scale).
-        std: per-channel image std.
-        audio_target_frames: fbank frames T per clip with ``interpolate``.
-        audio_mean: fbank normalisation mean.
-        audio_std: fbank normalisation std.
+        inputs: the image and audio settings (:class:`AVInputs`; ``None``: its defaults).
         augment: random horizontal flip of all frames (and masks) of a sample together.
         name: a label for log messages (e.g. ``ave/train``).
-        audio_input: ``interpolate`` or ``pad`` (1024 frames; :func:`cola.data.audio.audio_clip_features`).
-        audio_clip_seconds: length of each audio clip.
-        audio_windows: clip placement ``seconds`` | ``official`` | ``None`` (follows ``audio_input``).
-        audio_channel: what a multi-channel wav contributes: ``mean`` (the channels averaged) or ``first``
-            (channel 0, the official loaders' input); see :func:`cola.data.audio.load_audio`.
     """
 
     unit = "sample"
 
-    def __init__(
-        self,
-        *,
-        image_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        audio_target_frames: int = 100,
-        audio_mean: float = AUDIOSET_MEAN,
-        audio_std: float = AUDIOSET_STD,
-        augment: bool = False,
-        name: str = "av",
-        audio_input: str = "interpolate",
-        audio_clip_seconds: float = 1.0,
-        audio_windows: str | None = None,
-        audio_channel: str = "mean",
-    ) -> None:
-        self.image_size = int(image_size)
-        self.mean = np.asarray(mean, dtype=np.float32)  # (3,), broadcast over (..., 3) pixels
-        self.std = np.asarray(std, dtype=np.float32)
-        self.audio_target_frames = audio_target_frames
-        self.audio_mean, self.audio_std = audio_mean, audio_std
-        self.audio_input = check_audio_input(audio_input)
-        self.audio_clip_seconds = float(audio_clip_seconds)
-        self.audio_windows = resolve_windows(audio_windows, audio_input)
-        self.audio_channel = check_audio_channel(audio_channel)
+    def __init__(self, *, inputs: AVInputs | None = None, augment: bool = False, name: str = "av") -> None:
+        self.inputs = AVInputs() if inputs is None else inputs
+        self.mean = np.asarray(self.inputs.mean, dtype=np.float32)  # (3,), broadcast over (..., 3) pixels
+        self.std = np.asarray(self.inputs.std, dtype=np.float32)
         self.augment = augment
         self.name = name
         # samples skipped at load time (skip_key -> reason); each DataLoader worker holds its own copy
@@ -106,7 +141,7 @@ class AVDataset(Dataset):
     def frames(self, paths: Sequence[Path]) -> np.ndarray:
         """(F, S, S, 3) float32 normalised frames."""
         # per-pixel work in numpy: many tiny torch ops are slow when intra-op threads contend for cores
-        frames = np.stack([load_frame(p, self.image_size) for p in paths]).astype(np.float32) / 255.0
+        frames = np.stack([load_frame(p, self.inputs.image_size) for p in paths]).astype(np.float32) / 255.0
         return (frames - self.mean) / self.std
 
     def flip(self) -> bool:
@@ -119,19 +154,19 @@ class AVDataset(Dataset):
 
     def waveform(self, wav: Path) -> torch.Tensor:
         """(N,) 16 kHz waveform of ``wav``: channel 0 or the channel mean, as ``audio_channel`` says."""
-        return load_audio(wav, channel=self.audio_channel)
+        return load_audio(wav, channel=self.inputs.audio_channel)
 
     def audio_features(self, waveform: torch.Tensor, clips: int) -> torch.Tensor:
         """(clips, T, 128) normalised fbank of a (N,) 16 kHz mono waveform with this dataset's audio settings."""
         return audio_clip_features(
             waveform,
             seconds=clips,
-            target_frames=self.audio_target_frames,
-            mean=self.audio_mean,
-            std=self.audio_std,
-            audio_input=self.audio_input,
-            clip_seconds=self.audio_clip_seconds,
-            windows=self.audio_windows,
+            target_frames=self.inputs.audio_target_frames,
+            mean=self.inputs.audio_mean,
+            std=self.inputs.audio_std,
+            audio_input=self.inputs.audio_input,
+            clip_seconds=self.inputs.audio_clip_seconds,
+            windows=self.inputs.audio_windows,
         )
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -177,32 +212,19 @@ class AVDataModule(CoLADataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default ``batch_size``).
         num_workers: DataLoader workers.
-        image_size: side S of the frames (and AVS masks) fed to the model.
-        mean: image normalisation mean (default ImageNet).
-        std: image normalisation std.
-        audio_target_frames: fbank frames per clip with ``audio_input='interpolate'`` (then the AST
-            ``max_length``); at least the clip's frames (98 for 1 s, 193 for 1.95 s).
-        audio_mean: fbank normalisation mean (default AST's AudioSet value).
-        audio_std: fbank normalisation std.
+        image_size, mean, std, audio_target_frames, audio_mean, audio_std: image and audio settings, see
+            :class:`AVInputs`.
         select_on: split the validation loader runs on: ``val`` (default) or ``test`` (what the official code
             selects checkpoints on).
         limit_per_split: keep only the first N entries of each split (quick runs).
         augment: random horizontal flips of training samples.
-        audio_input: ``interpolate`` (default: each clip's fbank padded to ``audio_target_frames``, the AST's
-            positional grid interpolated to it) or ``pad`` (official: normalised fbank zero-padded to 1024
-            frames, the pretrained grid untouched); see :mod:`cola.data.audio`.
-        audio_clip_seconds: length of each audio clip (AVE: one per second, official 1.0; AVS: one window per
-            frame, official 1.95).
-        audio_windows: clip placement: ``seconds``, ``official`` (the official loaders' spread; see the
-            subclasses) or ``None`` (official with pad, seconds with interpolate).
-        audio_channel: ``mean`` (default: a multi-channel wav's channels averaged) or ``first`` (channel 0, as
-            the official AVE and AVS loaders read it).
+        audio_input, audio_clip_seconds, audio_windows, audio_channel: audio settings, see :class:`AVInputs`.
 
     Subclasses set :attr:`label` (log prefix), :attr:`unit` and :attr:`units` (what the entries are, in messages),
     and implement :meth:`check_layout`, :meth:`read_index` and :meth:`build_dataset`.
 
     Attributes:
-        audio_frames: fbank frames T per clip of the batches (the AST ``max_length`` these need).
+        inputs: the image and audio settings (:class:`AVInputs`) every split's dataset gets.
         index: ``{split: [item]}`` after :meth:`validate` (items with missing files dropped).
         dropped: ``[(item, first missing path)]`` of the dropped items.
     """
@@ -233,28 +255,26 @@ class AVDataModule(CoLADataModule):
         audio_channel: str = "mean",
     ) -> None:
         super().__init__()
-        check_audio_input(audio_input)
-        self.audio_channel = check_audio_channel(audio_channel)
-        self.audio_windows = resolve_windows(audio_windows, audio_input)
-        if select_on not in SELECT_ON:
-            raise ValueError(f"data.select_on must be one of {list(SELECT_ON)}, got {select_on!r}")
+        self.inputs = AVInputs(
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            audio_target_frames=audio_target_frames,
+            audio_mean=audio_mean,
+            audio_std=audio_std,
+            audio_input=audio_input,
+            audio_clip_seconds=audio_clip_seconds,
+            audio_windows=audio_windows,
+            audio_channel=audio_channel,
+        )
+        check_choice("data.select_on", select_on, SELECT_ON)
         self.set_loader_args(
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             limit_per_split=limit_per_split,
         )
-        self.image_size = check_int("image_size", image_size)
-        self.audio_target_frames = check_int("audio_target_frames", audio_target_frames)
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
-        if float(audio_std) <= 0:
-            raise ValueError(f"data.audio_std must be positive, got {audio_std!r}")
-        self.audio_frames = check_audio_setting(audio_input, audio_clip_seconds, audio_target_frames)
         self.root = Path(root)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.audio_mean, self.audio_std = float(audio_mean), float(audio_std)
-        self.audio_input, self.audio_clip_seconds = audio_input, float(audio_clip_seconds)
         self.select_on = select_on
         self.augment = bool(augment)
         self.val_split = select_on
@@ -264,19 +284,7 @@ class AVDataModule(CoLADataModule):
 
     def dataset_kwargs(self, split: str, *, train: bool) -> dict[str, Any]:
         """The :class:`AVDataset` arguments of ``split``: image and audio settings, augmentation when ``train``."""
-        return dict(
-            image_size=self.image_size,
-            mean=self.mean,
-            std=self.std,
-            audio_target_frames=self.audio_target_frames,
-            audio_mean=self.audio_mean,
-            audio_std=self.audio_std,
-            augment=self.augment and train,
-            audio_input=self.audio_input,
-            audio_clip_seconds=self.audio_clip_seconds,
-            audio_windows=self.audio_windows,
-            audio_channel=self.audio_channel,
-        )
+        return dict(inputs=self.inputs, augment=self.augment and train)
 
     # -------------------------------------------------------------------------------------------- checks
     @abstractmethod
@@ -347,6 +355,5 @@ class AVDataModule(CoLADataModule):
         Raises:
             ValueError: ``split`` is not one of train, val, test.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        check_choice("split", split, SPLITS)
         return super().dataset(split, train=train)  # type: ignore[return-value]

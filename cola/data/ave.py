@@ -147,7 +147,7 @@ class AVEDataset(AVDataset):
     Args:
         root: the prepared AVE folder.
         rows: the annotation rows.
-        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
+        **kwargs: ``inputs`` (the image and audio settings), ``augment`` of :class:`cola.data.av.AVDataset`.
     """
 
     unit = "video"
@@ -223,7 +223,7 @@ class AVEDataModule(AVDataModule):
         older preparation downmixed (``first`` then reads their channel mean; training goes on)."""
         fresh = self.index is None
         super().validate()
-        if fresh and self.audio_channel == "first" and prepared_channels(self.root) == "mean":
+        if fresh and self.inputs.audio_channel == "first" and prepared_channels(self.root) == "mean":
             log.warning(
                 "AVE: data.audio_channel=first, but the wavs in %s were downmixed to mono by an older preparation, "
                 "so channel 0 is the channels' mean; rerun `%s` to rewrite them with the source's channels (it "

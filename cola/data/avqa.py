@@ -59,6 +59,7 @@ from cola.data.avqa_annotations import (
 )
 from cola.data.base import check_int
 from cola.data.refcoco import PAD_MODES, load_tokenizer
+from cola.dicts import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class AVQADataset(AVDataset):
         seconds: the video seconds sampled as segments.
         tokenizer: a Hugging Face BERT tokenizer (callable).
         max_question_len: token length L (``[CLS] ... [SEP]`` + padding; longer questions are truncated).
-        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
+        **kwargs: ``inputs`` (the image and audio settings), ``augment`` of :class:`cola.data.av.AVDataset`.
     """
 
     unit = "question"
@@ -244,8 +245,7 @@ class AVQADataModule(AVDataModule):
             raise ValueError(
                 f"data.audio_clip_seconds must be 1.0 for MUSIC-AVQA, got {kwargs['audio_clip_seconds']!r}"
             )
-        if pad_to not in PAD_MODES:
-            raise ValueError(f"data.pad_to must be one of {list(PAD_MODES)}, got {pad_to!r}")
+        check_choice("data.pad_to", pad_to, PAD_MODES)
         super().__init__(root=root, **{**kwargs, "audio_windows": "seconds"})
         if check_int("max_question_len", max_question_len) < 3:
             raise ValueError(f"data.max_question_len must be >= 3 ([CLS] token [SEP]), got {max_question_len}")

@@ -40,6 +40,7 @@ import torch
 
 from cola.data.av import SELECT_ON, SPLITS, AVDataModule, AVDataset, collate_samples, to_chw
 from cola.data.images import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, load_binary_mask
+from cola.dicts import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,12 @@ class AVSClip:
 
 def subset_paths(root: str | Path, subset: str) -> dict[str, Path]:
     """The csv and the three data folders of a subset under ``root``."""
+    check_choice("subset", subset, SUBSETS)
     root = Path(root)
     if subset == "s4":
         base, data, csv_name = root / "Single-source", root / "Single-source" / "s4_data", "s4_meta_data.csv"
-    elif subset == "ms3":
-        base, data, csv_name = root / "Multi-sources", root / "Multi-sources" / "ms3_data", "ms3_meta_data.csv"
     else:
-        raise ValueError(f"subset must be one of {list(SUBSETS)}, got {subset!r}")
+        base, data, csv_name = root / "Multi-sources", root / "Multi-sources" / "ms3_data", "ms3_meta_data.csv"
     return {
         "meta": base / csv_name,
         "visual_frames": data / "visual_frames",
@@ -196,7 +196,7 @@ class AVSDataset(AVDataset):
 
     Args:
         clips: the clips (from :func:`index_clips`).
-        **kwargs: image and audio settings of :class:`cola.data.av.AVDataset`.
+        **kwargs: ``inputs`` (the image and audio settings), ``augment`` of :class:`cola.data.av.AVDataset`.
     """
 
     unit = "clip"
@@ -214,7 +214,7 @@ class AVSDataset(AVDataset):
     def load(self, index: int) -> dict[str, Any]:
         """Loads clip ``index``; raises on unreadable files (``__getitem__`` catches and skips)."""
         clip = self.clips[index]
-        s = self.image_size
+        s = self.inputs.image_size
         frames = self.frames(clip.frames)  # (5, S, S, 3)
         masks_np = np.zeros((NUM_FRAMES, s, s), dtype=np.float32)  # (5, S, S)
         valid_np = np.zeros(NUM_FRAMES, dtype=bool)  # (5,)
@@ -260,8 +260,7 @@ class AVSDataModule(AVDataModule):
     units = "clips"
 
     def __init__(self, *, root: str | Path, subset: str = "s4", **kwargs: Any) -> None:
-        if subset not in SUBSETS:
-            raise ValueError(f"data.subset must be one of {list(SUBSETS)}, got {subset!r}")
+        check_choice("data.subset", subset, SUBSETS)
         super().__init__(root=root, **kwargs)
         self.subset = subset
         self.label = f"AVSBench {subset}"
@@ -315,7 +314,7 @@ class AVSDataModule(AVDataModule):
         if self._mean_train_mask is None:
             self.validate()
             assert self.index is not None
-            s = self.image_size
+            s = self.inputs.image_size
             total, count = np.zeros((s, s), dtype=np.float64), 0
             for clip in self.index["train"]:
                 for path in clip.masks:
@@ -360,7 +359,7 @@ class AVSDataModule(AVDataModule):
         """The ground truth of ``clips`` as the task scores it, ``FLOOR_CLIPS_PER_UPDATE`` clips at a time:
         ``(masks (V, F, S, S) bool, mask_valid (V, F) bool)``, one row per clip; a clip with an unreadable mask
         is left out (the dataset skips it too)."""
-        s = self.image_size
+        s = self.inputs.image_size
         masks: list[np.ndarray] = []
         valid: list[list[bool]] = []
         for i, clip in enumerate(clips):

@@ -48,6 +48,7 @@ from cola.data.refer import (
     segmentation_to_mask,
 )
 from cola.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, AugmentConfig, GroundingTransform
+from cola.dicts import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -420,8 +421,7 @@ def _check_choices(*, root: Any, dataset: str, split_by: str, format: str, pad_t
     """Raises ``ValueError`` naming the ``data.*`` key, the value and the choices for a bad choice."""
     if root is None or str(root) == "":
         raise ValueError(f"data.root must be the folder holding {dataset}/ and images/, got {root!r}; {DATASETS_HELP}")
-    if dataset not in DATASETS:
-        raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    check_choice("data.dataset", dataset, DATASETS)
     if split_by not in DATASETS[dataset]:
         raise ValueError(
             f"data.split_by={split_by!r} does not exist for data.dataset={dataset!r}; "
@@ -432,8 +432,7 @@ def _check_choices(*, root: Any, dataset: str, split_by: str, format: str, pad_t
         ("pad_to", pad_to, PAD_MODES),
         ("resize", resize, RESIZE_MODES),
     ):
-        if value not in choices:
-            raise ValueError(f"data.{key} must be one of {list(choices)}, got {value!r}")
+        check_choice(f"data.{key}", value, choices)
 
 
 def _relative_boxes(samples: list[GroundingSample]) -> tuple[torch.Tensor, torch.Tensor] | None:

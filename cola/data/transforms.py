@@ -41,6 +41,7 @@ from cola.data.augment import (
     uniform,
 )
 from cola.data.images import IMAGENET_MEAN, IMAGENET_STD
+from cola.dicts import check_choice
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -82,8 +83,7 @@ class GroundingTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"data.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
+        check_choice("data.resize", resize, RESIZE_MODES)
         if int(image_size) < 1:
             raise ValueError(f"data.image_size must be a positive integer, got {image_size!r}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):

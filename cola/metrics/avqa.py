@@ -26,6 +26,7 @@ import torch
 from torchmetrics import Metric
 
 from cola.avqa_types import MODALITIES, NUM_TYPES, QUESTION_TYPES, TYPE_KEYS
+from cola.dicts import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class AVQAAccuracy(Metric):
 
     def __init__(self, key: str = "acc", **kwargs) -> None:
         super().__init__(**kwargs)
-        if key not in _SUBSETS:
-            raise ValueError(f"AVQAAccuracy key must be one of {list(AVQA_KEYS)}, got {key!r}")
+        check_choice("AVQAAccuracy key", key, AVQA_KEYS)
         self.key = key
         self.add_state("correct", default=torch.zeros(NUM_TYPES, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.zeros(NUM_TYPES, dtype=torch.float64), dist_reduce_fx="sum")

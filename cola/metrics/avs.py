@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from cola.dicts import check_choice
+
 EMPTY_VIDEO_CHOICES = ("skip", "zero")
 
 
@@ -149,8 +151,7 @@ class AVSFScore(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if empty_video not in EMPTY_VIDEO_CHOICES:
-            raise ValueError(f"empty_video must be one of {list(EMPTY_VIDEO_CHOICES)}, got {empty_video!r}")
+        check_choice("empty_video", empty_video, EMPTY_VIDEO_CHOICES)
         if beta2 <= 0:
             raise ValueError(f"beta2 must be > 0, got {beta2}")
         if num_thresholds < 1:

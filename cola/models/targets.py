@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cola.dicts import check_choice
+
 from .block_steps import FAMILIES, STAGES, BlockSteps
 
 
 def _steps(family: str) -> BlockSteps:
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    check_choice("family", family, sorted(FAMILIES))
     return FAMILIES[family]()
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cola.dicts import check_choice
+
 from .block_steps import FAMILIES, MODALITIES
 
 
@@ -31,8 +33,7 @@ class Tower(nn.Module):
 
     def __init__(self, model: nn.Module, family: str) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+        check_choice("family", family, sorted(FAMILIES))
         steps = FAMILIES[family]()
         if not isinstance(model, steps.model_types):
             raise ValueError(
@@ -98,6 +99,5 @@ def build_tower(*, family: str, **builder_kwargs: Any) -> Tower:
     from .encoders import build_ast, build_bert, build_vit
 
     builders = {"vit": build_vit, "bert": build_bert, "ast": build_ast}
-    if family not in builders:
-        raise ValueError(f"family must be one of {sorted(builders)}, got {family!r}")
+    check_choice("family", family, sorted(builders))
     return Tower(builders[family](**builder_kwargs), family)

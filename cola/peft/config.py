@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
+from cola.dicts import check_choice
+
 from .variants import INTRA_VARIANTS, IntraVariant, intra_variant
 
 SHARING_CHOICES = ("none", "shared_a", "shared_b", "full")
@@ -35,11 +37,6 @@ def _check_positive(name: str, value: Any, *, integer: bool = False) -> None:
 def _check_dropout(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
 
 
 def _check_per_stream(name: str, value: Any, check: Callable[[str, Any], None]) -> None:
@@ -97,7 +94,7 @@ class AdapterConfig:
         _check_positive("rank", self.rank, integer=True)
         _check_positive("alpha", self.alpha)
         _check_dropout("dropout", self.dropout)
-        _check_choice("intra", self.intra, INTRA_CHOICES)
+        check_choice("intra", self.intra, sorted(INTRA_CHOICES))
         if isinstance(self.adalora, Mapping):
             self.adalora = dict(self.adalora)  # a plain dict (Hydra hands a DictConfig over)
         self.variant.check(self)
@@ -232,19 +229,19 @@ class CoLAConfig(AdapterConfig):
         super().__post_init__()
         _check_dropout("hypernet_dropout", self.hypernet_dropout)
         _check_per_stream("reduction", self.reduction, lambda n, v: _check_positive(n, v, integer=True))
-        _check_choice("hypernet_init", self.hypernet_init, HYPERNET_INIT_CHOICES)
+        check_choice("hypernet_init", self.hypernet_init, sorted(HYPERNET_INIT_CHOICES))
         if self.lambda_init is not None and (
             isinstance(self.lambda_init, bool) or not isinstance(self.lambda_init, (int, float))
         ):
             raise ValueError(f"lambda_init must be a float or None (= alpha / rank), got {self.lambda_init!r}")
-        _check_choice("sharing", self.sharing, SHARING_CHOICES)
-        _check_choice("condition", self.condition, CONDITION_CHOICES)
-        _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
-        _check_choice("condition_fusion", self.condition_fusion, FUSION_CHOICES)
+        check_choice("sharing", self.sharing, sorted(SHARING_CHOICES))
+        check_choice("condition", self.condition, sorted(CONDITION_CHOICES))
+        check_choice("propagation", self.propagation, sorted(PROPAGATION_CHOICES))
+        check_choice("condition_fusion", self.condition_fusion, sorted(FUSION_CHOICES))
         if self.condition_sources is not None:
             _check_per_stream("condition_sources", self.condition_sources, _check_sources)
         _check_per_stream(
-            "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
+            "condition_pooling", self.condition_pooling, lambda n, v: check_choice(n, v, sorted(POOLING_CHOICES))
         )
         if self.variant.nonzero_b is not None and self.sharing in ("shared_b", "full"):
             raise ValueError(

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from cola.dicts import check_choice
+
 from .config import AdapterConfig, CoLAConfig, LoRAConfig
 from .layers import AdapterLinear, CoLALinear, LoRALinear
 from .moka import MoKALinear
@@ -242,8 +244,7 @@ method); the method's own config takes its fields."""
 
 def get_method(name: Any) -> Method:
     """The registered method ``name``; raises ``ValueError`` naming the choices."""
-    if name not in METHODS:
-        raise ValueError(f"peft.method must be one of {list(METHODS)}, got {name!r}")
+    check_choice("peft.method", name, METHODS)
     return METHODS[name]
 
 

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import POOLING_CHOICES, PROPAGATION_CHOICES, AdapterConfig, _check_choice, _check_per_stream
+from cola.dicts import check_choice
+
+from .config import POOLING_CHOICES, PROPAGATION_CHOICES, AdapterConfig, _check_per_stream
 from .layers import AdapterLinear, _flatten_tokens, _repeat_for_windows
 from .variants import INTRA_VARIANTS
 
@@ -55,9 +57,9 @@ class MoKAConfig(AdapterConfig):
             )
         if isinstance(self.lambda_cross, bool) or not isinstance(self.lambda_cross, (int, float)):
             raise ValueError(f"lambda_cross must be a float, got {self.lambda_cross!r}")
-        _check_choice("propagation", self.propagation, PROPAGATION_CHOICES)
+        check_choice("propagation", self.propagation, sorted(PROPAGATION_CHOICES))
         _check_per_stream(
-            "condition_pooling", self.condition_pooling, lambda n, v: _check_choice(n, v, POOLING_CHOICES)
+            "condition_pooling", self.condition_pooling, lambda n, v: check_choice(n, v, sorted(POOLING_CHOICES))
         )
 
     def queries_other(self, *, anchor: bool) -> bool:

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from cola.dicts import differences
+
 from .inject import adapter_layers, intra_budget, intra_groups, is_adapter_param
 from .variants import AdaLoRAOptions
 
@@ -87,14 +89,12 @@ def fill_legacy_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str
     return {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in current and k not in saved}, **saved}
 
 
-def diff_configs(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """One ``"key: saved X != current Y"`` line per key whose values differ (keys added since ``saved`` was written
-    take their old meaning, :func:`fill_legacy_keys`)."""
-    saved = fill_legacy_keys(saved, current)
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: saved {saved.get(k)!r} != current {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
-    ]
+def diff_configs(
+    saved: dict[str, Any], current: dict[str, Any], *, labels: tuple[str, str] = ("saved", "current")
+) -> list[str]:
+    """One ``"key: saved X != current Y"`` line per dotted key whose values differ (:func:`cola.dicts.differences`;
+    keys added since ``saved`` was written take their old meaning, :func:`fill_legacy_keys`)."""
+    return differences(fill_legacy_keys(saved, current), current, labels=labels)
 
 
 def intra_convention(model: nn.Module) -> dict[str, list]:

@@ -45,6 +45,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cola.dicts import check_choice
+
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of every output row of a (d_out, d_in) weight: (d_out,) (HF peft ``get_weight_norm``)."""
@@ -583,8 +585,7 @@ INTRA_VARIANTS: dict[str, IntraVariant] = {v.name: v for v in (LoRA(), DoRA(), R
 
 def intra_variant(name: Any) -> IntraVariant:
     """The variant ``name`` of :data:`INTRA_VARIANTS`; raises ``ValueError`` naming the choices."""
-    if name not in INTRA_VARIANTS:
-        raise ValueError(f"intra must be one of {sorted(INTRA_VARIANTS)}, got {name!r}")
+    check_choice("intra", name, sorted(INTRA_VARIANTS))
     return INTRA_VARIANTS[name]
 
 

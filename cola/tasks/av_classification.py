@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cola.dicts import check_choice
 from cola.metrics import SegmentAccuracy
 from cola.models.heads.av import POOLING_CHOICES, AVEHead, pool_stream
 
@@ -82,10 +83,8 @@ class AVEClassificationTask(DualStreamTask):
         **base_kwargs: Any,
     ) -> None:
         super().__init__(encoder, **base_kwargs)
-        if pooling not in POOLING_CHOICES:
-            raise ValueError(f"task.module.pooling must be one of {list(POOLING_CHOICES)}, got {pooling!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"task.module.loss must be one of {list(LOSSES)}, got {loss!r}")
+        check_choice("task.module.pooling", pooling, POOLING_CHOICES)
+        check_choice("task.module.loss", loss, LOSSES)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         if loss == "softmax_bce" and label_smoothing:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cola.dicts import check_choice
 from cola.metrics import avqa_metrics
 from cola.metrics.avqa import absent_keys
 from cola.models.heads.av import POOLING_CHOICES, pool_stream
@@ -63,8 +64,7 @@ class AVQATask(DualStreamTask):
         **base_kwargs: Any,
     ) -> None:
         super().__init__(encoder, **base_kwargs)
-        if pooling not in POOLING_CHOICES:
-            raise ValueError(f"task.module.pooling must be one of {list(POOLING_CHOICES)}, got {pooling!r}")
+        check_choice("task.module.pooling", pooling, POOLING_CHOICES)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         missing = [s for s in STREAMS if s not in encoder.towers]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cola.dicts import check_choice
 from cola.metrics import AVSFScore, AVSMIoU
 from cola.models.heads.av import POOLING_CHOICES, AVSMaskDecoder, default_decoder_layers, pool_stream
 
@@ -97,8 +98,7 @@ class AVSSegmentationTask(DualStreamTask):
         **base_kwargs: Any,
     ) -> None:
         super().__init__(encoder, **base_kwargs)
-        if pooling not in POOLING_CHOICES:
-            raise ValueError(f"task.module.pooling must be one of {list(POOLING_CHOICES)}, got {pooling!r}")
+        check_choice("task.module.pooling", pooling, POOLING_CHOICES)
         if w_bce < 0 or w_iou < 0 or w_bce + w_iou == 0:
             raise ValueError(f"task.module.w_bce and w_iou must be >= 0 and not both 0, got {w_bce} and {w_iou}")
         self.decoder_layers = self._resolve_layers(decoder_layers, encoder.towers["vision"].depth)

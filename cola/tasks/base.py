@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from cola.callbacks.nonfinite import NonFiniteLossError, check_policy, nonfinite_loss  # noqa: F401  (re-exported)
-from cola.optim import INTERVALS, adam, check_choice, check_loraplus_ratio, warmup_schedule
-from cola.peft import PeftSpec, fill_legacy_keys, is_adapter_param, is_up_projection, upgrade_state_keys
+from cola.dicts import check_choice
+from cola.optim import INTERVALS, adam, check_loraplus_ratio, warmup_schedule
+from cola.peft import PeftSpec, diff_configs, is_adapter_param, is_up_projection, upgrade_state_keys
 
 log = logging.getLogger(__name__)
 
@@ -385,14 +386,9 @@ class DualStreamTask(L.LightningModule):
         # names written before the towers were named by stream (tower_a. -> towers.vision.) load too
         checkpoint["state_dict"] = upgrade_state_keys(self, checkpoint["state_dict"])
         saved, current = checkpoint.get("cola_peft_config"), self.peft_node()
-        if saved is not None and current:  # a config written before peft.intra existed means intra=lora
-            saved = fill_legacy_keys(saved, current)
-        if saved is not None and current and saved != current:
-            diffs = [
-                f"{k}: checkpoint {saved.get(k)!r} != run {current.get(k)!r}"
-                for k in sorted(set(saved) | set(current))
-                if saved.get(k) != current.get(k)
-            ]
+        # a config written before peft.intra existed means intra=lora (diff_configs fills such keys)
+        diffs = diff_configs(saved, current, labels=("checkpoint", "run")) if saved is not None and current else []
+        if diffs:
             raise ValueError("checkpoint was made with another peft config: " + "; ".join(diffs))
         want, keys = self.trainable_state_keys(), set(checkpoint["state_dict"])
         missing, unexpected = sorted(want - keys), sorted(keys - want) if exact else []

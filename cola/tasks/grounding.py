@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from cola.data.transforms import boxes_to_original, masks_to_original
+from cola.dicts import check_choice
 from cola.metrics import BoxAccuracy, MaskMIoU, MaskOIoU
 from cola.models.heads.eevg import EEVGHead
-from cola.models.heads.grounding import GroundingHead
+from cola.models.heads.grounding import GroundingHead, HeadGeometry
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
 
 from .base import DualStreamTask
@@ -49,8 +50,7 @@ def check_head_spec(spec: Mapping[str, Any]) -> str:
     if unknown:
         raise ValueError(f"task.head has unknown keys {unknown}; known: {sorted(HEAD_KEYS)}")
     name = spec.get("name")
-    if name not in GROUNDING_HEADS:
-        raise ValueError(f"task.head.name must be one of {list(GROUNDING_HEADS)}, got {name!r}")
+    check_choice("task.head.name", name, GROUNDING_HEADS)
     if name == "fusion" and spec.get("eliminate"):
         raise ValueError(
             "task.head.eliminate=true needs task.head.name=official (the fusion head keeps every visual token); "
@@ -59,16 +59,7 @@ def check_head_spec(spec: Mapping[str, Any]) -> str:
     return name
 
 
-def build_grounding_head(
-    spec: Mapping[str, Any],
-    *,
-    vision_dim: int,
-    text_dim: int,
-    num_prefix_tokens: int,
-    grid_size: int,
-    image_size: int,
-    max_text_len: int,
-) -> nn.Module:
+def build_grounding_head(spec: Mapping[str, Any], geometry: HeadGeometry) -> nn.Module:
     """The grounding head named by ``spec["name"]`` (the ``task.head`` node, configs/task/refcoco.yaml).
 
     ``official``: :class:`cola.models.heads.eevg.EEVGHead` (the official code's EEVG decoder, elimination per
@@ -78,20 +69,16 @@ def build_grounding_head(
     name = check_head_spec(spec)
     shape = dict(width=768, layers=3, ff=1024, heads=8, dropout=0.1)
     shape.update({k: spec[k] for k in shape if k in spec})
-    where = dict(vision_dim=vision_dim, text_dim=text_dim, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
     if name == "official":
         return EEVGHead(
-            **where,
-            image_size=image_size,
-            max_text_len=max_text_len,
+            geometry,
             **shape,
             eliminate=bool(spec.get("eliminate", True)),
             eliminate_threshold=float(spec.get("eliminate_threshold", 0.015)),
             eliminate_keep=float(spec.get("eliminate_keep", 0.1)),
         )
     return GroundingHead(
-        **where,
-        image_size=image_size,
+        geometry,
         d_fusion=shape["width"],
         fusion_layers=shape["layers"],
         d_ff=shape["ff"],
@@ -172,8 +159,7 @@ class GroundingTask(DualStreamTask):
         self.w_l1, self.w_giou, self.w_focal, self.w_dice = w_l1, w_giou, w_focal, w_dice
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.head_name = str((head or {}).get("name", "official"))
-        self.head = build_grounding_head(
-            dict(head or {"name": "official"}),
+        geometry = HeadGeometry(
             vision_dim=encoder.towers["vision"].hidden_size,
             text_dim=encoder.towers["text"].hidden_size,
             num_prefix_tokens=int(encoder.towers["vision"].num_prefix_tokens),
@@ -181,6 +167,7 @@ class GroundingTask(DualStreamTask):
             image_size=self.image_size,
             max_text_len=int(max_query_len),
         )
+        self.head = build_grounding_head(dict(head or {"name": "official"}), geometry)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Runs the dual encoder and the heads.

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from cola.data.audio import audio_clip_features, load_audio
-from cola.data.av import AVDataModule
+from cola.data.av import AVDataModule, AVInputs
 from cola.data.ave import AVEDataModule, AVEDataset, prepared_channels
 from cola.data.ave_prepare import prepare_ave, prepare_videos
 from cola.data.avs import AVSDataModule
@@ -111,7 +111,7 @@ def test_an_unknown_channel_raises_naming_the_key(tmp_path, stereo_ave):
     with pytest.raises(ValueError, match=BAD_CHANNEL):
         AVEDataModule(root=stereo_ave, audio_channel="left")
     with pytest.raises(ValueError, match=BAD_CHANNEL):
-        AVEDataset(stereo_ave, [], audio_channel="left")
+        AVEDataset(stereo_ave, [], inputs=AVInputs(audio_channel="left"))
 
 
 # ------------------------------------------------------------------------------------------------ prepare

@@ -176,7 +176,7 @@ def test_pretrained_ast_keeps_its_position_embeddings_with_pad(tmp_path):
 # ----------------------------------------------------------------------------------------- data modules
 def test_ave_datamodule_pad_batches(ave_root):
     dm = AVEDataModule(root=ave_root, image_size=56, batch_size=2, audio_input="pad")
-    assert dm.audio_frames == AST_FRAMES and dm.audio_windows == "official"
+    assert dm.inputs.audio_frames == AST_FRAMES and dm.inputs.audio_windows == "official"
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_values"].shape == (2, 10, AST_FRAMES, 128) and batch["pixel_values"].shape[:2] == (2, 10)
@@ -186,7 +186,7 @@ def test_ave_datamodule_pad_batches(ave_root):
     wav = load_audio(ave_root / "audio" / f"{row.video_id}.wav")
     torch.testing.assert_close(ds[0]["input_values"], audio_clip_features(wav, seconds=10, audio_input="pad"))
     interp = AVEDataModule(root=ave_root, image_size=56, batch_size=2)
-    assert interp.audio_frames == 100 and interp.dataset("train")[0]["input_values"].shape == (10, 100, 128)
+    assert interp.inputs.audio_frames == 100 and interp.dataset("train")[0]["input_values"].shape == (10, 100, 128)
 
 
 @pytest.mark.parametrize(("subset", "clip_seconds", "frames"), [("s4", 1.95, 193), ("ms3", 1.0, 98)])
@@ -221,9 +221,7 @@ def test_ave_training_step_with_a_tiny_pad_ast(ave_root, tmp_path):
         out_splits={"vision": family_out_splits("vit")},
         anchor=None,
     )
-    task = AVEClassificationTask(
-        encoder, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits
-    )
+    task = AVEClassificationTask(encoder, d_model=16, dropout=0.0, val_split=dm.val_split, test_splits=dm.test_splits)
     trainer = fast_dev_trainer(tmp_path)
     trainer.fit(task, datamodule=dm)
     (res,) = trainer.test(task, datamodule=dm, verbose=False)

@@ -26,7 +26,7 @@ def test_peft_folder_is_the_method_registry():
     from cola.peft import METHODS, PeftSpec
 
     assert set(_options("peft")) == set(METHODS)
-    assert {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"} <= set(METHODS)  # SPEC section 10
+    assert {"cola", "lora", "lora_param_matched", "moka", "frozen", "full"} <= set(METHODS)  # docs/method.md#baselines
     for name in METHODS:
         cfg = compose_cfg([f"peft={name}"], tiny=False)
         spec = instantiate(cfg.peft, _convert_="all")
@@ -147,8 +147,8 @@ def _plain(value):
 
 
 def assert_data_keys_reached(dm, data: DictConfig) -> None:
-    """``dm`` is the class ``data._target_`` names and holds every key of ``data`` as an attribute with the
-    configured value. Null keys are skipped: the DataModule derives their value (image_dir from root, audio_windows
+    """``dm`` is the class ``data._target_`` names and holds every key of ``data`` as an attribute (of ``dm``, or of
+    its ``inputs``) with the configured value. Null keys are skipped: the DataModule derives their value (image_dir from root, audio_windows
     from audio_input)."""
     from cola.data.augment import AugmentConfig
 
@@ -158,8 +158,10 @@ def assert_data_keys_reached(dm, data: DictConfig) -> None:
         if value is None:
             continue
         attr = DATA_KEY_ATTRIBUTES.get(key, key)
-        assert hasattr(dm, attr), f"data.{key} did not reach {type(dm).__name__} (no attribute {attr!r})"
-        got = getattr(dm, attr)
+        # the AV modules hold their image and audio settings in one AVInputs (cola.data.av), ``dm.inputs``
+        holder = dm.inputs if not hasattr(dm, attr) and hasattr(getattr(dm, "inputs", None), attr) else dm
+        assert hasattr(holder, attr), f"data.{key} did not reach {type(dm).__name__} (no attribute {attr!r})"
+        got = getattr(holder, attr)
         if key == "augment" and isinstance(value, str):  # a preset's name: the DataModule holds that preset
             value = AugmentConfig.from_dict(value)
         assert _plain(got) == _plain(value), f"data.{key}: {value!r} in the config, {got!r} on {type(dm).__name__}"

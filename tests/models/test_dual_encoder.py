@@ -3,6 +3,8 @@ masked pooling, gradients across streams, layer maps for towers of unequal depth
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,9 @@ from cola.models import (
     resolve_layer_pairs,
 )
 from cola.peft import CoLALinear, LoRALinear, MoKALinear, is_adapter_param
+from tests.conftest import perturb
 from tests.models.conftest import reference_forward as _reference
+from tests.models.conftest import tower_inputs
 
 TARGETS = {f: family_targets(f) for f in ("vit", "bert", "ast")}  # every linear layer of a block
 SPLITS = {f: family_out_splits(f) for f in ("vit", "bert", "ast")}
@@ -53,17 +57,7 @@ def _tower(family: str, depth: int = 2, seed: int = 0) -> Tower:
     return tower.eval()
 
 
-def _inputs(family: str, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    if family == "vit":
-        return {"pixel_values": torch.randn(batch, 3, 28, 28, generator=g)}
-    if family == "bert":
-        ids = torch.randint(1, 100, (batch, 7), generator=g)
-        mask = torch.ones(batch, 7, dtype=torch.long)
-        mask[0, 3:] = 0
-        mask[1, 5:] = 0
-        return {"input_ids": ids, "attention_mask": mask}
-    return {"input_values": torch.randn(batch, 100, 128, generator=g)}
+_inputs = partial(tower_inputs, lengths=(3, 5))  # more padding than the tower tests: 3 and 5 of 7 tokens real
 
 
 def _cola(**kw) -> dict:
@@ -102,15 +96,6 @@ def _encoder(peft, a="vit", b="bert", depth_a=2, depth_b=2, **kw) -> DualEncoder
         out_splits_b=SPLITS[b],
         **kw,
     ).eval()
-
-
-def _perturb_adapters(model: nn.Module, seed: int = 3) -> None:
-    """Non-zero B matrices (zero at init) so the adapter paths are live."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if is_adapter_param(n):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
 
 
 def _record_conditions(tower: Tower) -> tuple[dict, list]:
@@ -197,7 +182,7 @@ def test_output_equals_frozen_towers_at_init(method, sharing, propagation):
     n_adapted = sum(isinstance(m, (CoLALinear, LoRALinear, MoKALinear)) for m in enc.modules())
     assert n_adapted == (0 if method in ("frozen", "full") else 2 * (4 + 6))
     if method not in ("frozen", "full"):  # and the adapters matter once B is non-zero
-        _perturb_adapters(enc)
+        perturb(enc, seed=3)
         assert not torch.allclose(enc(_streams(enc, ia, ib)).tokens["vision"], ref_a, atol=1e-4)
 
 
@@ -220,7 +205,7 @@ def test_conditions_follow_the_propagation_table(propagation):
     """Each adapted layer of stream m gets exactly pool(state of m′) named by the table of
     docs/method.md#propagation, both ways."""
     enc = _encoder(_cola(propagation=propagation))
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     ia, ib = _inputs("vit"), _inputs("bert")
     cond_a, h1 = _record_conditions(enc.towers["vision"])
     cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
@@ -250,7 +235,7 @@ CHANGED_BY_CTX = {"uniform": set(), "module_wise": {"mlp"}, "progressive": {"pro
 @pytest.mark.parametrize("where", ["ctx", "mlp"])
 def test_perturbing_the_other_stream_changes_exactly_the_table_conditions(propagation, where):
     enc = _encoder(_cola(propagation=propagation))
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     ia, ib = _inputs("vit"), _inputs("bert")
     cond, handles = _record_conditions(enc.towers["vision"])
     enc(_streams(enc, ia, ib))
@@ -276,7 +261,7 @@ def test_masked_pooling_ignores_padding_tokens():
     ib2["input_ids"][pad] = (ib["input_ids"][pad] % 97) + 2  # different tokens at padded positions only
     for pooling, should_change in (("mean", False), ("mean_with_padding", True)):
         enc = _encoder(_cola(condition_pooling=pooling))
-        _perturb_adapters(enc)
+        perturb(enc, seed=3)
         cond, handles = _record_conditions(enc.towers["vision"])
         out1 = enc(_streams(enc, ia, ib))
         first = dict(cond)
@@ -342,7 +327,7 @@ def test_moka_vision_queries_text_tokens(propagation):
     a_layers = [m for m in enc.towers["vision"].modules() if isinstance(m, MoKALinear)]
     b_layers = [m for m in enc.towers[enc.streams[1]].modules() if isinstance(m, MoKALinear)]
     assert all(m.context_dim == 32 for m in a_layers) and all(m.context_dim is None for m in b_layers)
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     ctx, h1 = _record_contexts(enc.towers["vision"])
     states_b, h2 = _record_states(enc.towers[enc.streams[1]])
     out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
@@ -378,7 +363,7 @@ def _moka_layers(enc: DualEncoder) -> list[MoKALinear]:
 # --------------------------------------------------------------------------------------------- gradients
 def test_backward_reaches_exactly_the_trainable_parameters():
     enc = _encoder(_cola()).train()
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
     (out.tokens["vision"].square().mean() + out.tokens[_second(out)].square().mean()).backward()
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
@@ -393,7 +378,7 @@ def test_backward_reaches_exactly_the_trainable_parameters():
 def test_conditions_are_not_detached():
     """A loss on stream a alone reaches stream b's adapters through the conditions b's states produce."""
     enc = _encoder(_cola()).train()
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     out = enc(_streams(enc, _inputs("vit"), _inputs("bert")))
     out.tokens["vision"].square().mean().backward()
     grad = enc.towers[enc.streams[1]].blocks[0].attention.self.query.lora_A.grad
@@ -424,7 +409,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(peft, b, la
             layer_map=layer_map,
             gradient_checkpointing=ckpt,
         ).train()
-        _perturb_adapters(enc)
+        perturb(enc, seed=3)
         recomputed = []
         handle = (
             enc.towers["vision"]
@@ -514,7 +499,7 @@ def test_every_other_layer_map_vision_4_audio_2():
     torch.testing.assert_close(out.tokens["vision"], ref_a, rtol=0, atol=TOL)
     torch.testing.assert_close(out.tokens[_second(out)], ref_b, rtol=0, atol=TOL)
     # Wiring: vision block 2k+1 and audio block k exchange their block inputs at the qkv stage.
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     cond_a, h1 = _record_conditions(enc.towers["vision"])
     cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
     out = enc(_streams(enc, ia, ib), return_layers={"vision": [0, 2], "audio": [0]})
@@ -565,7 +550,7 @@ def test_layers_selects_adapted_pairs():
     assert enc.adapted_pairs == [1]
     for tower in (enc.towers["vision"], enc.towers[enc.streams[1]]):
         assert [any(isinstance(m, CoLALinear) for m in blk.modules()) for blk in tower.blocks] == [False, True]
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     cond, handles = _record_conditions(enc.towers["vision"])
     enc(_streams(enc, ia, ib))
     assert {i for i, _ in cond} == {1}
@@ -638,7 +623,7 @@ def test_per_stream_reduction_and_pooling():
     for m in enc.towers[enc.streams[1]].model.modules():
         if isinstance(m, CoLALinear):
             assert m.cola_hypernet.fc1.in_features == 64 and m.cola_hypernet.fc1.out_features == 32
-    _perturb_adapters(enc)
+    perturb(enc, seed=3)
     ia, ib = _inputs("vit"), _inputs("ast")
     cond_a, h1 = _record_conditions(enc.towers["vision"])
     cond_b, h2 = _record_conditions(enc.towers[enc.streams[1]])
@@ -699,7 +684,7 @@ def test_state_dicts_with_letter_named_towers_still_load():
     from cola.peft import adapter_state_dict, load_adapter_state_dict
 
     src = _encoder(_cola())
-    _perturb_adapters(src)
+    perturb(src, seed=3)
     new = src.state_dict()
     old = {k.replace("towers.vision.", "tower_a.").replace("towers.text.", "tower_b."): v for k, v in new.items()}
     assert any(k.startswith("tower_a.") for k in old) and not any(k.startswith("towers.") for k in old)

@@ -10,14 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from cola.models.heads.eevg import EEVGHead, neighbour_index, select_tokens
+from cola.models.heads.grounding import HeadGeometry
 
 VISION, TEXT, PREFIX, GRID, SIZE, MAXLEN = 24, 20, 1, 4, 32, 6
+GEOMETRY = HeadGeometry(VISION, TEXT, PREFIX, GRID, SIZE, MAXLEN)
 
 
 def _head(**kw) -> EEVGHead:
     args = dict(width=16, layers=2, ff=24, heads=4, dropout=0.0, eliminate=False)
     args.update(kw)
-    return EEVGHead(VISION, TEXT, PREFIX, GRID, SIZE, MAXLEN, **args).double().eval()
+    return EEVGHead(GEOMETRY, **args).double().eval()
 
 
 def _inputs(batch: int = 3, seed: int = 0):
@@ -175,7 +177,7 @@ def test_elimination_keeps_reg_and_scatters_the_survivors_back_with_zeros():
 
 def test_training_step_reaches_every_parameter_with_elimination():
     torch.manual_seed(0)
-    head = EEVGHead(VISION, TEXT, PREFIX, GRID, SIZE, MAXLEN, width=16, layers=2, ff=24, heads=4).train()
+    head = EEVGHead(GEOMETRY, width=16, layers=2, ff=24, heads=4).train()
     vision, text, mask = (t.float() if t.is_floating_point() else t for t in _inputs())
     out = head(vision, text, mask)
     (out["box"].sum() + out["mask_logits"].sigmoid().mean()).backward()
@@ -185,7 +187,7 @@ def test_training_step_reaches_every_parameter_with_elimination():
 
 def test_init_follows_the_official_code():
     torch.manual_seed(0)
-    head = EEVGHead(768, 768, 1, 8, 112, 40, width=256, layers=3, ff=1024, heads=8)
+    head = EEVGHead(HeadGeometry(768, 768, 1, 8, 112, 40), width=256, layers=3, ff=1024, heads=8)
     for name, p in head.decoder.named_parameters():
         if p.dim() > 1:  # Xavier-uniform: inside the bound, std = bound / sqrt(3) (a normal init would exceed it)
             fan_out, fan_in = p.shape
@@ -204,7 +206,7 @@ def test_init_follows_the_official_code():
 def test_parameter_count_at_the_papers_size():
     """DINOv2-B/14 @ 448 (32 x 32 patches + CLS, width 768) + BERT-B (768), 40 text positions, width 768."""
     with torch.device("meta"):
-        head = EEVGHead(768, 768, 1, 32, 448, 40)
+        head = EEVGHead(HeadGeometry(768, 768, 1, 32, 448, 40))
     d, ff, n, p2 = 768, 1024, 32 * 32, 14 * 14
     linear = lambda i, o: i * o + o  # noqa: E731
     attention = 3 * d * d + 3 * d + linear(d, d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -9,16 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cola.models.heads.grounding import MASK_HEADS, GroundingHead, MaskDecoder, TokenMaskHead
+from cola.models.heads.grounding import MASK_HEADS, GroundingHead, HeadGeometry, MaskDecoder, TokenMaskHead
 from cola.models.losses import dice_loss, sigmoid_focal_loss
-from tests.conftest import TASK_IMAGE, compose_cfg, fast_dev_trainer, hand_batch, make_task, refcoco_datamodule
+from tests.conftest import (
+    HEAD_GEOMETRY,
+    TASK_IMAGE,
+    compose_cfg,
+    fast_dev_trainer,
+    fusion_head,
+    hand_batch,
+    make_task,
+    refcoco_datamodule,
+)
 
-
-def _head(**kw) -> GroundingHead:
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    args.update(fusion_layers=1, d_ff=64, heads=4, dropout=0.0, mask_head="official")
-    args.update(kw)
-    return GroundingHead(**args)
+_head = partial(fusion_head, fusion_layers=1, mask_head="official")
 
 
 def _inputs(batch: int, grid: int, prefix: int = 1, seed: int = 0):
@@ -130,8 +135,7 @@ def test_bad_mask_head_names_key_value_and_choices():
 def test_conv_mask_head_is_the_python_default():
     head = _head(mask_head="conv")
     assert isinstance(head.mask_head, MaskDecoder) and head.mask_head_kind == "conv"
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    assert isinstance(GroundingHead(**args, heads=4).mask_head, MaskDecoder)
+    assert isinstance(GroundingHead(HeadGeometry(**HEAD_GEOMETRY), d_fusion=32, heads=4).mask_head, MaskDecoder)
 
 
 # ----------------------------------------------------------------------------------------------- configs

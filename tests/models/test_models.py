@@ -21,6 +21,7 @@ from cola.models import (
     resize_ast_position_embeddings,
 )
 from tests.models.conftest import reference_forward as _reference
+from tests.models.conftest import tower_inputs as _inputs
 
 TINY_VIT = dict(name="vit_small_patch14_dinov2", img_size=28, embed_dim=64, depth=2, num_heads=2)
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
@@ -46,19 +47,6 @@ def _tower(family: str, seed: int = 0, **kw) -> Tower:
         tower = build_tower(family="ast", tiny={**TINY_AST, **kw})
     _randomize(tower.model, seed)
     return tower
-
-
-def _inputs(family: str, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    if family == "vit":
-        return {"pixel_values": torch.randn(batch, 3, 28, 28, generator=g)}
-    if family == "bert":
-        ids = torch.randint(1, 100, (batch, 7), generator=g)
-        mask = torch.ones(batch, 7, dtype=torch.long)
-        mask[0, 4:] = 0  # padded sample
-        mask[1, 6:] = 0
-        return {"input_ids": ids, "attention_mask": mask}
-    return {"input_values": torch.randn(batch, 100, 128, generator=g)}
 
 
 # --------------------------------------------------------------------------------------------- block steps

@@ -33,6 +33,7 @@ from cola.peft import (
     stacked_hypernet_forward,
     unmerge_adapters,
 )
+from tests.conftest import perturb
 
 SHARINGS = ["none", "shared_a", "shared_b", "full"]
 D_IN, D_OUT, D_C, R = 24, 18, 32, 4
@@ -41,15 +42,6 @@ D_IN, D_OUT, D_C, R = 24, 18, 32, 4
 def _base(d_in=D_IN, d_out=D_OUT, seed=0) -> nn.Linear:
     torch.manual_seed(seed)
     return nn.Linear(d_in, d_out)
-
-
-def _perturb(layer: nn.Module, seed: int = 1) -> None:
-    """Makes every adapter tensor non-zero (B's are zero at init) so the paths are live."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in layer.named_parameters():
-            if not n.startswith("base_layer."):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
 
 
 def _cola_reference(layer: CoLALinear, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -83,7 +75,7 @@ def test_cola_matches_spec_formula(sharing, splits):
     layer = CoLALinear(
         base, CoLAConfig(rank=R, alpha=8, sharing=sharing, reduction=4), context_dim=D_C, out_splits=splits
     )
-    _perturb(layer)
+    perturb(layer)
     x, c = torch.randn(3, 5, D_IN), torch.randn(3, D_C)
     layer.set_condition(c)
     torch.testing.assert_close(layer(x), _cola_reference(layer, x, c), atol=1e-5, rtol=1e-5)
@@ -121,7 +113,7 @@ def test_lambda_and_parameter_names_and_init():
 def test_fused_equals_three_split_layers(sharing):
     cfg = CoLAConfig(rank=R, alpha=4, sharing=sharing, reduction=4)
     fused = CoLALinear(_base(d_out=18), cfg, context_dim=D_C, out_splits=3)
-    _perturb(fused)
+    perturb(fused)
     x, c = torch.randn(2, 6, D_IN), torch.randn(2, D_C)
     fused.set_condition(c)
     outs = []
@@ -148,7 +140,7 @@ def test_fused_equals_three_split_layers(sharing):
 def test_stacked_hypernet_equals_separate():
     nets = nn.ModuleList([HyperNetwork(D_C, R, reduction=4) for _ in range(3)])
     for n in nets:
-        _perturb(n, seed=3)
+        perturb(n, seed=3, adapters_only=False)
     c = torch.randn(5, D_C)
     torch.testing.assert_close(
         stacked_hypernet_forward(nets, c), torch.stack([n(c) for n in nets]), atol=1e-5, rtol=1e-5
@@ -165,7 +157,7 @@ def test_merge_unmerge_exact_and_idempotent(cls, splits):
     else:
         layer = CoLALinear(base, CoLAConfig(rank=R, reduction=4), context_dim=D_C, out_splits=splits)
         layer.set_condition(torch.randn(2, D_C))
-    _perturb(layer)
+    perturb(layer)
     x = torch.randn(2, 5, D_IN)
     ref = layer(x)
     layer.merge()
@@ -233,7 +225,7 @@ def test_lora_equals_hf_peft():
 def test_lora_split_fused_slices_are_independent():
     base = _base(d_out=18)
     layer = LoRALinear(base, LoRAConfig(rank=R, alpha=4), out_splits=3)
-    _perturb(layer)
+    perturb(layer)
     x = torch.randn(2, 3, D_IN)
     expected = base(x) + torch.cat(
         [x @ layer.lora_A[k * R : (k + 1) * R].t() @ layer.lora_B[k * 6 : (k + 1) * 6].t() for k in range(3)], -1
@@ -249,7 +241,7 @@ def test_windowed_batch_and_grid_input():
     # differences by the std of 16 values: ~3e-6 on some CPUs. That is rounding, not a wrong repeat, so the
     # identity is checked in float64, where the same reordering bounds the difference at ~1e-15 relative.
     layer = CoLALinear(_base(), CoLAConfig(rank=R, reduction=4), context_dim=D_C).double()
-    _perturb(layer)
+    perturb(layer)
     c = torch.randn(2, D_C, dtype=torch.float64)
     layer.set_condition(c)
     x = torch.randn(6, 3, 2, D_IN, dtype=torch.float64)  # 3 windows per sample, (B*k, H, W, d)
@@ -266,7 +258,7 @@ def test_condition_controls():
     cfg = dict(rank=R, reduction=4)
     x, c = torch.randn(3, 4, D_IN), torch.randn(3, D_C)
     pooled = CoLALinear(_base(), CoLAConfig(**cfg), context_dim=D_C)
-    _perturb(pooled)
+    perturb(pooled)
     variants = {}
     for mode in ["shuffled", "zero", "random_frozen"]:
         layer = CoLALinear(_base(), CoLAConfig(condition=mode, **cfg), context_dim=D_C)
@@ -300,7 +292,7 @@ def test_gradients_reach_exactly_the_trainable_parameters():
     report = inject_adapters(model, CoLAConfig(rank=R, reduction=4), ["0", "2"], context_dim=D_C, out_splits={"0": 3})
     mark_only_adapters_trainable(model)
     for layer in report.modules.values():
-        _perturb(layer)
+        perturb(layer)
         layer.set_condition(torch.randn(2, D_C))
     model(torch.randn(2, 3, D_IN)).square().sum().backward()
     for n, p in model.named_parameters():
@@ -325,7 +317,7 @@ def test_moka_matches_formula_and_masks_keys():
     x, y = torch.randn(2, 5, D_IN), torch.randn(2, 7, D_C)
     layer.set_context(y)
     torch.testing.assert_close(layer(x), layer.base_layer(x))  # zero init
-    _perturb(layer)
+    perturb(layer)
     mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     layer.set_context(y, mask)
     ref = _moka_reference(layer, x, y, mask)
@@ -347,7 +339,7 @@ def test_moka_matches_formula_and_masks_keys():
 def test_moka_without_cross_term_ignores_context():
     layer = MoKALinear(_base(), MoKAConfig(rank=R), context_dim=None).eval()  # default dropout 0.05
     assert not hasattr(layer, "moka_A_other")
-    _perturb(layer)
+    perturb(layer)
     x = torch.randn(2, 3, D_IN)
     layer.set_context(torch.randn(2, 4, 5))
     expected = layer.base_layer(x) + layer.scaling * x @ layer.moka_A.t() @ layer.moka_B.t()
@@ -356,7 +348,7 @@ def test_moka_without_cross_term_ignores_context():
 
 def test_dropout_paths_are_independent_and_off_in_eval():
     layer = CoLALinear(_base(), CoLAConfig(rank=R, dropout=0.5, reduction=4), context_dim=D_C)
-    _perturb(layer)
+    perturb(layer)
     x, c = torch.randn(2, 5, D_IN), torch.randn(2, D_C)
     layer.set_condition(c)
     layer.eval()
@@ -441,7 +433,7 @@ def test_merge_adapters_whole_model():
     model = _tiny_model()
     report = inject_adapters(model, LoRAConfig(rank=4), TARGETS, out_splits={"attn.qkv": 3})
     for m in report.modules.values():
-        _perturb(m)
+        perturb(m)
     x = torch.randn(2, 5, 16)
     ref = model(x)
     assert merge_adapters(model) == 8
@@ -456,7 +448,7 @@ def test_state_round_trip_safetensors(tmp_path):
     rep = inject_adapters(src, cfg, TARGETS, context_dim=8, out_splits={"attn.qkv": 3})
     rep2 = inject_adapters(dst, cfg, TARGETS, context_dim=8, out_splits={"attn.qkv": 3})
     for m in rep.modules.values():
-        _perturb(m, seed=7)
+        perturb(m, seed=7)
     c, x = torch.randn(2, 8), torch.randn(2, 5, 16)
     for m in list(rep.modules.values()) + list(rep2.modules.values()):
         m.set_condition(c)
@@ -685,7 +677,7 @@ def test_every_method_is_the_base_layer_at_init_and_merges_exactly(name):
     # of size ~1 (a few ulps), where every other row adds exact zeros
     tol = 1e-5 if name.endswith("pissa") else 1e-6
     torch.testing.assert_close(layer(x), original(x), rtol=0, atol=tol)
-    _perturb(layer)
+    perturb(layer)
     before = layer(x)
     assert layer.mergeable == METHODS[name.partition("+")[0]].merges
     if layer.mergeable:
@@ -701,7 +693,7 @@ def test_every_method_is_the_base_layer_at_init_and_merges_exactly(name):
 def test_every_method_trains_exactly_its_adapter_parameters(name):
     model = nn.Sequential(_method_layer(name))
     n_trainable = mark_only_adapters_trainable(model)
-    _perturb(model[0])
+    perturb(model[0])
     model(torch.randn(2, 5, D_IN)).square().sum().backward()
     for n, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad == (not n.startswith("0.base_layer.")), n

@@ -20,7 +20,6 @@ from cola.peft import (
     adapter_params_per_layer,
     adapter_state_dict,
     inject_adapters,
-    is_adapter_param,
     load_adapters,
     mark_only_adapters_trainable,
     match_lora,
@@ -30,6 +29,7 @@ from cola.peft import (
 )
 from cola.peft.methods import ParamMatchedConfig
 from cola.peft.state import INTRA_KEY
+from tests.conftest import perturb
 
 D_IN, D_OUT, D_C, R = 24, 18, 32, 4
 VARIANTS = ["dora", "rslora", "pissa"]
@@ -38,15 +38,6 @@ VARIANTS = ["dora", "rslora", "pissa"]
 def _base(d_in=D_IN, d_out=D_OUT, seed=0) -> nn.Linear:
     torch.manual_seed(seed)
     return nn.Linear(d_in, d_out)
-
-
-def _perturb(module: nn.Module, seed: int = 1) -> None:
-    """Moves every adapter parameter off its init (B's are zero at init) so the paths are live."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if is_adapter_param(n):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
 
 
 # ----------------------------------------------------------------------------------------------- HF peft
@@ -137,7 +128,7 @@ def test_dora_formula_and_init():
     layer = LoRALinear(_base(), LoRAConfig(rank=R, alpha=8, intra="dora"))
     w0 = layer.base_layer.weight.detach().clone()
     torch.testing.assert_close(layer.lora_magnitude, torch.linalg.norm(w0, dim=1), rtol=0, atol=0)
-    _perturb(layer)
+    perturb(layer)
     x = torch.randn(2, 5, D_IN)
     direction = w0 + layer.scaling * layer.lora_B @ layer.lora_A
     w = layer.lora_magnitude[:, None] * direction / direction.norm(dim=1, keepdim=True)
@@ -172,7 +163,7 @@ def test_fused_equals_split_per_slice(intra, cls):
         return CoLALinear(base, CoLAConfig(rank=R, intra=intra, reduction=4), context_dim=D_C, out_splits=splits)
 
     fused = build(_base(), 3)
-    _perturb(fused)
+    perturb(fused)
     x, c = torch.randn(2, 5, D_IN), torch.randn(2, D_C)
     if cls == "cola":
         fused.set_condition(c)
@@ -205,7 +196,7 @@ def test_merge_unmerge_exact_and_original_weight(intra):
     w0 = base.weight.detach().clone()
     layer = CoLALinear(base, CoLAConfig(rank=R, reduction=4, intra=intra), context_dim=D_C, out_splits=3)
     layer.set_condition(torch.randn(2, D_C))
-    _perturb(layer)
+    perturb(layer)
     x = torch.randn(2, 5, D_IN)
     ref, w_res, merged = layer(x), layer.base_layer.weight.detach().clone(), layer.merged_weight()
     layer.merge()
@@ -253,7 +244,7 @@ def _model(config, seed: int = 0) -> nn.Sequential:
 def test_save_load_round_trip_onto_the_original_weights(tmp_path, method, intra):
     cfg = LoRAConfig(rank=2, intra=intra) if method == "lora" else CoLAConfig(rank=2, reduction=2, intra=intra)
     src = _model(cfg)
-    _perturb(src, seed=3)
+    perturb(src, seed=3)
     x = torch.randn(2, 5, 16)
     path = save_adapters(tmp_path / "adapter.safetensors", src, config={"method": method, **cfg.to_dict()})
     dst = _model(cfg)  # the original weights again, injected: its own PiSSA SVD and residual
@@ -308,7 +299,7 @@ def test_files_without_the_intra_key_load_as_lora(tmp_path):
     from safetensors.torch import save_file
 
     src = _model(LoRAConfig(rank=2))
-    _perturb(src[0].fc)
+    perturb(src[0].fc)
     old = tmp_path / "old.safetensors"  # a file written before the key existed
     save_file({k: v.contiguous() for k, v in adapter_state_dict(src).items()}, str(old), metadata={})
     dst = _model(LoRAConfig(rank=2))
@@ -403,7 +394,7 @@ def test_pissa_checkpoint_and_adapter_file_load_onto_rebuilt_towers(tmp_path):
     from tests.conftest import hand_batch
 
     src = _task("pissa")
-    _perturb(src.encoder, seed=4)
+    perturb(src.encoder, seed=4)
     batch = hand_batch()
     expected = _outputs(src, batch)
     ckpt = {"state_dict": src.state_dict()}

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from cola.models.heads import GroundingHead
 from cola.models.losses import box_losses, dice_loss, sigmoid_focal_loss
 from tests.conftest import (
     TASK_IMAGE,
     fast_dev_trainer,
+    fusion_head,
     hand_batch,
     make_task,
     refcoco_datamodule,
@@ -70,17 +70,10 @@ def test_losses_reject_mismatched_shapes():
 
 
 # ----------------------------------------------------------------------------------------------- head
-def _head(**kw) -> GroundingHead:
-    args = dict(vision_dim=48, text_dim=32, num_prefix_tokens=1, grid_size=4, image_size=56, d_fusion=32)
-    args.update(fusion_layers=2, d_ff=64, heads=4, dropout=0.0)
-    args.update(kw)
-    return GroundingHead(**args)
-
-
 @pytest.mark.parametrize("box_head", ["mlp", "spatial"])
 def test_head_shapes_ranges_and_text_padding_is_ignored(box_head):
     torch.manual_seed(0)
-    head = _head(box_head=box_head).eval()
+    head = fusion_head(box_head=box_head).eval()
     vision = torch.randn(2, 1 + 16, 48)  # (B, prefix + h*w, C)
     text = torch.randn(2, 5, 32)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.long)
@@ -100,7 +93,7 @@ def test_head_shapes_ranges_and_text_padding_is_ignored(box_head):
 
 
 def test_spatial_box_centre_is_the_soft_argmax_of_the_reg_attention():
-    head = _head(box_head="spatial").eval()
+    head = fusion_head(box_head="spatial").eval()
     d = 32
     with torch.no_grad():
         head.box_key.weight.copy_(torch.eye(d))
@@ -116,12 +109,12 @@ def test_spatial_box_centre_is_the_soft_argmax_of_the_reg_attention():
     torch.testing.assert_close(box[1, :2], torch.tensor([0.5, 0.5]))  # uniform attention: the grid's centre
     assert ((box[:, 2:] > 0) & (box[:, 2:] < 1)).all()
     with pytest.raises(ValueError, match="box_head must be one of"):
-        _head(box_head="anchor")
+        fusion_head(box_head="anchor")
 
 
 def test_head_drops_prefix_tokens_and_checks_token_count():
     torch.manual_seed(0)
-    head = _head(num_prefix_tokens=3).eval()
+    head = fusion_head(num_prefix_tokens=3).eval()
     vision, text, mask = torch.randn(1, 3 + 16, 48), torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
     out = head(vision, text, mask)
     other_prefix = vision.clone()
@@ -133,7 +126,7 @@ def test_head_drops_prefix_tokens_and_checks_token_count():
 
 def test_head_rejects_bad_width():
     with pytest.raises(ValueError, match="divisible"):
-        _head(d_fusion=30, heads=4)
+        fusion_head(d_fusion=30, heads=4)
 
 
 # ----------------------------------------------------------------------------------------------- task

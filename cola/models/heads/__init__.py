@@ -2,6 +2,15 @@
 
 from .av import AVEHead, AVSMaskDecoder, pool_stream
 from .avqa import AVQAHead, pool_text
-from .grounding import GroundingHead, MaskDecoder
+from .grounding import GroundingHead, HeadGeometry, MaskDecoder
 
-__all__ = ["AVEHead", "AVQAHead", "AVSMaskDecoder", "GroundingHead", "MaskDecoder", "pool_stream", "pool_text"]
+__all__ = [
+    "AVEHead",
+    "AVQAHead",
+    "AVSMaskDecoder",
+    "GroundingHead",
+    "HeadGeometry",
+    "MaskDecoder",
+    "pool_stream",
+    "pool_text",
+]

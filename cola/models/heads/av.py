@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cola.dicts import check_choice
+
 __all__ = [
     "POOLING_CHOICES",
     "TEMPORAL_CHOICES",
@@ -70,11 +72,10 @@ def pool_stream(tokens: torch.Tensor, num_prefix: int, mode: str) -> torch.Tenso
     Returns:
         (N, C).
     """
+    check_choice("pooling", mode, POOLING_CHOICES)
     if mode == "cls":
         return tokens[:, 0]
-    if mode == "mean":
-        return tokens[:, num_prefix:].mean(dim=1)
-    raise ValueError(f"pooling must be one of {list(POOLING_CHOICES)}, got {mode!r}")
+    return tokens[:, num_prefix:].mean(dim=1)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -119,8 +120,7 @@ class AVEHead(nn.Module):
         max_seconds: int = 10,
     ) -> None:
         super().__init__()
-        if temporal not in TEMPORAL_CHOICES:
-            raise ValueError(f"temporal must be one of {list(TEMPORAL_CHOICES)}, got {temporal!r}")
+        check_choice("temporal", temporal, TEMPORAL_CHOICES)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if temporal == "gru" and d_model % 2:

@@ -27,6 +27,9 @@ import math
 import torch
 from torch import nn
 
+from cola.dicts import check_choice
+from cola.models.heads.av import POOLING_CHOICES
+
 __all__ = ["SEGMENT_POOLING_CHOICES", "AVQAHead", "pool_text"]
 
 SEGMENT_POOLING_CHOICES = ("mean", "attention")
@@ -44,12 +47,11 @@ def pool_text(tokens: torch.Tensor, mask: torch.Tensor, num_prefix: int, mode: s
     Returns:
         (B, C).
     """
+    check_choice("pooling", mode, POOLING_CHOICES)
     if mode == "cls":
         return tokens[:, 0]
-    if mode == "mean":
-        weights = mask[:, num_prefix:].to(tokens.dtype).unsqueeze(-1)  # (B, L - P, 1)
-        return (tokens[:, num_prefix:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    raise ValueError(f"pooling must be one of ['cls', 'mean'], got {mode!r}")
+    weights = mask[:, num_prefix:].to(tokens.dtype).unsqueeze(-1)  # (B, L - P, 1)
+    return (tokens[:, num_prefix:] * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 class AVQAHead(nn.Module):
@@ -79,8 +81,7 @@ class AVQAHead(nn.Module):
         max_segments: int = 60,
     ) -> None:
         super().__init__()
-        if segment_pooling not in SEGMENT_POOLING_CHOICES:
-            raise ValueError(f"segment_pooling must be one of {list(SEGMENT_POOLING_CHOICES)}, got {segment_pooling!r}")
+        check_choice("segment_pooling", segment_pooling, SEGMENT_POOLING_CHOICES)
         if num_answers < 2:
             raise ValueError(f"num_answers must be >= 2, got {num_answers}")
         if d_model < 1:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grounding import TokenMaskHead, check_grounding_inputs
+from .grounding import HeadGeometry, TokenMaskHead, check_grounding_inputs
 
 __all__ = ["EEVGDecoder", "EEVGDecoderLayer", "EEVGHead", "neighbour_index", "select_tokens"]
 
@@ -273,23 +273,15 @@ class EEVGHead(nn.Module):
     [REG] and the per-token mask head.
 
     Args:
-        vision_dim / text_dim: widths of the towers' tokens.
-        num_prefix_tokens: leading non-patch tokens of the vision sequence (CLS, registers), dropped.
-        grid_size: side of the square patch grid.
-        image_size: side S of the input (mask logits are S x S); a multiple of ``grid_size``.
-        max_text_len: length of the learned text positions (``data.max_query_len``, official 40).
+        geometry: token widths, prefix tokens, patch grid, image size (mask logits are S x S; a multiple of
+            ``grid_size``) and ``max_text_len``, the length of the learned text positions (:class:`HeadGeometry`).
         width, layers, ff, heads, dropout: decoder shape (official 768, 3, 1024, 8, 0.1).
         eliminate, eliminate_threshold, eliminate_keep: visual-token elimination (official on, 0.015, 0.1).
     """
 
     def __init__(
         self,
-        vision_dim: int,
-        text_dim: int,
-        num_prefix_tokens: int,
-        grid_size: int,
-        image_size: int,
-        max_text_len: int,
+        geometry: HeadGeometry,
         *,
         width: int = 768,
         layers: int = 3,
@@ -301,14 +293,15 @@ class EEVGHead(nn.Module):
         eliminate_keep: float = 0.1,
     ) -> None:
         super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
+        grid_size, image_size = geometry.grid_size, geometry.image_size
+        self.num_prefix_tokens = geometry.num_prefix_tokens
         self.grid_size = grid_size
         self.image_size = image_size
-        self.visu_proj = nn.Linear(vision_dim, width)
-        self.text_proj = nn.Linear(text_dim, width)
+        self.visu_proj = nn.Linear(geometry.vision_dim, width)
+        self.text_proj = nn.Linear(geometry.text_dim, width)
         self.reg_token = nn.Parameter(torch.randn(1, width))
         self.visual_pos = nn.Parameter(torch.randn(grid_size * grid_size + 1, width))
-        self.text_pos = nn.Parameter(torch.randn(max_text_len, width))
+        self.text_pos = nn.Parameter(torch.randn(geometry.max_text_len, width))
         self.decoder = EEVGDecoder(
             width,
             layers,

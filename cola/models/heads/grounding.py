@@ -26,12 +26,15 @@ Mask heads (``mask_head``), both (B, S, S) logits at the input resolution (the l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BOX_HEADS", "MASK_HEADS", "GroundingHead", "MaskDecoder", "TokenMaskHead", "sincos_2d"]
+from cola.dicts import check_choice
+
+__all__ = ["BOX_HEADS", "MASK_HEADS", "GroundingHead", "HeadGeometry", "MaskDecoder", "TokenMaskHead", "sincos_2d"]
 
 BOX_HEADS = ("mlp", "spatial")
 MASK_HEADS = ("official", "conv")
@@ -168,15 +171,33 @@ class TokenMaskHead(nn.Module):
         return self.refine(x)[:, 0]  # (B, S, S)
 
 
+@dataclass(frozen=True)
+class HeadGeometry:
+    """What a grounding head reads off the towers and the data: token widths and the layout of both sequences.
+
+    Attributes:
+        vision_dim: hidden size of the vision tower's tokens.
+        text_dim: hidden size of the text tower's tokens.
+        num_prefix_tokens: leading non-patch tokens of the vision sequence (CLS, registers), dropped by the heads.
+        grid_size: side of the square patch grid (image_size // patch_size).
+        image_size: side S of the square input image; mask logits are produced at S x S.
+        max_text_len: longest text sequence (``data.max_query_len``, official 40); the length of the official
+            head's learned text positions (the fusion head has none).
+    """
+
+    vision_dim: int
+    text_dim: int
+    num_prefix_tokens: int
+    grid_size: int
+    image_size: int
+    max_text_len: int = 40
+
+
 class GroundingHead(nn.Module):
     """Fusion transformer over ``[REG; visual; text]`` with box and mask heads.
 
     Args:
-        vision_dim: hidden size of the vision tower's tokens.
-        text_dim: hidden size of the text tower's tokens.
-        num_prefix_tokens: leading non-patch tokens of the vision sequence (CLS, registers), dropped here.
-        grid_size: side of the square patch grid (image_size // patch_size).
-        image_size: side S of the square input image; mask logits are produced at S x S.
+        geometry: token widths, prefix tokens, patch grid and image size (:class:`HeadGeometry`).
         d_fusion: width of the fusion layers.
         fusion_layers: number of transformer encoder layers.
         d_ff: feed-forward width of the fusion layers.
@@ -189,11 +210,7 @@ class GroundingHead(nn.Module):
 
     def __init__(
         self,
-        vision_dim: int,
-        text_dim: int,
-        num_prefix_tokens: int,
-        grid_size: int,
-        image_size: int,
+        geometry: HeadGeometry,
         d_fusion: int = 256,
         fusion_layers: int = 3,
         d_ff: int = 1024,
@@ -206,19 +223,18 @@ class GroundingHead(nn.Module):
         arguments.
         """
         super().__init__()
-        if box_head not in BOX_HEADS:
-            raise ValueError(f"box_head must be one of {list(BOX_HEADS)}, got {box_head!r}")
-        if mask_head not in MASK_HEADS:
-            raise ValueError(f"mask_head must be one of {list(MASK_HEADS)}, got {mask_head!r}")
+        grid_size, image_size = geometry.grid_size, geometry.image_size
+        check_choice("box_head", box_head, BOX_HEADS)
+        check_choice("mask_head", mask_head, MASK_HEADS)
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
         if grid_size <= 0 or image_size <= 0:
             raise ValueError(f"grid_size and image_size must be positive, got {grid_size} and {image_size}")
-        self.num_prefix_tokens = num_prefix_tokens
+        self.num_prefix_tokens = geometry.num_prefix_tokens
         self.grid_size = grid_size
         self.image_size = image_size
-        self.vision_proj = nn.Linear(vision_dim, d_fusion)
-        self.text_proj = nn.Linear(text_dim, d_fusion)
+        self.vision_proj = nn.Linear(geometry.vision_dim, d_fusion)
+        self.text_proj = nn.Linear(geometry.text_dim, d_fusion)
         self.reg_token = nn.Parameter(torch.zeros(1, 1, d_fusion))
         # The towers' own positions are mixed into their tokens; the fusion gets explicit ones: fixed 2-D sin-cos
         # positions of the patch grid (what the box regression reads its coordinates from, as in TransVG) plus a
