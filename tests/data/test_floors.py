@@ -19,8 +19,7 @@ from cola.data.avs import AVSDataModule
 from cola.data.refcoco import RefCOCODataModule
 from cola.data.synthetic import make_synthetic_avs
 from cola.models.encoders import minilm_path
-from tests.conftest import compose_cfg
-from tests.conftest import FAST_RUN
+from tests.conftest import FAST_RUN, compose_cfg
 
 
 def _loaders(dm) -> list:

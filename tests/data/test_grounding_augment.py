@@ -238,7 +238,11 @@ def test_official_composes_through_the_datamodule(synthetic_refcoco):
     dm.setup("fit")
     torch.manual_seed(0)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["pixel_values"].shape == (4, 3, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["mask"].shape == (4, REFCOCO_IMAGE, REFCOCO_IMAGE)
+    assert batch["pixel_values"].shape == (4, 3, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["mask"].shape == (
+        4,
+        REFCOCO_IMAGE,
+        REFCOCO_IMAGE,
+    )
     for box, mask, meta in zip(batch["box"], batch["mask"], batch["meta"]):
         assert meta["augment"]["name"] == "official" and meta["augment"]["branch"] in ("resize", "crop")
         assert max(meta["augment"]["frame_size"]) in OfficialAugment().long_sides

@@ -77,8 +77,6 @@ def tokenizer(tokenizer_path):
     return AutoTokenizer.from_pretrained(tokenizer_path)
 
 
-
-
 @pytest.fixture(scope="module")
 def dm(synth, tokenizer_path) -> RefCOCODataModule:
     dm = make_dm(synth, tokenizer_path, eval_batch_size=8)
@@ -89,8 +87,6 @@ def dm(synth, tokenizer_path) -> RefCOCODataModule:
 def load_refs(root: Path, dataset: str, split_by: str) -> list[dict]:
     with open(root / dataset / f"refs({split_by}).p", "rb") as f:
         return pickle.load(f)
-
-
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -275,7 +271,10 @@ def test_batch_shapes_and_dtypes(synth, tokenizer_path, tokenizer):
     for batch in (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))):
         b = batch["pixel_values"].shape[0]
         assert b == 4
-        assert batch["pixel_values"].shape == (b, 3, REFCOCO_IMAGE, REFCOCO_IMAGE) and batch["pixel_values"].dtype == torch.float32
+        assert (
+            batch["pixel_values"].shape == (b, 3, REFCOCO_IMAGE, REFCOCO_IMAGE)
+            and batch["pixel_values"].dtype == torch.float32
+        )
         # pad_to=longest (default): cut to the batch's longest expression, which has no padding
         length = batch["input_ids"].shape[1]
         assert length < 40 and batch["attention_mask"].sum(1).max() == length
@@ -316,7 +315,9 @@ def test_letterbox_pads_bottom_right_and_stretch_fills(dm, synth, tokenizer_path
 def test_box_and_mask_stay_consistent(dm, hflip):
     """The mask's extent equals the box in the input frame, with and without the flip."""
     plain = GroundingTransform(image_size=REFCOCO_IMAGE)
-    aug = GroundingTransform(image_size=REFCOCO_IMAGE, augment={"hflip": hflip, "scale": [0.7, 1.0], "color_jitter": 0.3})
+    aug = GroundingTransform(
+        image_size=REFCOCO_IMAGE, augment={"hflip": hflip, "scale": [0.7, 1.0], "color_jitter": 0.3}
+    )
     torch.manual_seed(1)
     for i in range(0, 40, 3):
         image, box, mask, text = raw_sample(dm, "train", i)
