@@ -75,14 +75,17 @@ def _stacked_params(nets: nn.ModuleList) -> dict[str, torch.Tensor]:
     """The S hypernetworks' parameters stacked along a new first axis, by name (``fc1.weight``: (S, h, d_c), ...).
 
     Under autograd they are stacked on every call (the stack is part of the graph). Without autograd (evaluation,
-    inference, or hypernetworks that do not train: ``condition=random_frozen``) the stacks are kept on ``nets`` and rebuilt only when a parameter changed (its storage or its
-    version counter, which every in-place update such as an optimiser step or ``load_state_dict`` bumps), so an
-    evaluation pass stacks once, not once per forward.
+    inference, or hypernetworks that do not train: ``condition=random_frozen``) the stacks are kept on ``nets`` and
+    rebuilt only when a parameter changed (its storage or its version counter, which every in-place update such as an
+    optimiser step or ``load_state_dict`` bumps), so an evaluation pass stacks once, not once per forward. Under
+    ``torch.compile`` the stacks are part of the graph (no cache: its key reads storage pointers).
     """
     params = [
         {k: getattr(getattr(n, k.split(".")[0]), k.split(".")[1]) for k in _STACKED} for n in nets
     ]  # direct attribute reads: this runs in every forward of a fused layer
-    if torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED):
+    training = torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED)
+    # a compiled graph stacks every call: the cache's pointer/version key and the attribute it sets cannot be traced
+    if training or torch.compiler.is_compiling():
         return {k: torch.stack([p[k] for p in params]) for k in _STACKED}
     key = tuple((p[k].data_ptr(), p[k]._version, p[k].dtype, p[k].device) for p in params for k in _STACKED)
     cached = getattr(nets, "_cola_stacked", None)
