@@ -38,7 +38,7 @@ def pool_tokens(h: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Pools tokens (B, N, C) -> (B, C) with :func:`pooling_weights` (``None``: token 0)."""
     if weights is None:
         return h[:, 0]
-    return torch.einsum("bn,bnc->bc", weights.to(h.dtype), h)
+    return torch.bmm(weights.to(h.dtype).unsqueeze(1), h).squeeze(1)  # (B, 1, N) @ (B, N, C)
 
 
 # ----------------------------------------------------------------------------------------------- pairing

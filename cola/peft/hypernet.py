@@ -54,9 +54,18 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"hypernet_init must be one of ['torch', 'trunc_normal'], got {init!r}")
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(self.drop1(self.act(self.fc1(c))))  # (B, h)
-        phi = self.drop2(self.fc2(h)).reshape(c.shape[0], self.rank, self.rank)  # (B, r, r)
-        return self.norm2(phi)
+        # the submodules' functions called directly: a layer runs this in every forward, and at small shapes the
+        # seven module calls cost more than the arithmetic
+        n1, n2 = self.norm1, self.norm2
+        h = _drop(self.drop1, F.gelu(F.linear(c, self.fc1.weight, self.fc1.bias)))  # (B, h)
+        h = F.layer_norm(h, n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+        phi = _drop(self.drop2, F.linear(h, self.fc2.weight, self.fc2.bias)).reshape(c.shape[0], self.rank, self.rank)
+        return F.layer_norm(phi, n2.normalized_shape, n2.weight, n2.bias, n2.eps)  # (B, r, r)
+
+
+def _drop(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``drop(x)``, skipped when it is the identity (p = 0, the default, or eval)."""
+    return drop(x) if drop.p > 0 and drop.training else x
 
 
 _STACKED = (
@@ -75,14 +84,17 @@ def _stacked_params(nets: nn.ModuleList) -> dict[str, torch.Tensor]:
     """The S hypernetworks' parameters stacked along a new first axis, by name (``fc1.weight``: (S, h, d_c), ...).
 
     Under autograd they are stacked on every call (the stack is part of the graph). Without autograd (evaluation,
-    inference, or hypernetworks that do not train: ``condition=random_frozen``) the stacks are kept on ``nets`` and rebuilt only when a parameter changed (its storage or its
-    version counter, which every in-place update such as an optimiser step or ``load_state_dict`` bumps), so an
-    evaluation pass stacks once, not once per forward.
+    inference, or hypernetworks that do not train: ``condition=random_frozen``) the stacks are kept on ``nets`` and
+    rebuilt only when a parameter changed (its storage or its version counter, which every in-place update such as an
+    optimiser step or ``load_state_dict`` bumps), so an evaluation pass stacks once, not once per forward. Under
+    ``torch.compile`` the stacks are part of the graph (no cache: its key reads storage pointers).
     """
     params = [
         {k: getattr(getattr(n, k.split(".")[0]), k.split(".")[1]) for k in _STACKED} for n in nets
     ]  # direct attribute reads: this runs in every forward of a fused layer
-    if torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED):
+    training = torch.is_grad_enabled() and any(p[k].requires_grad for p in params for k in _STACKED)
+    # a compiled graph stacks every call: the cache's pointer/version key and the attribute it sets cannot be traced
+    if training or torch.compiler.is_compiling():
         return {k: torch.stack([p[k] for p in params]) for k in _STACKED}
     key = tuple((p[k].data_ptr(), p[k]._version, p[k].dtype, p[k].device) for p in params for k in _STACKED)
     cached = getattr(nets, "_cola_stacked", None)
@@ -106,10 +118,10 @@ def stacked_hypernet_forward(nets: nn.ModuleList, c: torch.Tensor) -> torch.Tens
     r = first.rank
     w = _stacked_params(nets)
     h = torch.einsum("bd,shd->sbh", c, w["fc1.weight"]) + w["fc1.bias"][:, None]  # (S, B, h)
-    h = first.drop1(first.act(h))
+    h = _drop(first.drop1, F.gelu(h))
     h = F.layer_norm(h, h.shape[-1:], eps=first.norm1.eps)
     h = h * w["norm1.weight"][:, None] + w["norm1.bias"][:, None]
-    out = first.drop2(torch.baddbmm(w["fc2.bias"][:, None], h, w["fc2.weight"].transpose(1, 2)))  # (S, B, r*r)
+    out = _drop(first.drop2, torch.baddbmm(w["fc2.bias"][:, None], h, w["fc2.weight"].transpose(1, 2)))  # (S, B, r*r)
     phi = F.layer_norm(out.reshape(len(nets), c.shape[0], r, r), (r, r), eps=first.norm2.eps)  # (S, B, r, r)
     return phi * w["norm2.weight"][:, None] + w["norm2.bias"][:, None]
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import AdapterConfig, CoLAConfig, LoRAConfig
 from .hypernet import HyperNetwork, MultiSourceHyperNetwork, stacked_hypernet_forward
-from .upproject import accumulate_up_, slice_major, up_project
+from .upproject import accumulate_up_, up_project
 from .variants import IntraVariantMixin
 
 
@@ -140,7 +140,8 @@ class AdapterLinear(nn.Module):
         z, b = z.to(out.dtype), b.to(out.dtype)
         if torch.is_grad_enabled() and (out.requires_grad or z.requires_grad or b.requires_grad):
             return up_project(out, z, b, s)
-        accumulate_up_(out.view(n, d), z.reshape(n, s * k), slice_major(b, s), s)  # into the fresh base output
+        # into the fresh base output; B enters as a transposed view (BLAS reads it as is: no copy per forward)
+        accumulate_up_(out.view(n, d), z.reshape(n, s * k), b.t() if s == 1 else b.reshape(s, d // s, k).mT, s)
         return out
 
     def _delta_weight(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -334,6 +335,21 @@ class CoLALinear(LowRankLinear):
         return self.lora_B if self.share_b else self.cola_B
 
     # ----------------------------------------------------------------- forward
+    def inter_core(self, phi: torch.Tensor, rows: int) -> torch.Tensor:
+        """``lambda_s Phi_s^T`` of every slice as one per-sample matrix (B', S r, S r), block-diagonal over the slices:
+        the inter core of all S slices is then one batched GEMM ``t = z_C core`` on z_C's own (B', L, S r) layout
+        (no per-slice transposes or copies; the zero blocks cost S r^2 extra multiply-adds per token, nothing next
+        to the layer's d_in d_out). ``rows`` = B': a windowed batch of k B rows repeats each sample's core k times.
+        """
+        s, r = self.out_splits, self.config.rank
+        core = phi.transpose(-1, -2) * self.cola_lambda.reshape(s, 1, 1, 1)  # (S, B, r, r): lambda_s Phi_s^T
+        if s == 1:
+            core = core[0]  # (B, r, r)
+        else:  # (B, S, r, 1, r) * (S, 1, S, 1): block (i, j) is core_i when i = j, else 0
+            eye = torch.eye(s, dtype=core.dtype, device=core.device)
+            core = (core.permute(1, 0, 2, 3).unsqueeze(3) * eye[:, None, :, None]).reshape(-1, s * r, s * r)
+        return _repeat_for_windows(core, rows, self.adapter_name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._condition is None:
             raise RuntimeError(
@@ -341,9 +357,8 @@ class CoLALinear(LowRankLinear):
                 "set_condition(c) first"
             )
         s, r = self.out_splits, self.config.rank
-        phi = self.phi(self._effective_condition(self._condition))  # (S, B, r, r)
         xt = _flatten_tokens(x)  # (B', L, d_in)
-        phi = _repeat_for_windows(phi, xt.shape[0], self.adapter_name, dim=1)
+        core = self.inter_core(self.phi(self._effective_condition(self._condition)), xt.shape[0])  # (B', S r, S r)
         dropout, xd = self.config.dropout > 0, None
         # Down-projections: one GEMM for [A_L; A_C] when both paths see the same (undropped) input.
         if self.merged:
@@ -359,10 +374,7 @@ class CoLALinear(LowRankLinear):
                 z_l = xd @ a_l.t()
                 reuse = self.share_a and not dropout and a_l is self.lora_A  # A_C = A_L on the same input
                 z_c = z_l if reuse else self.lora_dropout(xt) @ self.A_C.t()
-        # Inter core: t = z_c Phi^T per slice and sample, as one batched matmul.
-        zc = z_c.reshape(xt.shape[0], xt.shape[1], s, r).transpose(1, 2)  # (B', S, L, r)
-        t = zc @ phi.permute(1, 0, 3, 2)  # (B', S, L, r)
-        t = (t * self.cola_lambda.reshape(1, s, 1, 1)).transpose(1, 2).reshape(xt.shape[0], xt.shape[1], s * r)
+        t = torch.bmm(z_c, core)  # (B', L, S r): lambda_s Phi_s z_C,s per slice and sample
         if z_l is None:
             return self._add_up(self.base_layer(x), t, self.B_C)
         # W0 x + b, or the variant's frozen part and row scale g. DoRA(x) + inter path: g = m / ||W0 + s B_L A_L||

@@ -109,7 +109,9 @@ def up_project(out: torch.Tensor, z: torch.Tensor, b: torch.Tensor, splits: int)
         splits: S.
     """
     n = out.numel() // out.shape[-1]
-    base = _writable_base(out)
+    # Under torch.compile the pointer checks cannot be traced and buy nothing (the compiler plans its own buffers):
+    # the function runs out of place and is traced, backward included, into the graph.
+    base = None if torch.compiler.is_compiling() else _writable_base(out)
     inplace = base is not None
     y = UpProject.apply(base if inplace else out, z.reshape(n, -1), b, splits, inplace)
     return y.view(out.shape)
