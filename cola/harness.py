@@ -80,7 +80,6 @@ def build_encoder(cfg: DictConfig, peft: PeftSpec | None = None):
         peft=peft,
         targets=targets,
         out_splits=splits,
-        anchor="text" if "text" in towers else None,
         gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cola.peft import PeftSpec, build_peft
+from cola.peft.config import STREAMS
 
 
 class SetupError(RuntimeError):
@@ -50,6 +51,23 @@ def parse_peft(cfg: DictConfig) -> PeftSpec:
         raise SetupError(str(cause) if str(cause).startswith("peft") else f"peft: {cause}") from e
 
 
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+
+def models_with(streams: list[str], folder: Path = MODEL_CONFIGS) -> list[str]:
+    """The ``model=`` options (files of ``configs/model/``) that define a tower for every stream in ``streams``."""
+    import yaml
+
+    names = []
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        node = yaml.safe_load(path.read_text()) or {}
+        if all(node.get(s) is not None for s in streams):
+            names.append(path.stem)
+    return names
+
+
 def validate_config(cfg: DictConfig) -> PeftSpec:
     """Validates the composed config: peft fields, task/model pairing, logger credentials. Returns the parsed ``peft``
     node (:func:`parse_peft`), which the run builds from."""
@@ -57,13 +75,11 @@ def validate_config(cfg: DictConfig) -> PeftSpec:
     needed = task_streams(cfg)
     missing = [s for s in needed if s not in cfg.model or cfg.model.get(s) is None]
     if missing:
-        towers = [k for k in ("vision", "text", "audio") if cfg.model.get(k) is not None]
-        suggestion = {"text": "dinov2_bert", "audio": "dinov2_ast"}.get(missing[0], "tiny")
-        if len(needed) > 2:
-            suggestion = "dinov2_ast_bert"
+        towers = [k for k in STREAMS if cfg.model.get(k) is not None]
+        fits = " or ".join(f"model={m}" for m in models_with(needed)) or "none of configs/model/ has them"
         raise SetupError(
             f"task {cfg.task.name} runs the towers {needed}, but model {cfg.model.get('name')} has towers {towers}; "
-            f"pick a model with a {' and a '.join(missing)} tower (e.g. model=tiny or model={suggestion})"
+            f"pick a model with a {' and a '.join(missing)} tower ({fits})"
         )
     pooling = getattr(spec.config, "condition_pooling", None)
     pooled = pooling.values() if isinstance(pooling, Mapping) else [pooling]

@@ -69,6 +69,19 @@ class BlockSteps:
     target_layers: ClassVar[tuple[str, ...]] = ()
     fused_layers: ClassVar[dict[str, int]] = {}
     has_padding: ClassVar[bool] = False
+    # The stream this family's towers feed (what per-stream settings, ``peft.reduction`` etc., are keyed by), the
+    # name of its builder in cola.models.encoders (``model.<stream>.family`` in YAML picks it), and whether it is the
+    # stream the others query one way (MokA's anchor: the text tokens).
+    modality: ClassVar[str] = ""
+    builder: ClassVar[str] = ""
+    anchor: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> nn.Module:
+        """The family's pip backbone, built by its :mod:`cola.models.encoders` builder from ``kwargs``."""
+        from . import encoders
+
+        return getattr(encoders, cls.builder)(**kwargs)
 
     # ---- per block
     def attention_context(self, block: nn.Module, x: torch.Tensor, mask: Any = None) -> torch.Tensor:
@@ -131,6 +144,8 @@ class ViTBlockSteps(BlockSteps):
     """
 
     family = "vit"
+    modality = "vision"
+    builder = "build_vit"
     model_types = (VisionTransformer,)
     block_types = (TimmBlock,)
     stage_rules = (("attn.proj", "proj"), ("attn.", "qkv"), ("mlp.", "mlp"))
@@ -195,6 +210,9 @@ class BertLayerSteps(BlockSteps):
     """HF ``BertLayer`` (post-norm): ``x_attn = LN(dropout(dense(ctx)) + x)``, ``x_out = LN(dropout(fc2(act(fc1(x_attn)))) + x_attn)``."""
 
     family = "bert"
+    modality = "text"
+    builder = "build_bert"
+    anchor = True
     model_types = (BertModel,)
     block_types = (BertLayer,)
     stage_rules = (
@@ -261,6 +279,8 @@ class ASTLayerSteps(BlockSteps):
     ``x_out = x_attn + dropout(mlp(layernorm_after(x_attn)))``."""
 
     family = "ast"
+    modality = "audio"
+    builder = "build_ast"
     model_types = (ASTModel,)
     block_types = (ASTLayer,)
     stage_rules = (("attention.o_proj", "proj"), ("attention.", "qkv"), ("mlp.", "mlp"))
@@ -326,5 +346,5 @@ class ASTLayerSteps(BlockSteps):
 FAMILIES: dict[str, type[BlockSteps]] = {c.family: c for c in (ViTBlockSteps, BertLayerSteps, ASTLayerSteps)}
 
 
-MODALITIES = {"vit": "vision", "bert": "text", "ast": "audio"}
-"""The stream name of each tower family: what per-stream settings (``peft.reduction``) are keyed by."""
+MODALITIES = {name: steps.modality for name, steps in FAMILIES.items()}
+"""The stream name of each tower family (each class's ``modality``)."""

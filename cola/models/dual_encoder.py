@@ -102,8 +102,8 @@ class DualEncoder(nn.Module):
         layer_map: ``None``, ``every_other`` or a list of ``[i, j]`` (see :func:`resolve_layer_pairs`).
         anchor: for methods whose layers query the other stream one way (MokA), the stream the other queries:
             a stream name (vision-language: ``text``; its layers are LoRA-shaped unless ``bidirectional``),
-            ``None`` (both streams query each other: audio-visual), or ``"auto"`` (the text stream if exactly
-            one tower is text, else ``None``).
+            ``None`` (both streams query each other: audio-visual), or ``"auto"`` (the stream whose tower family
+            is an anchor, ``Tower.anchor``: the text tower, if exactly one; else ``None``).
         gradient_checkpointing: recompute each lockstep step in backward instead of keeping its activations
             (training only; same results, less memory, about one extra forward of compute).
 
@@ -442,7 +442,7 @@ def _resolve_anchor(anchor: str | None, towers: Mapping[str, Tower]) -> str | No
     choices = [*towers, None, "auto"]
     if anchor not in choices:
         raise ValueError(f"anchor must be one of {choices}, got {anchor!r}")
-    if anchor == "auto":
-        text = [s for s, t in towers.items() if t.has_padding]
-        return text[0] if len(text) == 1 else None
+    if anchor == "auto":  # the stream whose family others query one way (Tower.anchor: the text tower)
+        anchors = [s for s, t in towers.items() if t.anchor]
+        return anchors[0] if len(anchors) == 1 else None
     return anchor

@@ -10,7 +10,7 @@ from torch import nn
 
 from cola.dicts import check_choice
 
-from .block_steps import FAMILIES, MODALITIES
+from .block_steps import FAMILIES
 
 
 class Tower(nn.Module):
@@ -28,7 +28,8 @@ class Tower(nn.Module):
         hidden_size: token width C.
         context_size: width of the attention context (input of the out-projection).
         has_padding: whether inputs can be padded (text); then the mask matters.
-        modality: the stream name, ``vision`` | ``text`` | ``audio``.
+        modality: the stream name, ``vision`` | ``text`` | ``audio`` (the family's).
+        anchor: whether the other streams query this one one way (MokA's anchor; the family's).
     """
 
     def __init__(self, model: nn.Module, family: str) -> None:
@@ -50,7 +51,8 @@ class Tower(nn.Module):
         self.hidden_size = steps.hidden_size(model)
         self.context_size = steps.context_size(model)
         self.has_padding = steps.has_padding
-        self.modality = MODALITIES[family]
+        self.modality = steps.modality
+        self.anchor = steps.anchor
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -91,13 +93,8 @@ class Tower(nn.Module):
 
 
 def build_tower(*, family: str, **builder_kwargs: Any) -> Tower:
-    """Builds a :class:`Tower` from YAML: ``family`` picks the builder of :mod:`cola.models.encoders`.
-
-    ``vit`` -> :func:`build_vit`, ``bert`` -> :func:`build_bert`, ``ast`` -> :func:`build_ast`; the other
-    keys are that builder's arguments.
-    """
-    from .encoders import build_ast, build_bert, build_vit
-
-    builders = {"vit": build_vit, "bert": build_bert, "ast": build_ast}
-    check_choice("family", family, sorted(builders))
-    return Tower(builders[family](**builder_kwargs), family)
+    """Builds a :class:`Tower` from YAML: ``family`` names a :data:`cola.models.block_steps.FAMILIES` class, whose
+    ``build`` (its :mod:`cola.models.encoders` builder: ``vit`` -> :func:`build_vit`, ``bert`` -> :func:`build_bert`,
+    ``ast`` -> :func:`build_ast`) gets the other keys."""
+    check_choice("family", family, sorted(FAMILIES))
+    return Tower(FAMILIES[family].build(**builder_kwargs), family)
