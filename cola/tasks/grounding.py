@@ -1,9 +1,9 @@
 """Visual grounding (REC + RES, multi-task) on the dual encoder: a vision and a text tower (docs/metrics.md#tasks).
 
 Loss (official weighting, every weight configurable):
-``loss = loss_alpha * (w_l1 * l1 + w_giou * giou) + w_focal * focal + w_dice * dice`` with ``loss_alpha = 0.1``
-(official; the demo's tiny preset uses 0.5); the terms are defined in :mod:`cola.models.losses` (the focal loss
-takes logits once; docs/official_settings.md#deliberate-differences).
+``loss = loss_alpha * (w_l1 * l1 + w_giou * giou) + w_focal * focal + w_dice * dice`` with ``loss_alpha = 0.1``;
+the terms are defined in :mod:`cola.models.losses` (the focal loss takes logits once;
+docs/official_settings.md#deliberate-differences).
 
 Metrics (docs/metrics.md#grounding) are computed at ORIGINAL image resolution: predicted boxes and mask probabilities
 are mapped back through the data's resize (letterbox or stretch) with :func:`cola.data.transforms.boxes_to_original` and
