@@ -197,9 +197,9 @@ def test_trainable_parameters(report):
 def test_methods_come_from_the_registry():
     """Every registry method but full fine-tuning, expanded by HF peft's LoRA, CoLA's sharings and the intra variants;
     each composes to the peft config the registry parses."""
-    from cola.harness import peft_dict
-    from cola.peft import INTRA_VARIANTS, SHARING_CHOICES, build_peft
+    from cola.peft import INTRA_VARIANTS, SHARING_CHOICES
     from cola.peft import METHODS as REGISTRY
+    from cola.validation import parse_peft
 
     assert {m for m in REGISTRY if m != "full"} <= set(bench.METHODS)
     assert "full" not in bench.METHODS and bench.METHODS[0] == "frozen"
@@ -211,12 +211,12 @@ def test_methods_come_from_the_registry():
     cfg = BenchConfig(tiny=True)
     expect = {"cola_shared_b": ("cola", "shared_b"), "dora": ("lora", None), "peft_lora": ("frozen", None)}
     for method, (name, sharing) in expect.items():
-        spec = build_peft(**peft_dict(bench.models.compose_config(method, pair, cfg)))
+        spec = parse_peft(bench.models.compose_config(method, pair, cfg))
         assert spec.method.name == name
         if sharing:
             assert spec.config.sharing == sharing
-    assert build_peft(**peft_dict(bench.models.compose_config("dora", pair, cfg))).config.intra == "dora"
-    lora = build_peft(**peft_dict(bench.models.compose_config("lora", pair, cfg))).config
+    assert parse_peft(bench.models.compose_config("dora", pair, cfg)).config.intra == "dora"
+    lora = parse_peft(bench.models.compose_config("lora", pair, cfg)).config
     assert (lora.rank, lora.alpha, lora.dropout, lora.split_fused) == (8, 4.0, 0.0, False)
 
 
@@ -423,7 +423,7 @@ def test_cola_over_lora_flop_ratio_of_the_tiny_model_is_the_arithmetic():
         nets = list(mod.cola_hypernet) if s > 1 else [mod.cola_hypernet]
         # per slice: rank-r down (d_in -> r) and up (r -> d_out / s)
         inter += sum(path(n, mod.in_features, mod.out_features // s, rank) for _ in range(s))
-        core += s * 2 * n * rank * rank
+        core += 2 * n * (s * rank) ** 2  # the slices' cores as one block-diagonal (s r x s r) matrix, one bmm
         phi += sum(hypernet(2, net.fc1.in_features, net.fc1.out_features, rank) for net in nets)
     # the conditions: a masked mean, one (B, N) x (B, N, C) product per stream at each of the 3 stages (qkv, proj,
     # mlp: progressive propagation) of the 4 block pairs; 65 = 1 + (112 / 14)^2 vision tokens, 40 text tokens
