@@ -421,7 +421,9 @@ def prepare_videos(
                 records.append(prepare_one(job))
                 bar.advance(task)
         else:
-            with multiprocessing.get_context().Pool(int(workers)) as pool:
+            # spawned, not forked: a fork copies the parent's threads' locks (torch/OpenMP pools, logging, a live
+            # progress bar) and a child can block on one forever; a spawned worker starts from a clean interpreter
+            with multiprocessing.get_context("spawn").Pool(int(workers)) as pool:
                 for record in pool.imap_unordered(prepare_one, jobs, chunksize=1):
                     records.append(record)
                     bar.advance(task)
