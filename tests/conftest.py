@@ -351,3 +351,19 @@ class EpochLosses(L.Callback):
 
     def epoch_means(self) -> list[float]:
         return [sum(v) / len(v) for _, v in sorted(self.losses.items())]
+
+
+def two_epoch_run(samples: int, checkpoint_every: int) -> list[str]:
+    """2 deterministic epochs of ``samples / 2`` batches, validation only at the end (so the final model is the
+    selected one), last.ckpt every ``checkpoint_every`` steps."""
+    return [
+        f"data.limit_per_split={samples}",
+        "data.batch_size=2",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "trainer.limit_train_batches=null",
+        "trainer.check_val_every_n_epoch=2",
+        "trainer.deterministic=true",
+        f"callbacks.model_checkpoint.every_n_train_steps={checkpoint_every}",
+        "callbacks.model_checkpoint.monitor=val/miou",
+    ]

@@ -22,24 +22,7 @@ from cola.callbacks.resume import rng_states, set_rng_states
 from cola.data.resumable import ResumableDataLoader, ResumableRandomSampler, SeededSamples, rewind_in_flight_batch
 from cola.tasks.base import DualStreamTask
 from cola.validation import SetupError
-from tests.conftest import FAST_RUN, REPO, cli_args, compose_cfg, fast_cfg
-
-
-def two_epoch_run(samples: int, checkpoint_every: int) -> list[str]:
-    """2 deterministic epochs of ``samples / 2`` batches, validation only at the end (so the final model is the
-    selected one), last.ckpt every ``checkpoint_every`` steps."""
-    return [
-        f"data.limit_per_split={samples}",
-        "data.batch_size=2",
-        "trainer.max_epochs=2",
-        "trainer.max_steps=-1",
-        "trainer.limit_train_batches=null",
-        "trainer.check_val_every_n_epoch=2",
-        "trainer.deterministic=true",
-        f"callbacks.model_checkpoint.every_n_train_steps={checkpoint_every}",
-        "callbacks.model_checkpoint.monitor=val/miou",
-    ]
-
+from tests.conftest import FAST_RUN, REPO, cli_args, compose_cfg, fast_cfg, two_epoch_run
 
 # 2 epochs of 5 batches, last.ckpt at steps 3, 6 and 9: mid-epoch in both epochs
 RESUME_RUN = two_epoch_run(10, 3)

@@ -36,7 +36,7 @@ from cola.sweep import (
     sweep_definition,
 )
 from cola.validation import SetupError
-from tests.conftest import REPO, TINY_TEST_OVERRIDES, compose_cfg, fast_cfg, train_py
+from tests.conftest import REPO, TINY_TEST_OVERRIDES, compose_cfg, fast_cfg, train_py, two_epoch_run
 
 
 # ------------------------------------------------------------------------------------------------ keys and folders
@@ -255,15 +255,7 @@ JOB_RUN = [
     "task.head.ff=64",
     "task.head.layers=1",
     "task.head.heads=2",
-    "data.limit_per_split=8",
-    "data.batch_size=2",
-    "trainer.max_epochs=2",
-    "trainer.max_steps=-1",
-    "trainer.limit_train_batches=null",
-    "trainer.check_val_every_n_epoch=2",
-    "trainer.deterministic=true",
-    "callbacks.model_checkpoint.every_n_train_steps=2",
-    "callbacks.model_checkpoint.monitor=val/miou",
+    *two_epoch_run(8, 2),
 ]
 
 
