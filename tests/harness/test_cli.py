@@ -42,6 +42,7 @@ def finished_run(synthetic_refcoco, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.ci
 def test_not_a_checkpoint_leaves_a_finished_run_untouched(finished_run, synthetic_refcoco, tmp_path):
     before = _snapshot(finished_run)
     junk = tmp_path / "notes.ckpt"
@@ -51,6 +52,7 @@ def test_not_a_checkpoint_leaves_a_finished_run_untouched(finished_run, syntheti
     assert _snapshot(finished_run) == before
 
 
+@pytest.mark.ci
 def test_resuming_a_finished_run_is_refused_unless_asked(finished_run, synthetic_refcoco):
     before = _snapshot(finished_run)
     res = train_py(*cli_args(synthetic_refcoco, finished_run, "peft=cola", "ckpt_path=last"))
@@ -58,6 +60,7 @@ def test_resuming_a_finished_run_is_refused_unless_asked(finished_run, synthetic
     assert _snapshot(finished_run) == before
 
 
+@pytest.mark.ci
 def test_foreign_checkpoint_and_other_config_are_refused(finished_run, synthetic_refcoco, tmp_path):
     before = _snapshot(finished_run)
     last = finished_run / "checkpoints" / "last.ckpt"
@@ -78,6 +81,7 @@ def test_foreign_checkpoint_and_other_config_are_refused(finished_run, synthetic
     assert _snapshot(finished_run) == before and last.is_file()
 
 
+@pytest.mark.ci
 def test_eval_writes_its_own_folder_and_never_touches_the_run(finished_run, tmp_path):
     before = _snapshot(finished_run)
     outputs = tmp_path / "outputs"
@@ -100,6 +104,7 @@ def test_eval_writes_its_own_folder_and_never_touches_the_run(finished_run, tmp_
     assert list((tmp_path / "out2").rglob("*")) == []  # not even the empty refcoco/evals/<ts> folders
 
 
+@pytest.mark.ci
 @pytest.mark.parametrize(
     "override,words",
     [
@@ -118,6 +123,7 @@ def test_configuration_errors_are_one_paragraph_exit_2(override, words, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.ci
 def test_data_root_that_is_a_file_says_so(tmp_path):
     f = tmp_path / "refer.zip"
     f.write_bytes(b"zip")
@@ -126,6 +132,7 @@ def test_data_root_that_is_a_file_says_so(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.ci
 def test_any_positive_rank_runs(synthetic_refcoco, tmp_path):
     run = tmp_path / "run"
     res = train_py(*cli_args(synthetic_refcoco, run, "peft=lora", "rank=12"))
@@ -142,6 +149,7 @@ def test_any_positive_rank_runs(synthetic_refcoco, tmp_path):
     assert all(s[0] in (12, 36) for s in down.values()) and all(s[1] == 12 for s in up.values()), (down, up)
 
 
+@pytest.mark.ci
 def test_console_prints_each_line_once_and_ends_with_the_run_folder(synthetic_refcoco, tmp_path):
     run = tmp_path / "run"
     res = train_py(*cli_args(synthetic_refcoco, run, "peft=lora", "trainer.enable_progress_bar=false"))

@@ -30,6 +30,7 @@ def report(tmp_path_factory):
     return json.loads(path.read_text())
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_report_has_the_documented_structure(report):
     """{config, results, ratios} (ratios of the largest batch), the ratios and spreads by batch size, the FLOP counts
     and their ratios, and the memory account."""
@@ -70,6 +71,7 @@ def test_report_has_the_documented_structure(report):
             assert len(cfg["step_times_ms"][b][m]["train"]) == 3 and len(cfg["step_times_ms"][b][m]["eval"]) == 3
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_ratios_are_finite_and_match_the_results(report):
     assert report["ratios"] == report["ratios_by_batch"]["2"]  # top level: the largest batch size
     assert report["flop_ratios"] == report["flop_ratios_by_batch"]["2"]
@@ -91,6 +93,7 @@ def test_ratios_are_finite_and_match_the_results(report):
                 assert floor[f"{key}_overhead"] == pytest.approx(ratio[key] / floor[key], rel=1e-3)
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_flop_counts_follow_the_methods(report):
     """Training counts the backward (more than eval); merged LoRAs evaluate at the frozen model's FLOPs; CoLA's
     unmergeable inter path and MokA's cross term add eval work; FLOPs grow linearly with the batch."""
@@ -104,6 +107,7 @@ def test_flop_counts_follow_the_methods(report):
     assert f1["frozen"]["train"] < f1["lora"]["train"] < f1["cola"]["train"]
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_memory_account_names_the_hypernetworks_optimizer_state(report):
     by = {r["method"]: r for r in report["results"] if r["batch"] == 2}
     account = report["memory"]
@@ -115,6 +119,7 @@ def test_memory_account_names_the_hypernetworks_optimizer_state(report):
     assert "AdamW moments" in text and "lora_param_matched, the fair comparison" in text
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_paired_spreads_come_from_the_same_rounds(report):
     """spread_by_batch: [p25, median, p75] of sample i of the numerator over sample i of the denominator."""
     times = report["config"]["step_times_ms"]["1"]
@@ -125,6 +130,7 @@ def test_paired_spreads_come_from_the_same_rounds(report):
         assert spread[key][1] == pytest.approx(per_round[1], rel=1e-3)  # median of 3 paired ratios
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_table_says_when_the_machine_was_loaded(report):
     """The loaded flag is in the tables themselves (title and a column), not only in the log."""
     quiet = json.loads(json.dumps(report))
@@ -151,6 +157,7 @@ def test_loaded_rule():
     assert not bench.is_loaded(10.0, 10.0, cpus=64, threads=8)
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_plot_of_ratios_against_batch_size(report, tmp_path):
     png = bench.plot_ratios(report, tmp_path / "ratios.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -184,6 +191,7 @@ def test_time_interleaved_rotates_methods_and_batch_sizes():
     assert len(rounds_seen) == 2  # the load sampler runs after every timed round
 
 
+@pytest.mark.ci  # the shared report takes ~2 min to measure: `make test-ci`
 def test_trainable_parameters(report):
     by = {r["method"]: r["params_trainable"] for r in report["results"]}
     head = (192 + 192) * 16 + 16  # Linear(C_a + C_b, HEAD_DIM) of the tiny towers
