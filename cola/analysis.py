@@ -74,7 +74,7 @@ def probe_values(module: torch.nn.Module) -> dict[str, float]:
 
 def lambda_values(module: torch.nn.Module) -> dict[str, list[float]]:
     """Learned lambda of every CoLA layer (three per fused qkv layer)."""
-    return {name: layer.cola_lambda.detach().float().cpu().tolist() for name, layer in cola_layers(module)}
+    return {name: getattr(layer, layer.gate).detach().float().cpu().tolist() for name, layer in cola_layers(module)}
 
 
 class InterferenceProbe(L.Callback):

@@ -402,7 +402,10 @@ def _short(paths: list[str]) -> str:
 
 
 def compare(runs: list[dict[str, Any]], metrics: list[str] | None = None) -> list[dict[str, Any]]:
-    """One table per task: {"task", "title", "metrics", "rows", "notes"}; rows as in ``comparison.csv``."""
+    """One table per task: {"task", "title", "metrics", "reference", "rows", "notes"}; rows as in ``comparison.csv``,
+    each with its gain over the ``reference`` method's row (:data:`cola.peft.REFERENCE_METHOD`, the paper's LoRA)."""
+    from cola.peft import REFERENCE_METHOD
+
     by_task: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
         by_task.setdefault(task_of(run["config"]), []).append(run)
@@ -460,13 +463,21 @@ def compare(runs: list[dict[str, Any]], metrics: list[str] | None = None) -> lis
                     f"warning: `{row['setting']}` has runs without a seed in their config, each counted as "
                     f"one seed: {_short(g['unseeded'])}"
                 )
-        _gains(rows, use)
+        _gains(rows, use, reference=REFERENCE_METHOD)
         rows.sort(key=lambda r: (method_order(str(r["method"])), str(r["method"]), r["_sort"], r["setting"]))
         detail = [_plot_detail(r, use) for r in rows]
         for r in rows:
             del r["_group"], r["_sort"]
         tables.append(
-            {"task": task, "title": task_title(task), "metrics": use, "rows": rows, "notes": notes, "detail": detail}
+            {
+                "task": task,
+                "title": task_title(task),
+                "metrics": use,
+                "reference": REFERENCE_METHOD,
+                "rows": rows,
+                "notes": notes,
+                "detail": detail,
+            }
         )
     return tables
 
@@ -508,19 +519,24 @@ def _plot_detail(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     }
 
 
-def _gains(rows: list[dict[str, Any]], metrics: list[str]) -> None:
-    """Δ vs the task's LoRA row; with several, vs the one that agrees with the row on the label's keys (rank=8 vs
-    rank=8), none when that is not exactly one."""
+def gain_key(metric: str, reference: str) -> str:
+    """The row key (``comparison.csv`` column) of ``metric``'s gain over the ``reference`` method's row."""
+    return f"{metric} gain vs {reference}"
+
+
+def _gains(rows: list[dict[str, Any]], metrics: list[str], *, reference: str) -> None:
+    """Δ vs the task's row of method ``reference``; with several, vs the one that agrees with the row on the label's
+    keys (rank=8 vs rank=8), none when that is not exactly one."""
 
     def agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
         va, vb = a["_group"]["label_values"], b["_group"]["label_values"]
         return all(va[k] == vb[k] for k in va.keys() & vb.keys())
 
-    loras = [r for r in rows if r["method"] == "lora"]
+    refs = [r for r in rows if r["method"] == reference]
     for row in rows:
-        base = loras if len(loras) <= 1 else [r for r in loras if agree(r, row)]
+        base = refs if len(refs) <= 1 else [r for r in refs if agree(r, row)]
         for m in metrics:
-            row[f"{m} gain vs lora"] = row[f"{m} mean"] - base[0][f"{m} mean"] if len(base) == 1 else math.nan
+            row[gain_key(m, reference)] = row[f"{m} mean"] - base[0][f"{m} mean"] if len(base) == 1 else math.nan
 
 
 def write_report(tables: list[dict], skipped: list[tuple[str, str]], out: Path) -> tuple[str, Path, Path]:
@@ -538,10 +554,8 @@ def write_report(tables: list[dict], skipped: list[tuple[str, str]], out: Path) 
             for r in t["rows"]:
                 cells = [r["setting"], str(r["seeds"])]
                 cells += [f"{100 * r[f'{m} mean']:.2f} ± {100 * r[f'{m} std']:.2f}" for m in metrics]
-                cells += [
-                    "—" if math.isnan(r[f"{m} gain vs lora"]) else f"{100 * r[f'{m} gain vs lora']:+.2f}"
-                    for m in metrics
-                ]
+                gains = [r[gain_key(m, t["reference"])] for m in metrics]
+                cells += ["—" if math.isnan(g) else f"{100 * g:+.2f}" for g in gains]
                 cells.append(f"{r['params/trainable']:,}")
                 lines.append("| " + " | ".join(cells) + " |")
                 fields += [k for k in r if k not in fields]
@@ -803,9 +817,8 @@ def _html_table(table: dict[str, Any]) -> str:
     for r in table["rows"]:
         cells = [r["setting"], str(r["seeds"])]
         cells += [f"{100 * r[f'{m} mean']:.2f} ± {100 * r[f'{m} std']:.2f}" for m in metrics]
-        cells += [
-            "—" if math.isnan(r[f"{m} gain vs lora"]) else f"{100 * r[f'{m} gain vs lora']:+.2f}" for m in metrics
-        ]
+        gains = [r[gain_key(m, table["reference"])] for m in metrics]
+        cells += ["—" if math.isnan(g) else f"{100 * g:+.2f}" for g in gains]
         cells.append(f"{r['params/trainable']:,}")
         lines.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join([*lines, "</table>"])

@@ -40,6 +40,8 @@ SPLITS = ("val", "testA", "testB")
 TEST_SPLITS = ("testA", "testB")
 METRIC = "acc@0.5"
 METHODS = ("cola", "frozen")
+"""The demo's methods: the one it trains (CoLA, ``make demo``) and the frozen towers it is compared with."""
+DEMO, FROZEN = METHODS
 WORST_SEED_FLOOR = 0.5
 FROZEN_MARGIN = 0.1
 FLOOR_MARGIN = 0.25
@@ -101,7 +103,7 @@ def summarise(runs: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
 def compare(fresh: dict[str, Any], stored: dict[str, Any]) -> list[str]:
     """Every way ``fresh`` (a :func:`summarise` of new runs) breaks the stored reference; empty when it holds."""
     problems = []
-    cola, ref = fresh["methods"]["cola"], stored["methods"]["cola"]
+    cola, ref = fresh["methods"][DEMO], stored["methods"][DEMO]
     for split in TEST_SPLITS:
         lo = ref[split]["min"] - ref[split]["std"]
         hi = ref[split]["max"] + ref[split]["std"]
@@ -126,11 +128,11 @@ def unmet_targets(summary: dict[str, Any]) -> list[str]:
     """The recipe's targets a summary misses: a CoLA seed under :data:`WORST_SEED_FLOOR`, a seed where CoLA does not
     beat the frozen towers by :data:`FROZEN_MARGIN` (mean of the test splits)."""
     unmet = []
-    cola = summary["methods"]["cola"]
+    cola = summary["methods"][DEMO]
     for split in TEST_SPLITS:
         if cola[split]["min"] < WORST_SEED_FLOOR:
             unmet.append(f"cola {split}: worst seed {cola[split]['min']:.3f} < {WORST_SEED_FLOOR}")
-    frozen = summary["methods"].get("frozen")
+    frozen = summary["methods"].get(FROZEN)
     if frozen is not None:
         for j, seed in enumerate(frozen["testA"]["seeds"]):
             if seed not in cola["testA"]["seeds"]:
@@ -145,10 +147,10 @@ def unmet_targets(summary: dict[str, Any]) -> list[str]:
 
 def render_table(summary: dict[str, Any]) -> str:
     """The README's Markdown table of a summary: per method, mean ± std and the worst seed per split."""
-    names = {"cola": "CoLA, r = 16 (`make demo`)", "frozen": "frozen towers, same head (`peft=frozen`)"}
+    names = {DEMO: "CoLA, r = 16 (`make demo`)", FROZEN: "frozen towers, same head (`peft=frozen`)"}
     lines = [
         "| run (seeds "
-        + ", ".join(str(s) for s in summary["methods"]["cola"]["val"]["seeds"])
+        + ", ".join(str(s) for s in summary["methods"][DEMO]["val"]["seeds"])
         + ") | "
         + " | ".join(f"{split} acc@0.5 mean ± std (worst)" for split in SPLITS)
         + " |",
@@ -163,7 +165,7 @@ def render_table(summary: dict[str, Any]) -> str:
     for method, rows in summary["methods"].items():
         cells = [f"{rows[s]['mean']:.3f} ± {rows[s]['std']:.3f} ({rows[s]['min']:.3f})" for s in SPLITS]
         lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |")
-    per_seed = summary["methods"]["cola"]
+    per_seed = summary["methods"][DEMO]
     lines.append("")
     lines.append(
         "Per seed, CoLA testA / testB: "
@@ -209,8 +211,8 @@ def check(
         DemoCheckError: a run failed, or the fresh numbers break the stored ones (every problem listed).
     """
     unknown = sorted(set(methods) - set(METHODS))
-    if unknown or "cola" not in methods:
-        raise DemoCheckError(f"methods must include cola and be among {list(METHODS)}, got {list(methods)}")
+    if unknown or DEMO not in methods:
+        raise DemoCheckError(f"methods must include {DEMO} and be among {list(METHODS)}, got {list(methods)}")
     runs = {m: {s: train(out, m, s, extra=extra) for s in seeds} for m in methods}
     fresh = summarise(runs)
     (out / "summary.json").write_text(json.dumps(fresh, indent=2) + "\n")

@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cola.peft.methods import PAPER_COMPARISON, PAPER_METHOD, REFERENCE_METHOD
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 OFFICIAL_REPO = "peterwisu/CoLA"
 OFFICIAL_COMMIT = "d26d99d"
@@ -54,7 +56,8 @@ class Official:
 class Setting:
     """One row of the card: a name, how to read it from the composed configs, the official value per family.
 
-    ``read`` gets ``{method: cfg}`` (the experiment composed with ``peft=cola`` and ``peft=lora``).
+    ``read`` gets ``{method: cfg}`` (the experiment composed with each method of the paper's comparison,
+    :data:`cola.peft.PAPER_COMPARISON`: ``peft=cola`` and ``peft=lora``).
     """
 
     name: str
@@ -62,7 +65,12 @@ class Setting:
     official: dict[str, Official]
 
 
-def _get(key: str, method: str = "cola") -> Callable[[dict[str, DictConfig]], Any]:
+def _paper(cfgs: dict[str, DictConfig]) -> DictConfig:
+    """The experiment composed with the paper's method (CoLA): what every setting but the LoRA baseline's reads."""
+    return cfgs[PAPER_METHOD]
+
+
+def _get(key: str, method: str = PAPER_METHOD) -> Callable[[dict[str, DictConfig]], Any]:
     def read(cfgs: dict[str, DictConfig]) -> Any:
         value = OmegaConf.select(cfgs[method], key)
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -71,14 +79,14 @@ def _get(key: str, method: str = "cola") -> Callable[[dict[str, DictConfig]], An
 
 
 def _lambda_init(cfgs: dict[str, DictConfig]) -> float:
-    peft = cfgs["cola"].peft
+    peft = _paper(cfgs).peft
     return float(peft.alpha / peft.rank if peft.lambda_init is None else peft.lambda_init)
 
 
 def _selection(cfgs: dict[str, DictConfig]) -> str:
-    task = cfgs["cola"].task
+    task = _paper(cfgs).task
     mask = task.get("monitor_mask")
-    split = cfgs["cola"].data.get("select_on", "val")
+    split = _paper(cfgs).data.get("select_on", "val")
     monitor = str(task.monitor).replace("val/", f"{split}/")
     return f"{monitor} (box), {mask} (mask)" if mask else monitor
 
@@ -89,14 +97,14 @@ def _augmentation(cfgs: dict[str, DictConfig]) -> Any:
 
 
 def _towers(cfgs: dict[str, DictConfig]) -> str:
-    model = cfgs["cola"].model
-    second = model.get(cfgs["cola"].task.modality)
+    model = _paper(cfgs).model
+    second = model.get(_paper(cfgs).task.modality)
     name = second.get("name_or_path") if second is not None else None
     return f"{model.vision.name} @ {model.image_size} + {name}"
 
 
 def _effective_batch(cfgs: dict[str, DictConfig]) -> int:
-    c = cfgs["cola"]
+    c = _paper(cfgs)
     return int(c.data.batch_size) * int(c.trainer.devices) * int(c.trainer.accumulate_grad_batches)
 
 
@@ -105,7 +113,7 @@ def _head(key: str, official_head_value: Any) -> Callable[[dict[str, DictConfig]
     fusion head's ``task.head.<key>`` (so a run with another head shows what it uses)."""
 
     def read(cfgs: dict[str, DictConfig]) -> Any:
-        head = cfgs["cola"].task.head
+        head = _paper(cfgs).task.head
         return official_head_value if head.name == "official" else head.get(key)
 
     return read
@@ -279,7 +287,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "epochs, LoRA baselines",
-        _get("trainer.max_epochs", "lora"),
+        _get("trainer.max_epochs", REFERENCE_METHOD),
         {
             G: _o(150, f"{VLL}train.sh:18"),
             AVE: _o(50, f"{AV_EL}train.sh:20,48"),
@@ -372,7 +380,7 @@ SETTINGS: list[Setting] = [
     Setting("head dropout", _get("task.head.dropout"), {G: _o(0.1, f"{VL}models/EEVG.py:88 (dropout=0.1)")}),
     Setting(
         "visual-token elimination",
-        lambda c: c["cola"].task.head.name == "official" and bool(c["cola"].task.head.eliminate),
+        lambda c: _paper(c).task.head.name == "official" and bool(_paper(c).task.head.eliminate),
         {G: _o(True, f"{VL}train.sh:52 (--is_eliminate); {VL}models/decoder.py:136-153")},
     ),
     Setting(
@@ -398,7 +406,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "mask loss weights (focal, Dice)",
-        lambda c: [c["cola"].task.module.w_focal, c["cola"].task.module.w_dice],
+        lambda c: [_paper(c).task.module.w_focal, _paper(c).task.module.w_dice],
         {G: _o([1.0, 1.0], f"{VL}utils/loss_utils.py:73-76; {VL}engine.py:82 (plain sum)")},
     ),
     Setting(
@@ -413,7 +421,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "AVS losses (BCE, IoU)",
-        lambda c: [c["cola"].task.module.w_bce, c["cola"].task.module.w_iou],
+        lambda c: [_paper(c).task.module.w_bce, _paper(c).task.module.w_iou],
         {AVS: _o([1.0, 0.0], f"{AV_S}loss.py:95,99-103 (BCE, first frame; sa_loss off: base_options.py:31-32)")},
     ),
     Setting(
@@ -501,12 +509,12 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "LoRA rank-matched r",
-        _get("peft.rank", "lora"),
+        _get("peft.rank", REFERENCE_METHOD),
         {G: _o(16, f"{VLL}train.sh:22"), AVE: _o(16, f"{AV_EL}train.sh:23"), AVS: _o(16, f"{AV_SL}train.sh:15")},
     ),
     Setting(
         "LoRA rank-matched alpha",
-        _get("peft.alpha", "lora"),
+        _get("peft.alpha", REFERENCE_METHOD),
         {G: _o(8, f"{VLL}train.sh:23"), AVE: _o(8, f"{AV_EL}train.sh:24"), AVS: _o(84, f"{AV_SL}train.sh:16")},
     ),
     Setting(
@@ -577,8 +585,9 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def experiment_configs(experiment: str, overrides: list[str] = ()) -> dict[str, DictConfig]:
-    """The experiment composed with ``peft=cola`` and ``peft=lora`` (the rank-matched baseline)."""
-    return {m: compose([f"experiment={experiment}", f"peft={m}", *overrides]) for m in ("cola", "lora")}
+    """The experiment composed with each method of the paper's comparison (:data:`cola.peft.PAPER_COMPARISON`):
+    ``peft=cola`` and ``peft=lora`` (the rank-matched baseline)."""
+    return {m: compose([f"experiment={experiment}", f"peft={m}", *overrides]) for m in PAPER_COMPARISON}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -596,7 +605,7 @@ def settings_table(cfgs: dict[str, DictConfig]) -> dict[str, dict[str, Any]]:
     ``status``: ``match`` | ``no official code`` (MS3: matches S4's value) | ``deviation`` (what the repo cannot
     express, with its reason) | ``MISMATCH``.
     """
-    family = family_of(str(cfgs["cola"].task.name))
+    family = family_of(str(_paper(cfgs).task.name))
     rows: dict[str, dict[str, Any]] = {}
     for s in SETTINGS:
         if family not in s.official:
@@ -694,7 +703,7 @@ def experiment_card(experiment: str, overrides: list[str] = (), *, params: bool 
     (rows as :func:`settings_table`)."""
     cfgs = experiment_configs(experiment, list(overrides))
     card: dict[str, Any] = {"settings": settings_table(cfgs)}
-    head = OmegaConf.select(cfgs["cola"], "task.head")
+    head = OmegaConf.select(_paper(cfgs), "task.head")
     if head is not None:
         h = OmegaConf.to_container(head, resolve=True)
         card["head"] = (

@@ -77,6 +77,14 @@ def experiment_spec(experiment: str, overrides: Sequence[str] = ()) -> dict[str,
     }
 
 
+def gated(methods: Sequence[str]) -> list[str]:
+    """The methods of ``methods`` whose layers learn a gate λ (:data:`cola.peft.GATED_METHODS`): the runs the λ
+    section reads."""
+    from cola.peft import GATED_METHODS
+
+    return [m for m in methods if m in GATED_METHODS]
+
+
 def lambda_keys(profile: Mapping[str, Mapping[str, Mapping[int, float]]]) -> dict[str, list[str]]:
     """``{"<stream>.<component>": [summary keys by block]}`` of a λ profile, components in :data:`ORDER`."""
     from cola.lambdas import summary_values
@@ -167,7 +175,8 @@ def build_report(
                 )
             )
         blocks += [wr.H2(text=metric), wr.PanelGrid(runsets=[runs], panels=panels)]
-    if lambdas and "cola" in methods:
+    with_lambda = gated(methods)
+    if lambdas and with_lambda:
         panels = [
             wr.BarPlot(
                 title=f"λ across depth: {module} (blocks in order, mean ± std over seeds)",
@@ -181,7 +190,7 @@ def build_report(
         ]
         blocks += [
             wr.H2(text="λ across depth per module (CoLA)"),
-            wr.PanelGrid(runsets=[runset("CoLA", ["cola"])], panels=panels),
+            wr.PanelGrid(runsets=[runset("CoLA", with_lambda)], panels=panels),
         ]
     return wr.Report(
         entity=entity,
@@ -245,14 +254,16 @@ def lambdas_from_folders(folders: Sequence[Path]) -> dict[str, list[str]]:
     return {}
 
 
-def lambdas_from_wandb(entity: str, project: str, experiment: str) -> dict[str, list[str]]:
-    """The λ summary keys of the first finished CoLA run of the experiment on W&B (``{}`` when none, or offline)."""
+def lambdas_from_wandb(entity: str, project: str, experiment: str, methods: Sequence[str]) -> dict[str, list[str]]:
+    """The λ summary keys of the first finished run of the experiment on W&B whose method is one of ``methods`` (the
+    experiment's methods with a gate λ, :func:`gated`); ``{}`` when none, or offline."""
     from cola.lambdas import profile_from_summary
 
     try:
         import wandb
 
-        runs = wandb.Api(timeout=20).runs(f"{entity}/{project}", filters={"group": experiment, "jobType": "cola"})
+        filters = {"group": experiment, "jobType": {"$in": list(methods)}}
+        runs = wandb.Api(timeout=20).runs(f"{entity}/{project}", filters=filters)
         for run in runs:
             profile = profile_from_summary(dict(run.summary))
             if profile:
@@ -290,9 +301,10 @@ def run(
     if bad:
         print(f"error: --metric {bad[0]}: a metric is SPLIT/NAME as in metrics.json (e.g. test/acc)", file=sys.stderr)
         return 2
+    with_lambda = gated(spec["methods"])
     lambdas = lambdas_from_folders(sweeps) if sweeps else {}
-    if not lambdas and not dry_run and "cola" in spec["methods"]:
-        lambdas = lambdas_from_wandb(entity, project, spec["group"])
+    if not lambdas and not dry_run and with_lambda:
+        lambdas = lambdas_from_wandb(entity, project, spec["group"], with_lambda)
     report = build_report(
         entity=entity,
         project=project,
@@ -303,7 +315,7 @@ def run(
         lambdas=lambdas,
         title=title,
     )
-    if "cola" in spec["methods"] and not lambdas:
+    if with_lambda and not lambdas:
         print("note: no CoLA run found to read the λ layer names from (give --sweep <sweep folder>): no λ section")
     if dry_run:
         print(describe(report))

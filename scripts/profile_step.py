@@ -49,6 +49,7 @@ if str(SCRIPTS) not in sys.path:
 import benchmark as bench_cli  # noqa: E402  (the benchmark's command line: its model options)
 
 from cola import bench  # noqa: E402
+from cola.peft import PAPER_METHOD, REFERENCE_METHOD  # noqa: E402
 from cola.peft.hypernet import HyperNetwork  # noqa: E402
 from cola.peft.layers import AdapterLinear  # noqa: E402
 
@@ -150,7 +151,7 @@ def write_markdown(out: Path, report: dict[str, Any], reference: str | None) -> 
     if reference is not None:
         ref_ops = report["methods"][reference]["self_cpu_ms_by_op"]
         for m in methods:
-            if m in (reference, "frozen"):
+            if m == reference or bench.ROWS[m].floor:
                 continue
             ops = report["methods"][m]["self_cpu_ms_by_op"]
             diff = {k: ops.get(k, 0.0) - ref_ops.get(k, 0.0) for k in set(ops) | set(ref_ops)}
@@ -174,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(bargs.batch) != 1:
         raise ValueError(f"--batch: profile one batch size at a time, got {bargs.batch}")
     if "--methods" not in rest:
-        bargs.methods = ["frozen", "lora", "cola"]
+        bargs.methods = [bench.FLOOR, REFERENCE_METHOD, PAPER_METHOD]
     return argparse.Namespace(**vars(bargs), out=args.out, prof_steps=args.steps, prof_warmup=args.warmup)
 
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=60, max_name_column_width=70)
         (args.out / f"{r.method}_ops.txt").write_text(table + "\n")
         print(f"{r.method}: {wall:,.0f} ms / step (profiled)", flush=True)
-    reference = next((m for m in args.methods if m != "frozen"), None)
+    reference = next((m for m in args.methods if not bench.ROWS[m].floor), None)
     (args.out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
     write_markdown(args.out, report, reference)
     print(f"wrote {args.out}/summary.md, summary.json, <method>_ops.txt")

@@ -73,9 +73,9 @@ def markdown(cards: dict) -> str:
             source = row["source"].replace("|", "\\|")
             lines.append(f"| {k} | {_fmt(row['repo'])} | {_fmt(row['official'])} | {source} | {status} |")
         if "params" in card:
-            from cola.peft import get_method
+            from cola.peft import REFERENCE_METHOD, get_method
 
-            lora = card["adapter_params"]["lora"]
+            lora = card["adapter_params"][REFERENCE_METHOD]
             lines += ["", "| method | trainable | adapters | adapters / LoRA |", "|---|---|---|---|"]
             for m in CARD_METHODS:
                 a = card["adapter_params"][m]

@@ -31,7 +31,19 @@ from typing import Any
 
 import torch
 
-from .config import COLA_SHARING, INTRA, METHODS, PAIRS, REPORTED_METHODS, BenchConfig
+from .config import (
+    FLOOR,
+    HF_PEFT,
+    INTRA,
+    MATCHED,
+    METHODS,
+    PAIRS,
+    REPORTED_METHODS,
+    ROWS,
+    SHARING_ROWS,
+    BenchConfig,
+    Row,
+)
 from .measure import (
     MEMORY_STEPS,
     Runner,
@@ -59,14 +71,19 @@ from .report import (
 )
 
 __all__ = [
-    "COLA_SHARING",
+    "FLOOR",
+    "HF_PEFT",
     "INTRA",
+    "MATCHED",
     "METHODS",
     "PAIRS",
     "RATIO_PAIRS",
     "REPORTED_METHODS",
+    "ROWS",
+    "SHARING_ROWS",
     "BenchConfig",
     "BenchModel",
+    "Row",
     "Runner",
     "build_model",
     "competing_load",
@@ -194,7 +211,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "lora_split_fused": cfg.lora_split_fused,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "optimizer": OPTIMIZER_TEXT[cfg.optimizer],
-        "peft_lora": "HF peft LoraConfig injected into the same towers, run in the same lockstep DualEncoder loop",
+        HF_PEFT: "HF peft LoraConfig injected into the same towers, run in the same lockstep DualEncoder loop",
         "timing": "median ms, methods interleaved round-robin in one process after warm-up; eval under no_grad "
         "in eval mode with intra paths merged",
         "flops": "torch.utils.flop_counter.FlopCounterMode: matmul, convolution and attention FLOPs of one train "

@@ -1,44 +1,112 @@
-"""What one benchmark run measures: :class:`BenchConfig` (the command line's options, checked) and the method list.
+"""What one benchmark run measures: :class:`BenchConfig` (the command line's options, checked) and the methods.
 
-The methods are asked from the method registry (:data:`cola.peft.METHODS`), expanded by what a cost comparison
-needs beyond it: HF peft's LoRA next to ours, CoLA's sharing variants (:data:`cola.peft.SHARING_CHOICES`) and
-the intra variants (:data:`cola.peft.INTRA_VARIANTS`) for LoRA and CoLA.
+The methods (:data:`ROWS`) are asked from the method registry (:data:`cola.peft.METHODS`): one row per method whose
+towers stay frozen, expanded by what a cost comparison needs beyond it: HF peft's LoRA next to the paper's reference
+(:data:`cola.peft.REFERENCE_METHOD`), a row per ``peft.sharing`` value of a method whose config has one (CoLA's,
+:data:`cola.peft.SHARING_CHOICES`) and the intra variants (:data:`cola.peft.INTRA_VARIANTS`) over both methods of
+the paper's comparison (:data:`cola.peft.PAPER_COMPARISON`). A new registry method gets its row with no edit here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cola.peft import INTRA_VARIANTS, SHARING_CHOICES
+from cola.peft import INTRA_VARIANTS, PAPER_METHOD, REFERENCE_METHOD, SHARING_CHOICES, Method
 from cola.peft import METHODS as PEFT_METHODS
 
 PAIRS = ("vl", "av")
-INTRA = tuple(v for v in INTRA_VARIANTS if v != "lora")
-"""Intra-path variants (``peft.intra``, docs/method.md#intra-path-variants; every one but plain LoRA, which is the
-``lora`` row): method ``<v>`` is our LoRA with that variant, ``cola_<v>`` CoLA over it (sharing none)."""
-COLA_SHARING = {"cola": "none", **{f"cola_{s}": s for s in SHARING_CHOICES if s != "none"}}
-"""CoLA rows by ``peft.sharing`` (paper Fig. 4)."""
+INTRA = tuple(name for name, v in INTRA_VARIANTS.items() if not v.plain)
+"""Intra-path variants (``peft.intra``, docs/method.md#intra-path-variants; every one but the plain one, which is the
+reference's own row): method ``<v>`` is our LoRA with that variant, ``cola_<v>`` CoLA over it (sharing none)."""
+VARIANT_ROWS = {REFERENCE_METHOD: "{variant}", PAPER_METHOD: "{method}_{variant}"}
+"""The methods the intra variants run over (the paper's comparison) and the names of their rows (:func:`variant_row`)."""
+HF_PEFT = "peft_lora"
+"""The row of HF peft's LoRA (its ``LoraConfig`` injected into the frozen towers), the paper reference's twin."""
 
 
-def _methods() -> tuple[str, ...]:
+def own_fields(method: Method) -> dict[str, Any]:
+    """The ``peft`` fields that set ``method``'s own layers and their defaults: its layer config's, none when the node
+    describes another run (``parses_as``: ``lora_param_matched`` describes the CoLA run it matches and keeps its
+    defaults, per-slice A/B and sharing none) or when nothing is injected."""
+    if method.parses_as is not None or method.config is None:
+        return {}
+    return {f.name: f.default for f in fields(method.config)}
+
+
+def variant_row(method: str, intra: str) -> str:
+    """The row of ``method`` (of :data:`VARIANT_ROWS`) over intra variant ``intra``: ``dora`` (our LoRA with DoRA),
+    ``cola_dora`` (CoLA over it)."""
+    return VARIANT_ROWS[method].format(method=method, variant=intra)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark method: the registry method it composes and what it sets on top (:func:`method_overrides
+    <cola.bench.models.method_overrides>`: ``peft=<peft>``, the run's rank and alpha, no dropout).
+
+    Attributes:
+        name: the row's name (``--methods``, the report's ``method``).
+        peft: the registry method composed (:data:`cola.peft.METHODS`).
+        sharing: ``peft.sharing`` set on the row (every value of a method whose layers have the field); ``None``:
+            not set.
+        intra: ``peft.intra`` set on the row (a variant other than the plain one); ``None``: not set.
+        hf_peft: HF peft's LoRA is injected into the towers of the composed (frozen) encoder.
+    """
+
+    name: str
+    peft: str
+    sharing: str | None = None
+    intra: str | None = None
+    hf_peft: bool = False
+
+    @property
+    def method(self) -> Method:
+        """The registry method the row composes."""
+        return PEFT_METHODS[self.peft]
+
+    @property
+    def floor(self) -> bool:
+        """Whether the row is the injection-free floor: the frozen towers, nothing injected (HF peft's LoRA neither)."""
+        return self.method.frozen and not self.hf_peft
+
+    @property
+    def fused_layout(self) -> bool:
+        """Whether its layout on fused layers is the run's ``--lora-split-fused`` (its layers have ``split_fused``)."""
+        return "split_fused" in own_fields(self.method)
+
+
+def _rows() -> dict[str, Row]:
     """Every registry method whose towers stay frozen (``full`` trains every tower weight: not an adapter's cost),
-    the injection-free floor first; ``lora`` is followed by HF peft's, ``cola`` by its sharing variants; then
-    the intra variants, ours and CoLA over them."""
-    names: list[str] = []
+    the injection-free floor first; the paper's reference is followed by HF peft's LoRA, a method with
+    ``peft.sharing`` by a row per other sharing; then the intra variants over the reference and the paper's method."""
+    floor = next(name for name, m in PEFT_METHODS.items() if m.frozen)
+    rows: list[Row] = []
     for name, method in sorted(PEFT_METHODS.items(), key=lambda kv: kv[1].injects):  # stable: registry order
         if method.trains_towers:
             continue
-        names.append(name)
-        if name == "lora":
-            names.append("peft_lora")
-        if name == "cola":
-            names.extend(m for m in COLA_SHARING if m != "cola")
-    return (*names, *INTRA, *(f"cola_{v}" for v in INTRA))
+        sharing = own_fields(method).get("sharing")  # the default sharing: the method's own row
+        rows.append(Row(name, name, sharing=sharing))
+        if name == REFERENCE_METHOD:
+            rows.append(Row(HF_PEFT, floor, hf_peft=True))
+        if sharing is not None:
+            rows += [Row(f"{name}_{s}", name, sharing=s) for s in SHARING_CHOICES if s != sharing]
+    by_name = {r.name: r for r in rows}
+    rows += [replace(by_name[m], name=variant_row(m, v), intra=v) for m in VARIANT_ROWS for v in INTRA]
+    return {r.name: r for r in rows}
 
 
-METHODS = _methods()
+ROWS = _rows()
+"""Every benchmark method by name, in run order."""
+METHODS = tuple(ROWS)
+FLOOR = next(r.name for r in ROWS.values() if r.floor)
+"""The injection-free floor (the frozen towers): what every method's cost adds to."""
+SHARING_ROWS = {r.name: r.sharing for r in ROWS.values() if r.sharing is not None and r.intra is None}
+"""The rows of every ``peft.sharing`` value (CoLA's, paper Fig. 4): row -> sharing."""
+MATCHED = next((r.name for r in ROWS.values() if r.method.derive is not None), None)
+"""The row of the LoRA derived to CoLA's parameter count (``lora_param_matched``: the comparison at equal
+optimiser state); ``None``: no registry method derives one."""
 REPORTED_METHODS = ("frozen", "lora", "peft_lora", "lora_param_matched", "cola", "moka")
 """The methods every report names (README.md#performance) and ``--tiny`` runs by default: the floor, both LoRAs,
 LoRA at CoLA's parameter count (the fair memory comparison), CoLA and MokA."""

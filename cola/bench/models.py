@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .config import COLA_SHARING, INTRA, BenchConfig
+from .config import ROWS, BenchConfig
 
 HEAD_DIM = 16  # outputs of the benchmark head
 TEXT_LEN = 40  # max query length of the grounding task (docs/official_settings.md#deliberate-differences)
@@ -92,24 +92,23 @@ def pair_spec(pair: str, *, tiny: bool) -> Pair:
 
 
 def method_overrides(method: str, cfg: BenchConfig) -> list[str]:
-    """The ``peft`` overrides of ``method`` (and the run's rank, alpha, no dropout)."""
-    rank = [f"rank={cfg.rank}", f"peft.alpha={cfg.alpha}"]
-    if method in ("frozen", "peft_lora"):
-        return ["peft=frozen", *rank]
-    adapter = [*rank, "peft.dropout=0.0"]
-    adalora = [f"peft.adalora.{k}={v}" for k, v in BENCH_ADALORA.items()]
-    lora_layout = f"peft.split_fused={str(cfg.lora_split_fused).lower()}"
-    if method == "lora":
-        return ["peft=lora", *adapter, lora_layout]
-    if method in INTRA:  # the LoRA row's layout, another intra path
-        return ["peft=lora", *adapter, lora_layout, f"peft.intra={method}", *adalora]
-    if method.startswith("cola_") and method[5:] in INTRA:
-        return ["peft=cola", *adapter, "peft.sharing=none", f"peft.intra={method[5:]}", *adalora]
-    if method in COLA_SHARING:
-        return ["peft=cola", *adapter, f"peft.sharing={COLA_SHARING[method]}"]
-    if method in ("moka", "lora_param_matched"):  # param-matched: per-slice A/B, the matched CoLA sharing none
-        return [f"peft={method}", *adapter]
-    raise ValueError(f"unknown benchmark method {method!r}")
+    """The ``peft`` overrides of row ``method`` (:data:`cola.bench.ROWS`): the run's rank and alpha; for a method
+    that injects, no dropout, the run's layout on fused layers (``--lora-split-fused``) where its layers have one, the
+    row's sharing and intra variant (AdaLoRA's schedule :data:`BENCH_ADALORA`)."""
+    row = ROWS.get(method)
+    if row is None:
+        raise ValueError(f"unknown benchmark method {method!r}")
+    out = [f"peft={row.peft}", f"rank={cfg.rank}", f"peft.alpha={cfg.alpha}"]
+    if not row.method.injects:
+        return out
+    out.append("peft.dropout=0.0")
+    if row.fused_layout:
+        out.append(f"peft.split_fused={str(cfg.lora_split_fused).lower()}")
+    if row.sharing is not None:
+        out.append(f"peft.sharing={row.sharing}")
+    if row.intra is not None:
+        out += [f"peft.intra={row.intra}", *(f"peft.adalora.{k}={v}" for k, v in BENCH_ADALORA.items())]
+    return out
 
 
 def compose_config(method: str, pair: Pair, cfg: BenchConfig) -> DictConfig:
@@ -163,7 +162,7 @@ def build_model(method: str, pair: Pair, cfg: BenchConfig, device: torch.device)
     torch.manual_seed(0)
     encoder = build_encoder(composed)
     targets = {s: list(composed.model.targets[t.family]) for s, t in encoder.towers.items()}
-    if method == "peft_lora":
+    if ROWS[method].hf_peft:
         for stream, tower in encoder.towers.items():
             inject_hf_peft(tower.model, targets[stream], cfg)
     torch.manual_seed(1)

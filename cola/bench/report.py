@@ -18,17 +18,35 @@ from typing import Any
 
 import torch
 
-from .config import COLA_SHARING, INTRA
+from cola.peft import PAPER_METHOD, REFERENCE_METHOD
+
+from .config import INTRA, MATCHED, ROWS, variant_row
 from .measure import paired_ratio_spread
 
-RATIO_PAIRS = (
-    [(m, "lora") for m in (*COLA_SHARING, "moka")]
-    + [("lora", "peft_lora"), ("cola", "lora_param_matched")]
-    + [(v, "lora") for v in INTRA]
-    + [(f"cola_{v}", v) for v in INTRA]
-    + [(f"cola_{v}", "lora") for v in INTRA]
-)
+
+def _ratio_pairs() -> list[tuple[str, str]]:
+    """Every other adapter row of its own (no intra variant, not derived, not HF peft's) over the paper's reference,
+    the paper method's rows first; our LoRA over HF peft's; the paper's method over the derived (parameter-matched)
+    LoRA; each intra variant's reference row over the reference, its paper-method row over that row and over the
+    reference."""
+    ref, paper = REFERENCE_METHOD, PAPER_METHOD
+    rows = ROWS.values()
+    own = [r for r in rows if r.method.injects and r.method.parses_as is None and not r.intra and not r.hf_peft]
+    pairs = [(r.name, ref) for r in sorted(own, key=lambda r: r.peft != paper) if r is not ROWS[ref]]
+    pairs += [(ref, r.name) for r in rows if r.hf_peft]
+    pairs += [(paper, r.name) for r in rows if r.method.derive is not None]
+    pairs += [(variant_row(ref, v), ref) for v in INTRA]
+    pairs += [(variant_row(paper, v), variant_row(ref, v)) for v in INTRA]
+    pairs += [(variant_row(paper, v), ref) for v in INTRA]
+    return pairs
+
+
+RATIO_PAIRS = _ratio_pairs()
 """(numerator, denominator) of every reported ratio, when both methods ran."""
+PAPER_RATIO = f"{PAPER_METHOD}/{REFERENCE_METHOD}"
+"""The paper's ratio, ``cola/lora``."""
+MATCHED_RATIO = f"{PAPER_METHOD}/{MATCHED}"
+"""The ratio at equal trainable parameters, ``cola/lora_param_matched``."""
 ADAMW_BYTES_PER_PARAM = 3 * 4  # an fp32 gradient and AdamW's two fp32 moments per trainable parameter
 
 
@@ -40,8 +58,9 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 
 def compute_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """``<cola variant>/lora``, ``moka/lora``, ``lora/peft_lora`` and ``cola/lora_param_matched`` (equal
-    trainable parameters, hence equal gradient and AdamW memory) for the methods that were run (one batch size)."""
+    """The ratios of :data:`RATIO_PAIRS` (``cola/lora``, ``moka/lora``, ``lora/peft_lora``, ``cola/lora_param_matched``:
+    equal trainable parameters, hence equal gradient and AdamW memory, ...) for the methods that were run (one batch
+    size)."""
     by = {r["method"]: r for r in results}
     ratios = {}
     for num, den in RATIO_PAIRS:
@@ -92,9 +111,9 @@ def memory_account(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     the comparison at equal optimiser state.
     """
     by = {r["method"]: r for r in results}
-    if "cola" not in by or "lora" not in by:
+    if PAPER_METHOD not in by or REFERENCE_METHOD not in by:
         return None
-    cola, lora = by["cola"], by["lora"]
+    cola, lora = by[PAPER_METHOD], by[REFERENCE_METHOD]
     extra = cola["params_trainable"] - lora["params_trainable"]
     diff = None
     if cola["peak_mem_mb"] is not None and lora["peak_mem_mb"] is not None:
@@ -103,11 +122,11 @@ def memory_account(results: list[dict[str, Any]]) -> dict[str, Any] | None:
         "extra_params": extra,
         "extra_adamw_state_mb": round(extra * ADAMW_BYTES_PER_PARAM / 2**20, 1),
         "peak_mem_diff_mb": diff,
-        "cola/lora": _ratio(cola["peak_mem_mb"], lora["peak_mem_mb"]),
-        "cola/lora_param_matched": None,
+        PAPER_RATIO: _ratio(cola["peak_mem_mb"], lora["peak_mem_mb"]),
+        MATCHED_RATIO: None,
     }
-    if "lora_param_matched" in by:
-        account["cola/lora_param_matched"] = _ratio(cola["peak_mem_mb"], by["lora_param_matched"]["peak_mem_mb"])
+    if MATCHED in by:
+        account[MATCHED_RATIO] = _ratio(cola["peak_mem_mb"], by[MATCHED]["peak_mem_mb"])
     return account
 
 
@@ -120,11 +139,11 @@ def memory_sentence(account: dict[str, Any] | None) -> str | None:
         f"AdamW moments are {account['extra_adamw_state_mb']:.1f} MB"
     )
     if account["peak_mem_diff_mb"] is not None:
-        text += f" of the {account['peak_mem_diff_mb']:.1f} MB extra peak (cola/lora {account['cola/lora']:.3f})"
-    if account["cola/lora_param_matched"] is not None:
+        text += f" of the {account['peak_mem_diff_mb']:.1f} MB extra peak ({PAPER_RATIO} {account[PAPER_RATIO]:.3f})"
+    if account[MATCHED_RATIO] is not None:
         text += (
-            f"; at equal trainable parameters (lora_param_matched, the fair comparison) cola/lora_param_matched "
-            f"{account['cola/lora_param_matched']:.3f}"
+            f"; at equal trainable parameters ({MATCHED}, the fair comparison) {MATCHED_RATIO} "
+            f"{account[MATCHED_RATIO]:.3f}"
         )
     return text + "."
 
@@ -218,9 +237,9 @@ def render_tables(report: dict[str, Any], *, width: int = 160) -> str:
             title += " | LOADED MACHINE: not to be trusted"
         table = Table(title=escape(title))
         cols = ("method", "train step ms", "eval ms", "peak mem MB", "trainable params", "train GFLOP", "eval GFLOP")
-        for col in (*cols, "train/lora", "eval/lora"):
+        for col in (*cols, f"train/{REFERENCE_METHOD}", f"eval/{REFERENCE_METHOD}"):
             table.add_column(col, justify="left" if col == "method" else "right")
-        lora = next((r for r in rows if r["method"] == "lora"), None)
+        lora = next((r for r in rows if r["method"] == REFERENCE_METHOD), None)
         for r in rows:
             rel = ("-", "-")
             if lora is not None:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .report import MATCHED_RATIO, PAPER_RATIO
+
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
 HEADER = (
@@ -58,13 +60,13 @@ def markdown_table(reports: list[tuple[Path, dict[str, Any]]], *, relative_to: P
         trusted = "no (loaded)" if machine.get("loaded") else "yes"
         for batch in cfg["batch"]:
             b = str(batch)
-            ratio = report["ratios_by_batch"][b].get("cola/lora")
+            ratio = report["ratios_by_batch"][b].get(PAPER_RATIO)
             if ratio is None:
                 continue
-            floor = report["flop_ratios_by_batch"][b].get("cola/lora", {})
-            spread = report.get("spread_by_batch", {}).get(b, {}).get("cola/lora", {}).get("train_step")
+            floor = report["flop_ratios_by_batch"][b].get(PAPER_RATIO, {})
+            spread = report.get("spread_by_batch", {}).get(b, {}).get(PAPER_RATIO, {}).get("train_step")
             train = _f(ratio["train_step"]) + (f" [{spread[0]:.2f}-{spread[2]:.2f}]" if spread else "")
-            matched = report["ratios_by_batch"][b].get("cola/lora_param_matched", {})
+            matched = report["ratios_by_batch"][b].get(MATCHED_RATIO, {})
             cells = [
                 f"[{_run_name(cfg)}]({link})",
                 b,

@@ -61,6 +61,8 @@ class AdapterLinear(nn.Module):
             ``set_condition``), ``"tokens"`` (the other stream's tokens and key mask, through ``set_context``)
             or ``None``.
         mergeable: whether ``merge()`` / ``unmerge()`` fold a path into the base weight.
+        gate: name of its learned gate λ (one per slice, scaling the path fed by the other stream), the value the
+            λ profile across depth reads (:mod:`cola.lambdas`); ``None``: no learned gate.
     """
 
     config_class: ClassVar[type[AdapterConfig]]
@@ -68,6 +70,7 @@ class AdapterLinear(nn.Module):
     up_projections: ClassVar[tuple[str, ...]] = ()
     exchange: ClassVar[str | None] = None
     mergeable: ClassVar[bool] = False
+    gate: ClassVar[str | None] = None
 
     def __init__(self, base_layer: nn.Linear, *, out_splits: int = 1) -> None:
         super().__init__()
@@ -238,6 +241,7 @@ class CoLALinear(LowRankLinear):
     prefixes: ClassVar[tuple[str, ...]] = ("lora_", "cola_")
     up_projections: ClassVar[tuple[str, ...]] = ("lora_B", "cola_B")
     exchange: ClassVar[str | None] = "condition"
+    gate: ClassVar[str | None] = "cola_lambda"
 
     def __init__(self, base_layer: nn.Linear, config: CoLAConfig, *, context_dim: int, out_splits: int = 1) -> None:
         super().__init__(base_layer, out_splits=out_splits)

@@ -102,6 +102,17 @@ class Method:
         return self.layer.exchange if self.layer is not None else None
 
     @property
+    def frozen(self) -> bool:
+        """Whether it is the frozen baseline: nothing injected and the towers do not train (only the heads do)."""
+        return not self.injects and not self.trains_towers
+
+    @property
+    def gate(self) -> str | None:
+        """The name of its layers' learned gate λ (the λ profile across depth, :mod:`cola.lambdas`); ``None``: its
+        layers learn none."""
+        return self.layer.gate if self.layer is not None else None
+
+    @property
     def merges(self) -> bool:
         """Whether its layers fold (part of) the adapter into the base weight."""
         return self.layer is not None and self.layer.mergeable
@@ -230,6 +241,13 @@ METHODS: dict[str, Method] = {
 }
 """Every method ``peft.method`` may name, in the order reports list them (frozen towers, the baselines, CoLA, full
 fine-tuning); ``configs/peft/<name>.yaml`` holds each one's node (a test checks the folder is this table)."""
+
+PAPER_COMPARISON: tuple[str, str] = ("cola", "lora")
+"""The paper's comparison, (its method, the reference): CoLA against LoRA. Comparison reports divide by the
+reference (Δ vs LoRA, ``cola/lora`` ratios) and the reproduction card composes both."""
+PAPER_METHOD, REFERENCE_METHOD = PAPER_COMPARISON
+GATED_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.gate is not None)
+"""The methods whose layers learn a gate λ (:attr:`Method.gate`): the runs with a λ profile across depth."""
 
 ADAPTER_LAYERS: tuple[type[AdapterLinear], ...] = tuple(dict.fromkeys(m.layer for m in METHODS.values() if m.layer))
 ADAPTER_PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(p for cls in ADAPTER_LAYERS for p in cls.prefixes))

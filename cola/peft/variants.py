@@ -84,12 +84,15 @@ class IntraVariant:
         moka_conflict: why MokA, whose B is shared by its self and cross terms, cannot run the variant (``None``:
             it can; MokA then only asks for the scale).
         adaptive: whether the layers' ranks change while training (then :meth:`ranks` reports them).
+        plain: whether it is the path as LoRA has it, nothing changed (the one a method without a trained B A, e.g.
+            VeRA, runs: every other variant reshapes that B A).
     """
 
     name: ClassVar[str] = ""
     nonzero_b: ClassVar[str | None] = None
     moka_conflict: ClassVar[str | None] = None
     adaptive: ClassVar[bool] = False
+    plain: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -194,6 +197,7 @@ class LoRA(IntraVariant):
     """``s = alpha / r``, A kaiming-uniform, B zero (Hu et al., 2021)."""
 
     name = "lora"
+    plain = True
 
 
 class RsLoRA(IntraVariant):

@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .layers import AdapterLinear
+from .variants import INTRA_VARIANTS
 
 _MIX = 1_000_003  # mixes (seed, rows, cols) into one generator seed
 
@@ -44,7 +45,8 @@ class VeRAConfig(AdapterConfig):
         rank: r, the width of the frozen A (r, d_in) and B (d_out, r) and of the trained d (VeRA's own: 256).
         alpha: unused (VeRA has no scale: d and b are the scale); kept so ``rank=R`` composes for every method.
         dropout: dropout on the adapter input.
-        intra: ``lora`` only (the intra variants reshape a trained B A, which VeRA does not have).
+        intra: the plain variant only (``lora``, :attr:`cola.peft.IntraVariant.plain`: the others reshape a trained
+            B A, which VeRA does not have).
         d_initial: initial value of every entry of d (HF peft's default 0.1).
         projection_seed: seed of the frozen random matrices (HF peft's ``projection_prng_key``).
     """
@@ -56,10 +58,11 @@ class VeRAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.intra != "lora":
+        if not self.variant.plain:
+            plain = [name for name, v in INTRA_VARIANTS.items() if v.plain]
             raise ValueError(
-                f"peft.intra={self.intra!r} does not apply to VeRA (use lora): its A and B are frozen random "
-                "matrices, there is no trained B A for a variant to rescale or re-initialise"
+                f"peft.intra={self.intra!r} does not apply to VeRA (use {' or '.join(plain)}): its A and B are frozen "
+                "random matrices, there is no trained B A for a variant to rescale or re-initialise"
             )
         if isinstance(self.d_initial, bool) or not isinstance(self.d_initial, (int, float)):
             raise ValueError(f"d_initial must be a float, got {self.d_initial!r}")

@@ -666,6 +666,26 @@ def test_a_method_answers_from_its_layer_class():
             check_loraplus_ratio(16, METHODS[name])
 
 
+def test_the_registry_answers_frozen_gated_and_the_papers_comparison():
+    """What reports, the benchmark and the card ask of a method comes from its entry, never its name: whether it is
+    the frozen baseline, whether its layers learn a gate λ (the λ profile, read under the layer's own name) and
+    which methods the paper compares."""
+    from cola.analysis import lambda_values
+    from cola.peft import GATED_METHODS, PAPER_COMPARISON, PAPER_METHOD, REFERENCE_METHOD
+
+    assert [n for n, m in METHODS.items() if m.frozen] == ["frozen"]
+    assert not METHODS["full"].frozen  # nothing injected, but every tower weight trains
+    assert GATED_METHODS == tuple(n for n, m in METHODS.items() if m.layer is not None and m.layer.gate) == ("cola",)
+    for name in GATED_METHODS:
+        assert METHODS[name].exchange == "condition"  # λ gates the path the other stream's condition feeds
+        layer = _method_layer(name)
+        gate = getattr(layer, METHODS[name].gate)
+        assert isinstance(gate, nn.Parameter) and gate.shape == (layer.out_splits,)
+        assert lambda_values(nn.Sequential(layer)) == {"0": gate.tolist()}
+    assert all(m.gate is None for n, m in METHODS.items() if n not in GATED_METHODS)
+    assert (PAPER_METHOD, REFERENCE_METHOD) == PAPER_COMPARISON == ("cola", "lora")
+
+
 @pytest.mark.parametrize("name", ROWS)
 def test_every_method_is_the_base_layer_at_init_and_merges_exactly(name):
     from cola.peft import METHODS

@@ -116,6 +116,24 @@ def test_config_errors_name_the_key():
     assert spec.method is METHODS["vera"] and spec.config == VeRAConfig(rank=4, alpha=2, d_initial=0.5)
 
 
+def test_vera_runs_the_plain_intra_variant_only_as_the_variant_says(monkeypatch):
+    """VeRA asks the variant object whether it is the plain one (:attr:`cola.peft.IntraVariant.plain`), never its
+    name: every other variant is refused, naming the plain one; a variant that says it is plain is accepted."""
+    from cola.peft import INTRA_VARIANTS
+
+    assert [name for name, v in INTRA_VARIANTS.items() if v.plain] == ["lora"]
+    for name, variant in INTRA_VARIANTS.items():
+        if variant.plain:
+            assert VeRAConfig(intra=name).variant is variant
+        else:
+            with pytest.raises(ValueError, match=rf"peft.intra='{name}' does not apply to VeRA \(use lora\)"):
+                VeRAConfig(intra=name)
+    monkeypatch.setattr(type(INTRA_VARIANTS["rslora"]), "plain", True)
+    assert VeRAConfig(intra="rslora").intra == "rslora"
+    with pytest.raises(ValueError, match=r"does not apply to VeRA \(use lora or rslora\)"):
+        VeRAConfig(intra="dora")
+
+
 def test_adapter_file_round_trip_keeps_the_frozen_matrices(tmp_path):
     torch.manual_seed(0)
     src, dst = Net(), Net()

@@ -228,10 +228,43 @@ def test_methods_come_from_the_registry():
     assert (lora.rank, lora.alpha, lora.dropout, lora.split_fused) == (8, 4.0, 0.0, False)
 
 
+def test_every_registry_method_has_a_row_composed_from_the_registry():
+    """Adding a registry method needs no edit in cola.bench: its row composes ``peft=<name>`` (VeRA, one registry
+    line, runs); the floor, the sharing rows, the layout flag and the derived LoRA are asked of the registry."""
+    from cola.peft import METHODS as REGISTRY
+    from cola.validation import parse_peft
+
+    pair = pair_spec("vl", tiny=True)
+    cfg = BenchConfig(tiny=True, lora_split_fused=True)
+    for name, row in bench.ROWS.items():
+        spec = parse_peft(bench.models.compose_config(name, pair, cfg))
+        assert spec.method is REGISTRY[row.peft], name
+        if row.sharing is not None:
+            assert spec.config.sharing == row.sharing
+        if spec.config is not None:
+            assert spec.config.intra == (row.intra or "lora")
+        if row.fused_layout:  # --lora-split-fused reaches every row whose own layers have the layout (not the derived)
+            assert spec.config.split_fused is True
+    assert [m for m, row in bench.ROWS.items() if row.fused_layout] == ["lora", *bench.INTRA]
+    assert (bench.FLOOR, bench.MATCHED, bench.HF_PEFT) == ("frozen", "lora_param_matched", "peft_lora")
+    assert bench.SHARING_ROWS == {
+        "cola": "none",
+        "cola_shared_a": "shared_a",
+        "cola_shared_b": "shared_b",
+        "cola_full": "full",
+    }
+    assert ("vera", "lora") in bench.RATIO_PAIRS and ("moka", "lora") in bench.RATIO_PAIRS
+    assert len(set(bench.RATIO_PAIRS)) == len(bench.RATIO_PAIRS)
+    assert all(a in bench.ROWS and b in bench.ROWS for a, b in bench.RATIO_PAIRS)
+    vera = Runner("vera", pair, BenchConfig(tiny=True, batch=[1], methods=["vera"]), CPU)
+    vera.train_step()
+    assert vera.params_trainable > Runner("frozen", pair, BenchConfig(tiny=True, batch=[1]), CPU).params_trainable
+
+
 def test_cola_sharing_variants_drop_their_shared_matrices():
     cfg = BenchConfig(tiny=True)
     pair = pair_spec("vl", tiny=True)
-    n = {m: bench.trainable_params(bench.build_model(m, pair, cfg, CPU)) for m in bench.COLA_SHARING}
+    n = {m: bench.trainable_params(bench.build_model(m, pair, cfg, CPU)) for m in bench.SHARING_ROWS}
     assert n["cola_full"] < n["cola_shared_a"] == n["cola_shared_b"] < n["cola"]  # A and B are equally large
 
 

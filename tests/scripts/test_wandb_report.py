@@ -108,6 +108,19 @@ def test_the_lambda_section_reads_cola_runs_per_module():
         panel._to_model()
 
 
+def test_the_lambda_section_reads_the_methods_whose_layers_learn_a_gate():
+    """The λ runs are asked of the registry (:data:`cola.peft.GATED_METHODS`), never matched on a method's name."""
+    from cola.peft import GATED_METHODS, METHODS
+    from cola.wandb_report import gated
+
+    assert gated(list(METHODS)) == list(GATED_METHODS) == ["cola"]
+    assert gated(["lora", "moka", "vera", "not_registered"]) == []
+    (runset,) = _report(methods=list(METHODS)).blocks[-1].runsets
+    assert runset.filters == f'Metric("Group") == \'ablation_rank\' and Metric("JobType") in {list(GATED_METHODS)}'
+    blocks = _report(methods=["lora", "moka", "vera"]).blocks
+    assert [type(b).__name__ for b in blocks] == ["H1", "P", "H2", "PanelGrid", "H2", "PanelGrid"]  # no λ section
+
+
 def test_without_a_rank_sweep_or_lambda_names_those_panels_are_left_out():
     report = _report(
         experiment="main_ave", methods=["lora", "cola"], metrics=["test/acc"], rank_sweep=False, lambdas={}
