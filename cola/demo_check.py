@@ -51,6 +51,10 @@ class DemoCheckError(RuntimeError):
     """A fresh demo run disagrees with the stored numbers (the message lists every disagreement)."""
 
 
+class DemoArgumentError(DemoCheckError):
+    """Bad arguments to :func:`check` (methods, seeds, the output folder), raised before anything trains."""
+
+
 def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed_{seed}"
 
@@ -208,11 +212,16 @@ def check(
     summary; with ``write`` stores it and re-renders the README instead of comparing.
 
     Raises:
+        DemoArgumentError: bad methods, seeds or ``out`` (raised before any run).
         DemoCheckError: a run failed, or the fresh numbers break the stored ones (every problem listed).
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or DEMO not in methods:
-        raise DemoCheckError(f"methods must include {DEMO} and be among {list(METHODS)}, got {list(methods)}")
+        raise DemoArgumentError(f"methods must include {DEMO} and be among {list(METHODS)}, got {list(methods)}")
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise DemoArgumentError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
+    if out.exists() and not out.is_dir():
+        raise DemoArgumentError(f"--out {out} is a file; it must be a folder (created when missing) for the runs")
     runs = {m: {s: train(out, m, s, extra=extra) for s in seeds} for m in methods}
     fresh = summarise(runs)
     (out / "summary.json").write_text(json.dumps(fresh, indent=2) + "\n")

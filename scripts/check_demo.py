@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python scripts/check_demo.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from cola.demo_check import METHODS, DemoCheckError, check  # noqa: E402
+from cola.demo_check import METHODS, DemoArgumentError, DemoCheckError, check  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check(args.out, args.seeds, args.methods, write=args.write)
+    except DemoArgumentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DemoCheckError as err:
         print(f"[check-demo] FAILED: {err}", file=sys.stderr)
         return 1

@@ -94,6 +94,27 @@ def test_write_re_renders_only_the_marked_block(tmp_path):
         readme_block("no markers here")
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--seeds", "-1"], "seeds must be distinct integers >= 0, got [-1]"),
+        (["--seeds", "0", "0"], "got [0, 0]"),
+        (["--methods", "frozen"], "methods must include cola"),
+        (["--out", "{file}"], "is a file; it must be a folder"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_run(args, words, tmp_path, monkeypatch, capsys):
+    """Each refusal names the value and what was expected, and nothing trains (``train`` is never called)."""
+    from scripts import check_demo
+
+    monkeypatch.setattr(demo_check, "train", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    (tmp_path / "f").write_text("")
+    args = [a.format(file=tmp_path / "f") for a in args]
+    assert check_demo.main([*args, *([] if "--out" in args else ["--out", str(tmp_path / "runs")])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err, err
+
+
 @pytest.mark.slow
 def test_a_fresh_demo_run_agrees_with_the_readme(tmp_path):
     """`python train.py seed=0` (the demo, ~4 min on 2 idle cores) lands within the README's stated spread."""
