@@ -478,3 +478,17 @@ def test_cola_over_lora_flop_ratio_of_the_tiny_model_is_the_arithmetic():
     assert low <= train["cola"] - train["lora"] <= high
     ratio = train["cola"] / train["lora"]
     assert 1 + low / train["lora"] <= ratio <= 1 + high / train["lora"]
+
+
+def test_compile_raises_the_recompile_limit_for_the_run_only(monkeypatch):
+    """Six methods at batch sizes 1, 4, 8 compile 6 x 2 (train, merged eval) x 2 (static, dynamic batch) graphs of
+    the same forward code, beyond torch's default limit of 8: ``run`` raises the limit for the run and restores it."""
+    import torch._dynamo.config as dynamo
+
+    assert bench.graphs_needed(6, 3) == 6 * 2 * 2 + 8 and bench.graphs_needed(2, 1) == 2 * 2 + 8
+    seen = []
+    monkeypatch.setattr(bench, "_run", lambda cfg: seen.append(dynamo.recompile_limit) or {})
+    before = dynamo.recompile_limit
+    bench.run(BenchConfig(tiny=True, batch=[1, 4, 8], methods=METHODS, compile=True))
+    bench.run(BenchConfig(tiny=True, batch=[1, 4, 8], methods=METHODS))
+    assert seen == [max(before, 32), before] and dynamo.recompile_limit == before
