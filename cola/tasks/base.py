@@ -281,7 +281,7 @@ class DualStreamTask(L.LightningModule):
             key = "adapters" if in_encoder and adapter else "heads"
             if key == "adapters" and self.loraplus_ratio is not None and is_up_projection(name):
                 key = "adapters_B"
-            no_wd = not self.decay_1d and (p.ndim <= 1 or name.endswith("cola_lambda"))
+            no_wd = not self.decay_1d and p.ndim <= 1  # biases, norms and the methods' gates (lambda: one per slice)
             groups[key + ("_no_wd" if no_wd else "")].append(p)
         lrs = {"adapters": self.lr_adapters, "heads": self.lr_heads}
         if self.loraplus_ratio is not None:

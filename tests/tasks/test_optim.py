@@ -173,3 +173,17 @@ def test_loraplus_ratio_needs_adapters(method):
     # raised by the task's constructor (hydra wraps it; cola.harness.setup reports the ValueError as a SetupError)
     with pytest.raises(Exception, match=rf"optim.loraplus_ratio=4 needs adapter B matrices.*peft.method='{method}'"):
         _built(f"peft={method}", "optim.loraplus_ratio=4")
+
+
+@pytest.mark.parametrize(("decay_1d", "expected"), [("false", 0.0), ("true", 1e-4)])
+def test_every_gate_lambda_is_undecayed_unless_decay_1d(decay_1d, expected):
+    """The learned gates of the gated methods (CoLA's lambda, one per output slice) sit in the no-decay groups with
+    the biases and norms; ``decay_1d=true`` decays them like every other parameter."""
+    from cola.peft import GATED_METHODS, METHODS
+
+    task, opt, _ = _from_config("weight_decay=1e-4", f"decay_1d={decay_1d}")
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    gated = [METHODS[m] for m in GATED_METHODS]
+    gates = [getattr(x, m.gate) for x in task.modules() for m in gated if isinstance(x, m.layer)]
+    assert len(gates) > 1  # one per adapted layer of the CoLA model
+    assert {decay[id(g)] for g in gates} == {expected}
