@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from cola.cli import fail, remove_if_empty
-    from cola.sweep import train_job
+    from cola.harness import train_job
     from cola.tasks.base import NonFiniteLossError
     from cola.validation import SetupError
 

@@ -404,3 +404,51 @@ def evaluate(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         finish_wandb()
     print_metrics_table(metrics, f"eval of {cfg.ckpt_path}", run_dir)
     return metrics
+
+
+def train_job(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, Any]:
+    """``train.py``'s job: a single run trains in its folder; a multirun job first decides, from its sweep folder,
+    whether it is skipped, resumed or run (:mod:`cola.sweep`), then trains in its job folder.
+
+    Args:
+        cfg: the job's config.
+        hydra_cfg: ``HydraConfig.get()``.
+
+    Returns:
+        The run's metrics (a skipped job's ``metrics.json``).
+    """
+    from hydra.types import RunMode
+
+    from cola.sweep import (
+        apply_plan,
+        describe,
+        new_folder_name,
+        override_key,
+        plan_job,
+        rank_zero,
+        read_definition,
+    )
+
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        if cfg.get("resume_sweep"):
+            raise SetupError(
+                f"resume_sweep={cfg.resume_sweep} re-runs a sweep: add -m (python train.py -m <the sweep's overrides> "
+                "resume_sweep=<its folder>)"
+            )
+        return train(cfg, job_dir, job={"overrides": overrides})
+    sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    num = int(hydra_cfg.job.num)
+    definition = read_definition(sweep_dir)
+    swept = definition.swept if definition is not None else [override_key(o) for o in overrides]
+    plan = plan_job(cfg, sweep_dir=sweep_dir, job_dir=job_dir, overrides=overrides, num=num, swept=swept)
+    run_dir = apply_plan(plan, sweep_dir=sweep_dir, job_dir=job_dir, num=num) if rank_zero() else plan.run_dir
+    run_dir = run_dir or sweep_dir / new_folder_name(num, plan.key)
+    if not (plan.action == "run" and plan.reason == "not started" and run_dir == job_dir):  # a fresh job: no line
+        log.info(describe(plan, run_dir, num))
+    if plan.action == "skip":
+        return dict(plan.metrics or {})
+    if plan.action == "resume":
+        OmegaConf.update(cfg, "ckpt_path", str(plan.ckpt), force_add=True)
+    return train(cfg, run_dir, job={"key": plan.key, "overrides": overrides, "num": num})

@@ -24,7 +24,7 @@ of the sweep that made ``<dir>`` decides, job by job, before any work (README "A
   than :data:`STALE_S`): refused.
 
 :class:`SweepCheck` (a Hydra callback, ``configs/train.yaml``) makes these decisions for every job when the multirun
-starts, so that a refusal comes before the first job runs, and prints the plan in one line; :func:`train_job` makes
+starts, so that a refusal comes before the first job runs, and prints the plan in one line; :func:`cola.harness.train_job` makes
 the decision of one job inside it (with either launcher, ``basic`` or ``submitit_*``) and runs it.
 
 :class:`JobRecord` writes ``job.json``: the job's key and overrides, and one entry per attempt (host, pid, SLURM job,
@@ -419,48 +419,9 @@ def describe(plan: JobPlan, run_dir: Path | None, num: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- in the job
-def _rank_zero() -> bool:
+def rank_zero() -> bool:
+    """Whether this process is rank zero (or not distributed): the one that writes the sweep's records."""
     return all(os.environ.get(v, "0") in ("0", "") for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
-def train_job(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, Any]:
-    """``train.py``'s job: a single run trains in its folder; a multirun job first decides, from its sweep folder,
-    whether it is skipped, resumed or run (module docstring), then trains in its job folder.
-
-    Args:
-        cfg: the job's config.
-        hydra_cfg: ``HydraConfig.get()``.
-
-    Returns:
-        The run's metrics (a skipped job's ``metrics.json``).
-    """
-    from hydra.types import RunMode
-
-    from cola.harness import train
-
-    job_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = [str(o) for o in hydra_cfg.overrides.task]
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        if cfg.get("resume_sweep"):
-            raise SetupError(
-                f"resume_sweep={cfg.resume_sweep} re-runs a sweep: add -m (python train.py -m <the sweep's overrides> "
-                "resume_sweep=<its folder>)"
-            )
-        return train(cfg, job_dir, job={"overrides": overrides})
-    sweep_dir = Path(str(hydra_cfg.sweep.dir))
-    num = int(hydra_cfg.job.num)
-    definition = read_definition(sweep_dir)
-    swept = definition.swept if definition is not None else [override_key(o) for o in overrides]
-    plan = plan_job(cfg, sweep_dir=sweep_dir, job_dir=job_dir, overrides=overrides, num=num, swept=swept)
-    run_dir = apply_plan(plan, sweep_dir=sweep_dir, job_dir=job_dir, num=num) if _rank_zero() else plan.run_dir
-    run_dir = run_dir or sweep_dir / new_folder_name(num, plan.key)
-    if not (plan.action == "run" and plan.reason == "not started" and run_dir == job_dir):  # a fresh job: no line
-        log.info(describe(plan, run_dir, num))
-    if plan.action == "skip":
-        return dict(plan.metrics or {})
-    if plan.action == "resume":
-        OmegaConf.update(cfg, "ckpt_path", str(plan.ckpt), force_add=True)
-    return train(cfg, run_dir, job={"key": plan.key, "overrides": overrides, "num": num})
 
 
 class SweepCheck(Callback):
@@ -625,7 +586,7 @@ def job_running(
     """Records one attempt of the run in ``job.json`` (rank zero only; other ranks get ``None``): ``finished`` when
     the body returns, ``stopped`` on SIGTERM (exit 143) or Ctrl-C, else ``failed`` with the error, which is also the
     run log's last ``ERROR`` line. ``started``: when the attempt began (default: now)."""
-    if not _rank_zero():
+    if not rank_zero():
         yield None
         return
     step = checkpoint_step(Path(resumed_from)) if resumed_from else None
