@@ -367,3 +367,37 @@ def two_epoch_run(samples: int, checkpoint_every: int) -> list[str]:
         f"callbacks.model_checkpoint.every_n_train_steps={checkpoint_every}",
         "callbacks.model_checkpoint.monitor=val/miou",
     ]
+
+
+# ------------------------------------------------------------ learning tests (tests/tasks/test_*_learning.py)
+def fit_and_test(task, datamodule, tmp_path: Path, *, epochs: int, seed: int) -> dict[str, float]:
+    """Trains ``task`` for ``epochs`` epochs on the data module's training split (no validation during training),
+    then evaluates it on the data module's val and test loaders; returns both splits' metrics (``val/...``,
+    ``<test split>/...``). The training samples are read once (in memory), shuffled by ``seed``."""
+    from torch.utils.data import DataLoader
+
+    L.seed_everything(seed, workers=True)  # the training order
+    datamodule.setup("fit")
+    train = datamodule.train_dataloader()
+    samples = [s for s in (train.dataset[i] for i in range(len(train.dataset))) if s is not None]
+    assert len(samples) == len(train.dataset)  # nothing unreadable
+    loader = DataLoader(samples, batch_size=train.batch_size, shuffle=True, collate_fn=train.collate_fn)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        num_sanity_val_steps=0,  # fit gets no val loader: no validation during training
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    (val,) = trainer.validate(task, datamodule=datamodule, verbose=False)
+    tests = trainer.test(task, datamodule=datamodule, verbose=False)
+    return {**val, **{k: v for res in tests for k, v in res.items()}}
+
+
+def heldout(metrics: dict[str, float], name: str, splits: tuple[str, ...] = ("val", "test")) -> float:
+    """The unweighted mean of ``<split>/<name>`` over the held-out ``splits``."""
+    return sum(metrics[f"{split}/{name}"] for split in splits) / len(splits)

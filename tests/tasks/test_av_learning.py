@@ -31,38 +31,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from tests.conftest import AUDIO_FRAMES, AV_IMAGE, compose_cfg, make_ave
+from tests.conftest import AUDIO_FRAMES, AV_IMAGE, compose_cfg, fit_and_test, heldout, make_ave
 from tests.tasks.test_av_tasks import make_avs
 
 METHODS = ("cola", "frozen")
-
-
-def fit_and_test(task, datamodule, tmp_path: Path, *, epochs: int, seed: int) -> dict[str, float]:
-    """Trains ``task`` for ``epochs`` epochs on the data module's training split (no validation during training),
-    then evaluates it on the data module's val and test loaders; returns both splits' metrics (``val/...``,
-    ``test/...``). The training samples are read once (in memory)."""
-    L.seed_everything(seed, workers=True)  # the training order
-    datamodule.setup("fit")
-    train = datamodule.train_dataloader()
-    samples = [s for s in (train.dataset[i] for i in range(len(train.dataset))) if s is not None]
-    assert len(samples) == len(train.dataset)  # nothing unreadable
-    loader = DataLoader(samples, batch_size=train.batch_size, shuffle=True, collate_fn=train.collate_fn)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        num_sanity_val_steps=0,  # fit gets no val loader: no validation during training
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(task, train_dataloaders=loader)
-    (val,) = trainer.validate(task, datamodule=datamodule, verbose=False)
-    (test,) = trainer.test(task, datamodule=datamodule, verbose=False)
-    return {**val, **test}
 
 
 # ----------------------------------------------------------------------------------------------------------- AVE
@@ -98,11 +71,6 @@ def ave_learnable(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ave_runs(ave_learnable, tmp_path_factory) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
     return {m: ave_run(m, ave_learnable, tmp_path_factory.mktemp(f"ave_{m}")) for m in METHODS}
-
-
-def heldout(metrics: dict[str, float], name: str) -> float:
-    """The mean of ``val/<name>`` and ``test/<name>``: both splits are held out and equally large here."""
-    return (metrics[f"val/{name}"] + metrics[f"test/{name}"]) / 2
 
 
 def test_ave_cola_learns_above_the_majority_floor_and_the_frozen_towers(ave_learnable, ave_runs):
