@@ -169,13 +169,17 @@ def render_table(summary: dict[str, Any]) -> str:
     for method, rows in summary["methods"].items():
         cells = [f"{rows[s]['mean']:.3f} ± {rows[s]['std']:.3f} ({rows[s]['min']:.3f})" for s in SPLITS]
         lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |")
-    per_seed = summary["methods"][DEMO]
+    short = {DEMO: "CoLA", FROZEN: "frozen"}
     lines.append("")
     lines.append(
-        "Per seed, CoLA testA / testB: "
-        + ", ".join(
-            f"{seed}: {a:.3f} / {b:.3f}"
-            for seed, a, b in zip(per_seed["testA"]["seeds"], per_seed["testA"]["values"], per_seed["testB"]["values"])
+        "Per seed, testA / testB: "
+        + "; ".join(
+            f"{short.get(method, method)} "
+            + ", ".join(
+                f"{seed}: {a:.3f} / {b:.3f}"
+                for seed, a, b in zip(rows["testA"]["seeds"], rows["testA"]["values"], rows["testB"]["values"])
+            )
+            for method, rows in summary["methods"].items()
         )
         + "."
     )

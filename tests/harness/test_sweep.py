@@ -146,7 +146,7 @@ def test_another_config_is_refused_with_the_differences_unless_restarted(job_cfg
         _plan(changed, tmp_path)
     text = str(err.value)
     assert (
-        f"in {folder} was run with another configuration (1 difference(s): optim.lr_adapters: run 0.0005 != now 0.001)"
+        f"in {folder} was run with another configuration (1 difference(s): optim.lr_adapters: run 0.0002 != now 0.001)"
         in text
     )
     assert "restart_changed=true" in text
@@ -159,7 +159,7 @@ def test_another_config_is_refused_with_the_differences_unless_restarted(job_cfg
     with open_dict(changed):
         changed.restart_changed = True
     plan = _plan(changed, tmp_path)
-    assert (plan.action, plan.clear, plan.diffs) == ("run", True, ["optim.lr_adapters: run 0.0005 != now 0.001"])
+    assert (plan.action, plan.clear, plan.diffs) == ("run", True, ["optim.lr_adapters: run 0.0002 != now 0.001"])
     apply_plan(plan, sweep_dir=tmp_path, job_dir=folder, num=0)
     assert {p.name: p.read_bytes() for p in (folder / "previous" / "1").iterdir()} == before
 
@@ -395,7 +395,7 @@ def test_a_rerun_with_another_config_is_refused_before_any_job(resumed_sweep):
     assert res.returncode == 2, res.stderr[-3000:]
     err = res.stderr
     assert "error: 4 of 4 jobs are refused" in err
-    assert "optim.lr_adapters: run 0.0005 != now 0.001" in err and "restart_changed=true" in err
+    assert "optim.lr_adapters: run 0.0002 != now 0.001" in err and "restart_changed=true" in err
     assert err.count("optim.lr_adapters") == 1 and f"[peft=cola seed=1] in {sweep / '3'}" in err  # said once for all
     assert "Traceback" not in err and "#0 :" not in res.stdout + err  # refused before the launcher ran a job
     assert snapshot(sweep) == resumed_sweep["all_after"]

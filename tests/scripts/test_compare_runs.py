@@ -146,9 +146,9 @@ def test_one_table_per_task_with_distinct_seeds_and_labels(mod, outputs):
     ref = tables["refcoco (data.dataset=refcoco, data.split_by=unc)"]
     rows = {r["setting"]: r for r in ref["rows"]}
     # the two cola learning rates are two rows, labelled by the key that differs
-    assert list(rows) == ["lora lr_adapters=0.0005", "cola lr_adapters=0.0005", "cola lr_adapters=0.001"]
-    # cola at 5e-4: seed 0 ran twice -> counted once, the newer run's value kept
-    cola = rows["cola lr_adapters=0.0005"]
+    assert list(rows) == ["lora lr_adapters=0.0002", "cola lr_adapters=0.0002", "cola lr_adapters=0.001"]
+    # cola at the default 2e-4: seed 0 ran twice -> counted once, the newer run's value kept
+    cola = rows["cola lr_adapters=0.0002"]
     assert cola["seeds"] == 2 and cola["seed list"] == "0 1"
     kept = [value("refcoco", "cola", 0) + 0.01, value("refcoco", "cola", 1)]
     assert cola["testA/acc@0.5 mean"] == pytest.approx(statistics.fmean(kept))
@@ -159,7 +159,7 @@ def test_one_table_per_task_with_distinct_seeds_and_labels(mod, outputs):
     assert hi["testA/acc@0.5 gain vs lora"] == pytest.approx(0.76 - 0.61)  # the one LoRA row is the baseline
     (dup,) = ref["notes"]
     sweep = outputs / "refcoco" / "multiruns" / "2025-01-01_00-00-00"
-    assert "seed 0 of `cola lr_adapters=0.0005` ran 2 times" in dup and "newest" in dup
+    assert "seed 0 of `cola lr_adapters=0.0002` ran 2 times" in dup and "newest" in dup
     assert str(outputs / "refcoco" / "runs" / "2025-01-02_00-00-00") in dup and str(sweep / "2") in dup
     assert skipped == [
         (
@@ -208,9 +208,9 @@ def test_the_script_on_a_mixed_folder(outputs, tmp_path):
     assert "| lora | 2 | 71.00 ± 1.41 | +0.00 | 1,000 |" in ave
     assert "| cola | 2 | 76.00 ± 1.41 | +5.00 | 1,500 |" in ave
     ref = out.split("## refcoco")[1].split("## ")[0]
-    assert "| cola lr_adapters=0.0005 | 2 | 66.50 ± 0.71 | +5.50 | 1,500 |" in ref
+    assert "| cola lr_adapters=0.0002 | 2 | 66.50 ± 0.71 | +5.50 | 1,500 |" in ref
     assert "| cola lr_adapters=0.001 | 2 | 76.00 ± 1.41 | +15.00 | 1,500 |" in ref
-    assert "- warning: seed 0 of `cola lr_adapters=0.0005` ran 2 times: counted once" in ref
+    assert "- warning: seed 0 of `cola lr_adapters=0.0002` ran 2 times: counted once" in ref
     skipped = out.split("## Skipped runs")[1]
     assert "/6: no metrics.json: failed or unfinished" in skipped and "/7: no config.yaml or metrics.json" in skipped
     assert "2025-01-03_00-00-00: an eval.py folder" in skipped
