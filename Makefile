@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package with its test tools
 
-demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads, <=5 min on 2 idle CPU cores)
+demo: install ## Train + test CoLA on the embedded synthetic grounding set (no downloads; 4-6 min on 2 idle CPU cores, README "Two commands")
 	HF_HUB_OFFLINE=1 $(PY) train.py
 
 check-demo: install ## The demo for seeds 0-4 (CoLA + frozen towers) against the README's numbers (~40 min)
@@ -30,7 +30,7 @@ train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft
 test: install ## Fast test suite (no slow/gpu/ci tests)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
-test-ci: install ## Tests CI runs after `make test` (~10 min): sweeps, CPU DDP, SIGTERM resume, train.py CLI errors, benchmark report
+test-ci: install ## Tests CI runs after `make test` (~7.5 min): sweeps, CPU DDP, SIGTERM resume, train.py CLI errors, benchmark report
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m ci
 
 test-full: install ## Every test, slow ones included
