@@ -24,8 +24,9 @@ of the sweep that made ``<dir>`` decides, job by job, before any work (README "A
   than :data:`STALE_S`): refused.
 
 :class:`SweepCheck` (a Hydra callback, ``configs/train.yaml``) makes these decisions for every job when the multirun
-starts, so that a refusal comes before the first job runs, and prints the plan in one line; :func:`cola.harness.train_job` makes
-the decision of one job inside it (with either launcher, ``basic`` or ``submitit_*``) and runs it.
+starts, so that a refusal comes before the first job runs, and prints the plan in one line;
+:func:`cola.harness.train_job` makes the decision of one job inside it (with either launcher, ``basic`` or
+``submitit_*``) and runs it.
 
 :class:`JobRecord` writes ``job.json``: the job's key and overrides, and one entry per attempt (host, pid, SLURM job,
 start, heartbeat every :data:`HEARTBEAT_S` seconds, end, outcome ``running|finished|failed|stopped``, the error,

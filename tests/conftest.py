@@ -401,3 +401,15 @@ def fit_and_test(task, datamodule, tmp_path: Path, *, epochs: int, seed: int) ->
 def heldout(metrics: dict[str, float], name: str, splits: tuple[str, ...] = ("val", "test")) -> float:
     """The unweighted mean of ``<split>/<name>`` over the held-out ``splits``."""
     return sum(metrics[f"{split}/{name}"] for split in splits) / len(splits)
+
+
+def timed_runs(run, root: Path, runs_dir: Path, seeds, methods):
+    """A learning test's calibration (``python -m tests.tasks.test_*_learning``): ``run(method, root, runs_dir,
+    seed=seed)`` for every seed and method, yielding ``(seed, method, metrics, floor, seconds)``."""
+    import time
+
+    for seed in seeds:
+        for method in methods:
+            t0 = time.time()
+            metrics, floor = run(method, root, runs_dir, seed=seed)
+            yield seed, method, metrics, floor, time.time() - t0

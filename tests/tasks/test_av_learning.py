@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import AUDIO_FRAMES, AV_IMAGE, compose_cfg, fit_and_test, heldout, make_ave
+from tests.conftest import AUDIO_FRAMES, AV_IMAGE, compose_cfg, fit_and_test, heldout, make_ave, timed_runs
 from tests.tasks.test_av_tasks import make_avs
 
 METHODS = ("cola", "frozen")
@@ -241,12 +240,9 @@ def _calibrate(task: str, seeds: list[int], out: Path) -> None:
     root = out / task.replace("ms3", "s4") / name  # one AVSBench holds both subsets
     if not root.exists():
         build(root)
-    for seed in seeds:
-        for method in METHODS:
-            t0 = time.time()
-            metrics, floor = run(method, root, out / "runs", seed=seed)
-            shown = {k: round(v, 3) for k, v in {**metrics, **floor}.items()}
-            print(f"{task} seed {seed} {method}: {shown} ({time.time() - t0:.1f} s)", flush=True)
+    for seed, method, metrics, floor, seconds in timed_runs(run, root, out / "runs", seeds, METHODS):
+        shown = {k: round(v, 3) for k, v in {**metrics, **floor}.items()}
+        print(f"{task} seed {seed} {method}: {shown} ({seconds:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":  # python -m tests.tasks.test_av_learning TASK [SEEDS] [OUT]

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TASK_IMAGE, fit_and_test, heldout, make_task, refcoco_datamodule
+from tests.conftest import TASK_IMAGE, fit_and_test, heldout, make_task, refcoco_datamodule, timed_runs
 
 METHODS = ("cola", "frozen")
 SPLITS = ("val", "testA", "testB")  # the RefCOCO (unc) held-out splits, scored as one unweighted mean
@@ -158,17 +157,14 @@ def _calibrate(seeds: list[int], out: Path, methods: tuple[str, ...] = METHODS) 
     root = out / f"refcoco{REFCOCO_SET['num_images']}"
     if not root.exists():
         build_refcoco_set(root)
-    for seed in seeds:
-        for method in methods:
-            t0 = time.time()
-            metrics, floor = grounding_run(method, root, out / "runs", seed=seed)
-            box, mask = heldout(metrics, "acc@0.5", SPLITS), heldout(metrics, "miou", SPLITS)
-            fb, fm = heldout(floor, "acc@0.5_fixed_box", SPLITS), heldout(floor, "miou_fixed_mask", SPLITS)
-            print(
-                f"seed {seed} {method}: acc@0.5 {box:.3f} miou {mask:.3f} (floors {fb:.3f} {fm:.3f}) "
-                f"{ {k: round(v, 3) for k, v in metrics.items()} } ({time.time() - t0:.1f} s)",
-                flush=True,
-            )
+    for seed, method, metrics, floor, seconds in timed_runs(grounding_run, root, out / "runs", seeds, methods):
+        box, mask = heldout(metrics, "acc@0.5", SPLITS), heldout(metrics, "miou", SPLITS)
+        fb, fm = heldout(floor, "acc@0.5_fixed_box", SPLITS), heldout(floor, "miou_fixed_mask", SPLITS)
+        print(
+            f"seed {seed} {method}: acc@0.5 {box:.3f} miou {mask:.3f} (floors {fb:.3f} {fm:.3f}) "
+            f"{ {k: round(v, 3) for k, v in metrics.items()} } ({seconds:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":  # python -m tests.tasks.test_grounding_learning [SEEDS] [OUT] [METHODS]
