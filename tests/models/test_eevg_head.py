@@ -232,6 +232,8 @@ def test_bad_shapes_are_refused():
         head(vision, torch.zeros(3, MAXLEN + 1, TEXT, dtype=torch.float64), torch.ones(3, MAXLEN + 1))
     with pytest.raises(ValueError, match="must be divisible"):
         _head(width=18)
+    with pytest.raises(ValueError, match="task.head.layers must be >= 1 for the official head, got 0"):
+        _head(layers=0)
 
 
 def test_float32_forward_agrees_with_float64_within_rounding():

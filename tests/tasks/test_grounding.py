@@ -127,6 +127,30 @@ def test_head_drops_prefix_tokens_and_checks_token_count():
 def test_head_rejects_bad_width():
     with pytest.raises(ValueError, match="divisible"):
         fusion_head(d_fusion=30, heads=4)
+    with pytest.raises(ValueError, match="fusion_layers must be >= 0"):
+        fusion_head(fusion_layers=-1)
+
+
+def test_no_fusion_head_reads_the_visual_tokens_alone():
+    """``fusion_layers=0``: no text projection is built, the text (any token, any mask) changes nothing, and each
+    box and mask still depends on its own image; the MLP box head, which would read the image-blind [REG] alone,
+    is refused."""
+    with pytest.raises(ValueError, match="fusion_layers=0 needs box_head='spatial'"):
+        fusion_head(fusion_layers=0, box_head="mlp")
+    torch.manual_seed(0)
+    head = fusion_head(fusion_layers=0, box_head="spatial").eval()
+    assert head.text_proj is None and not any("text" in n for n, _ in head.named_parameters())
+    vision, text = torch.randn(2, 1 + 16, 48), torch.randn(2, 5, 32)
+    out = head(vision, text, torch.ones(2, 5, dtype=torch.bool))
+    other = head(vision, torch.randn(2, 3, 32), torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.bool))
+    for key in ("box", "mask_logits"):
+        torch.testing.assert_close(other[key], out[key], rtol=0, atol=0)
+    image = vision.clone()
+    image[1, 1:] = torch.randn(16, 48)
+    moved = head(image, text, torch.ones(2, 5, dtype=torch.bool))
+    torch.testing.assert_close(moved["box"][0], out["box"][0], rtol=0, atol=0)
+    assert not torch.allclose(moved["box"][1], out["box"][1])
+    assert not torch.allclose(moved["mask_logits"][1], out["mask_logits"][1])
 
 
 # ----------------------------------------------------------------------------------------------- task

@@ -293,6 +293,11 @@ class EEVGHead(nn.Module):
         eliminate_keep: float = 0.1,
     ) -> None:
         super().__init__()
+        if layers < 1:
+            raise ValueError(
+                f"task.head.layers must be >= 1 for the official head, got {layers} (layers=0, no fusion, is an "
+                "ablation of the fusion head: task.head.name=fusion task.head.fusion_box=spatial)"
+            )
         grid_size, image_size = geometry.grid_size, geometry.image_size
         self.num_prefix_tokens = geometry.num_prefix_tokens
         self.grid_size = grid_size

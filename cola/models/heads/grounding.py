@@ -199,7 +199,10 @@ class GroundingHead(nn.Module):
     Args:
         geometry: token widths, prefix tokens, patch grid and image size (:class:`HeadGeometry`).
         d_fusion: width of the fusion layers.
-        fusion_layers: number of transformer encoder layers.
+        fusion_layers: number of transformer encoder layers; 0 fuses nothing: the box and mask heads read the
+            visual tokens alone (after a LayerNorm) and the text tokens are not used, so the expression can reach
+            the prediction only through the towers (CoLA's inter-modal path; the no-fusion ablation). Needs
+            ``box_head="spatial"``.
         d_ff: feed-forward width of the fusion layers.
         heads: attention heads of the fusion layers.
         dropout: dropout inside the fusion layers.
@@ -226,6 +229,13 @@ class GroundingHead(nn.Module):
         grid_size, image_size = geometry.grid_size, geometry.image_size
         check_choice("box_head", box_head, BOX_HEADS)
         check_choice("mask_head", mask_head, MASK_HEADS)
+        if fusion_layers < 0:
+            raise ValueError(f"fusion_layers must be >= 0 (0: no fusion, the text unused), got {fusion_layers}")
+        if fusion_layers == 0 and box_head == "mlp":
+            raise ValueError(
+                "fusion_layers=0 needs box_head='spatial': without fusion [REG] never sees the image, and the 'mlp' "
+                "box head reads [REG] alone (every box would be the same)"
+            )
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
         if grid_size <= 0 or image_size <= 0:
@@ -234,7 +244,8 @@ class GroundingHead(nn.Module):
         self.grid_size = grid_size
         self.image_size = image_size
         self.vision_proj = nn.Linear(geometry.vision_dim, d_fusion)
-        self.text_proj = nn.Linear(geometry.text_dim, d_fusion)
+        # no fusion layer: nothing reads the text, so no text projection is built (no parameter without a gradient)
+        self.text_proj = nn.Linear(geometry.text_dim, d_fusion) if fusion_layers else None
         self.reg_token = nn.Parameter(torch.zeros(1, 1, d_fusion))
         # The towers' own positions are mixed into their tokens; the fusion gets explicit ones: fixed 2-D sin-cos
         # positions of the patch grid (what the box regression reads its coordinates from, as in TransVG) plus a
@@ -245,8 +256,10 @@ class GroundingHead(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d_fusion, heads, dim_feedforward=d_ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
         )
-        self.fusion = nn.TransformerEncoder(
-            layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False
+        self.fusion = (
+            nn.TransformerEncoder(layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False)
+            if fusion_layers
+            else nn.LayerNorm(d_fusion)  # the final norm alone
         )
         self.box_head_kind = box_head
         if box_head == "mlp":
@@ -291,11 +304,14 @@ class GroundingHead(nn.Module):
         B = vision_tokens.shape[0]
         visual = self.vision_proj(vision_tokens[:, self.num_prefix_tokens :])  # (B, h*w, d)
         visual = visual + self.visual_sincos + self.visual_pos + self.type_embed[1]
-        text = self.text_proj(text_tokens) + self.type_embed[2]  # (B, L, d)
         reg = (self.reg_token + self.type_embed[0]).expand(B, -1, -1)  # (B, 1, d)
-        x = torch.cat([reg, visual, text], dim=1)  # (B, 1 + h*w + L, d)
-        pad = torch.cat([text_mask.new_zeros(B, 1 + n_grid, dtype=torch.bool), ~text_mask.bool()], dim=1)
-        x = self.fusion(x, src_key_padding_mask=pad)  # (B, 1 + h*w + L, d)
+        if self.text_proj is None:  # fusion_layers=0: [REG; visual], normalised, the text unused
+            x = self.fusion(torch.cat([reg, visual], dim=1))  # (B, 1 + h*w, d)
+        else:
+            text = self.text_proj(text_tokens) + self.type_embed[2]  # (B, L, d)
+            x = torch.cat([reg, visual, text], dim=1)  # (B, 1 + h*w + L, d)
+            pad = torch.cat([text_mask.new_zeros(B, 1 + n_grid, dtype=torch.bool), ~text_mask.bool()], dim=1)
+            x = self.fusion(x, src_key_padding_mask=pad)  # (B, 1 + h*w + L, d)
         box = self._box(x[:, 0], x[:, 1 : 1 + n_grid])  # (B, 4)
         grid = x[:, 1 : 1 + n_grid].transpose(1, 2).reshape(B, -1, self.grid_size, self.grid_size)  # (B, d, h, w)
         return {"box": box, "mask_logits": self.mask_head(grid)}
