@@ -30,7 +30,7 @@ train: install ## Train with Hydra overrides: make train ARGS="task=refcoco peft
 test: install ## Fast test suite (no slow/gpu/ci tests)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
-test-ci: install ## Tests CI runs after `make test` (7.5-10.5 min): sweeps, CPU DDP, SIGTERM resume, train.py CLI errors, benchmark report
+test-ci: install ## Tests CI runs after `make test` (8-10.5 min): sweeps, CPU DDP, SIGTERM resume, train.py CLI errors, benchmark report
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m ci
 
 test-full: install ## Every test, slow ones included
