@@ -127,7 +127,7 @@ def test_head_drops_prefix_tokens_and_checks_token_count():
 def test_head_rejects_bad_width():
     with pytest.raises(ValueError, match="divisible"):
         fusion_head(d_fusion=30, heads=4)
-    with pytest.raises(ValueError, match="fusion_layers must be >= 0"):
+    with pytest.raises(ValueError, match=r"task.head.layers \(fusion_layers\) must be >= 0"):
         fusion_head(fusion_layers=-1)
 
 
@@ -135,7 +135,7 @@ def test_no_fusion_head_reads_the_visual_tokens_alone():
     """``fusion_layers=0``: no text projection is built, the text (any token, any mask) changes nothing, and each
     box and mask still depends on its own image; the MLP box head, which would read the image-blind [REG] alone,
     is refused."""
-    with pytest.raises(ValueError, match="fusion_layers=0 needs box_head='spatial'"):
+    with pytest.raises(ValueError, match=r"task.head.layers=0 \(fusion_layers\) needs task.head.fusion_box=spatial"):
         fusion_head(fusion_layers=0, box_head="mlp")
     torch.manual_seed(0)
     head = fusion_head(fusion_layers=0, box_head="spatial").eval()

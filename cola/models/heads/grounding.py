@@ -230,11 +230,14 @@ class GroundingHead(nn.Module):
         check_choice("box_head", box_head, BOX_HEADS)
         check_choice("mask_head", mask_head, MASK_HEADS)
         if fusion_layers < 0:
-            raise ValueError(f"fusion_layers must be >= 0 (0: no fusion, the text unused), got {fusion_layers}")
+            raise ValueError(
+                f"task.head.layers (fusion_layers) must be >= 0 (0: no fusion, the text unused), got {fusion_layers}"
+            )
         if fusion_layers == 0 and box_head == "mlp":
             raise ValueError(
-                "fusion_layers=0 needs box_head='spatial': without fusion [REG] never sees the image, and the 'mlp' "
-                "box head reads [REG] alone (every box would be the same)"
+                "task.head.layers=0 (fusion_layers) needs task.head.fusion_box=spatial (box_head), got 'mlp': "
+                "without fusion [REG] never sees the image, and the 'mlp' box head reads [REG] alone (every box would "
+                "be the same)"
             )
         if d_fusion % heads != 0:
             raise ValueError(f"d_fusion ({d_fusion}) must be divisible by the fusion heads ({heads})")
