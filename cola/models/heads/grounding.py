@@ -256,14 +256,16 @@ class GroundingHead(nn.Module):
         self.register_buffer("visual_sincos", sincos_2d(grid_size, d_fusion)[None], persistent=False)
         self.visual_pos = nn.Parameter(torch.zeros(1, grid_size * grid_size, d_fusion))
         self.type_embed = nn.Parameter(torch.zeros(3, d_fusion))
-        layer = nn.TransformerEncoderLayer(
-            d_fusion, heads, dim_feedforward=d_ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.fusion = (
-            nn.TransformerEncoder(layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False)
-            if fusion_layers
-            else nn.LayerNorm(d_fusion)  # the final norm alone
-        )
+        self.fusion: nn.Module
+        if fusion_layers:
+            layer = nn.TransformerEncoderLayer(
+                d_fusion, heads, d_ff, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            self.fusion = nn.TransformerEncoder(
+                layer, fusion_layers, norm=nn.LayerNorm(d_fusion), enable_nested_tensor=False
+            )
+        else:  # no fusion layer (none is built): the final norm alone
+            self.fusion = nn.LayerNorm(d_fusion)
         self.box_head_kind = box_head
         if box_head == "mlp":
             self.box_head = nn.Sequential(
